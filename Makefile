@@ -1,0 +1,43 @@
+# Set-up on a fresh Debian machine, as root: `make demo` and `make test`.
+# Both install what is missing (Debian packages, a virtualenv) and skip it when present.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+APT_PACKAGES := redis-server redis-sentinel wireguard-go wireguard-tools iproute2 nftables \
+                iputils-ping iperf3 coturn procps
+PYTEST_ARGS ?=
+
+.PHONY: test demo bench deps apt venv clean
+
+deps: apt venv
+
+apt: .stamp-apt
+.stamp-apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+venv: .stamp-venv
+.stamp-venv: setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: deps
+	$(PY) -m deploy.demo $(DEMO_ARGS)
+
+bench: deps
+	$(PY) -m bench all
+
+clean:
+	rm -rf $(VENV) .stamp-apt .stamp-venv *.egg-info

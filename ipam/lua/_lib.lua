@@ -1,0 +1,35 @@
+-- Shared helpers, prepended to every script by ipam/scripts.py.
+
+-- Bump the zone revision and append one change to the bounded change log.
+-- `body` is the JSON of the change without its revision, e.g. '"op":"remove","key":"..."'.
+local function log_change(rev_key, changes_key, maxlen, body)
+  local rev = redis.call('INCR', rev_key)
+  local change = '{"rev":' .. rev .. ',' .. body .. '}'
+  redis.call('XADD', changes_key, 'MAXLEN', '~', maxlen, rev .. '-1', 'c', change)
+  return rev
+end
+
+-- Delete every child prefix owned by `key`; returns nothing.
+local function drop_prefixes(prefixes_key, key, keep)
+  local all = redis.call('HGETALL', prefixes_key)
+  for i = 1, #all, 2 do
+    local owner = cjson.decode(all[i + 1])[1]
+    if owner == key and not (keep and keep[all[i]]) then
+      redis.call('HDEL', prefixes_key, all[i])
+    end
+  end
+end
+
+-- Remove one peer record and everything it holds; logs a remove change.
+local function drop_peer(k, key, record, reason, maxlen)
+  local addr = cjson.decode(record)['address']
+  redis.call('HDEL', k.peers, key)
+  if redis.call('HGET', k.leases, addr) == key then
+    redis.call('HDEL', k.leases, addr)
+    redis.call('SADD', k.free, addr)
+  end
+  redis.call('ZREM', k.seen, key)
+  drop_prefixes(k.prefixes, key, nil)
+  return log_change(k.rev, k.changes, maxlen,
+    '"op":"remove","key":' .. cjson.encode(key) .. ',"reason":' .. cjson.encode(reason))
+end

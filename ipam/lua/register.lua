@@ -1,0 +1,80 @@
+-- Register (or re-register) a node: address, child prefixes and peer record, atomically.
+-- KEYS: 1 zone, 2 peers, 3 leases, 4 prefixes, 5 free, 6 rev, 7 changes, 8 seen
+-- ARGV: 1 public key, 2 peer record JSON without its closing '}' and without "address",
+--       3 now, 4 expiry seconds, 5 requested address or '', 6 candidate address or '',
+--       7 child prefixes JSON [[prefix, first hex, last hex], ...], 8 change log length
+-- Returns {'ok', address, rev} | {'nozone'} | {'need'} | {'retry'}
+--       | {'held', holder key, last seen} | {'prefix', wanted, held, holder key}
+local k = {zone = KEYS[1], peers = KEYS[2], leases = KEYS[3], prefixes = KEYS[4],
+           free = KEYS[5], rev = KEYS[6], changes = KEYS[7], seen = KEYS[8]}
+local key, head, now, expiry = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local requested, candidate, maxlen = ARGV[5], ARGV[6], ARGV[8]
+local wanted = cjson.decode(ARGV[7])
+
+if redis.call('EXISTS', k.zone) == 0 then return {'nozone'} end
+
+local old = redis.call('HGET', k.peers, key)
+local old_addr = old and cjson.decode(old)['address'] or nil
+
+-- 1. Decide the address; nothing is written before every check has passed.
+local addr, evict = nil, nil
+if requested ~= '' then
+  addr = requested
+  local holder = redis.call('HGET', k.leases, addr)
+  if holder and holder ~= key then
+    local seen = tonumber(redis.call('ZSCORE', k.seen, holder) or '0')
+    if seen >= now - expiry then return {'held', holder, tostring(seen)} end
+    evict = holder
+  end
+elseif old_addr then
+  addr = old_addr
+elseif candidate ~= '' then
+  addr = candidate
+  if redis.call('HEXISTS', k.leases, addr) == 1 then return {'retry'} end
+else
+  return {'need'}
+end
+
+-- 2. Child prefixes may not overlap another node's (an evicted holder's do not count).
+local mine = {}
+if #wanted > 0 then
+  local all = redis.call('HGETALL', k.prefixes)
+  for i = 1, #all, 2 do
+    local held = cjson.decode(all[i + 1])
+    if held[1] ~= key and held[1] ~= evict then
+      for _, w in ipairs(wanted) do
+        if w[2] <= held[3] and held[2] <= w[3] then
+          return {'prefix', w[1], all[i], held[1]}
+        end
+      end
+    end
+  end
+end
+for _, w in ipairs(wanted) do mine[w[1]] = true end
+
+-- 3. Write.
+if evict then
+  drop_peer(k, evict, redis.call('HGET', k.peers, evict), 'evicted', maxlen)
+end
+if old_addr and old_addr ~= addr then
+  redis.call('HDEL', k.leases, old_addr)
+  redis.call('SADD', k.free, old_addr)
+end
+if candidate ~= '' and candidate ~= addr and redis.call('HEXISTS', k.leases, candidate) == 0 then
+  redis.call('SADD', k.free, candidate)
+end
+redis.call('HSET', k.leases, addr, key)
+redis.call('SREM', k.free, addr)
+drop_prefixes(k.prefixes, key, mine)
+for _, w in ipairs(wanted) do
+  redis.call('HSET', k.prefixes, w[1], cjson.encode({key, w[2], w[3]}))
+end
+redis.call('ZADD', k.seen, now, key)
+
+local record = head .. ',"address":' .. cjson.encode(addr) .. '}'
+local rev = tonumber(redis.call('GET', k.rev) or '0')
+if record ~= old then
+  redis.call('HSET', k.peers, key, record)
+  rev = log_change(k.rev, k.changes, maxlen, '"op":"upsert","peer":' .. record)
+end
+return {'ok', addr, rev}

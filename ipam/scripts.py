@@ -1,0 +1,34 @@
+"""The atomic Lua scripts of the zone store, loaded once per Redis client."""
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+from redis import Redis
+from redis.commands.core import Script
+
+NAMES = ("candidate", "register", "replace_peer", "remove_peer", "heartbeat", "flush",
+         "create_zone", "delete_zone")
+
+
+@cache
+def source(name: str) -> str:
+    lua = resources.files(__package__) / "lua"
+    return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+class Scripts:
+    """Registered scripts: ``scripts.register(keys=[...], args=[...])`` (EVALSHA, EVAL on miss)."""
+
+    def __init__(self, client: Redis) -> None:
+        for name in NAMES:
+            setattr(self, name, client.register_script(source(name)))
+
+    candidate: Script
+    register: Script
+    replace_peer: Script
+    remove_peer: Script
+    heartbeat: Script
+    flush: Script
+    create_zone: Script
+    delete_zone: Script

@@ -1,0 +1,175 @@
+"""The zone store against a real redis-server."""
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+
+from ipam.store import ZoneStore
+from wire.errors import Conflict, InvalidInput, NotFound
+from wire.proof import generate_private_key, public_key_of
+
+
+def new_key() -> str:
+    return public_key_of(generate_private_key())
+
+
+@pytest.fixture
+def store(redis_client):
+    s = ZoneStore(redis_client, expiry=60)
+    s.ensure_default_zone()
+    return s
+
+
+def register(store, zone="default", key=None, **kw):
+    kw.setdefault("listen_port", 51820)
+    kw.setdefault("session", "s1")
+    return store.register(zone, key or new_key(), **kw)
+
+
+def test_default_zone_exists_with_network_address(store):
+    zone = store.get_zone("default")
+    assert zone.cidr == "10.200.0.0/20"
+    assert [z.name for z in store.list_zones()] == ["default"]
+
+
+def test_create_zone_rejects_duplicates_and_bad_cidrs(store):
+    store.create_zone("zone-blue", "10.140.0.0/20", "Tenant - Zone Blue")
+    with pytest.raises(Conflict, match="already exists"):
+        store.create_zone("zone-blue", "10.150.0.0/20")
+    with pytest.raises(InvalidInput, match="host bits set; did you mean 10.200.0.0/20"):
+        store.create_zone("z2", "10.200.1.0/20")
+    with pytest.raises(InvalidInput, match="not a valid CIDR"):
+        store.create_zone("z3", "10.300.0.0/20")
+    with pytest.raises(InvalidInput, match="zone name"):
+        store.create_zone("bad{name}", "10.0.0.0/24")
+    assert sorted(z.name for z in store.list_zones()) == ["default", "zone-blue"]
+
+
+def test_addresses_are_sequential_unique_and_skip_network(store):
+    store.create_zone("small", "10.9.0.0/29")  # 6 usable addresses
+    got = [register(store, "small").address for _ in range(6)]
+    assert got == [f"10.9.0.{i}" for i in range(1, 7)]
+    with pytest.raises(Conflict, match="no free address"):
+        register(store, "small")
+
+
+def test_reregistration_keeps_address_and_release_returns_it(store):
+    key = new_key()
+    first = register(store, key=key, endpoint="203.0.113.5:51820")
+    again = register(store, key=key, endpoint="198.51.100.7:40000", session="s2")
+    assert again.address == first.address
+    assert again.rev == first.rev + 1
+    unchanged = register(store, key=key, endpoint="198.51.100.7:40000", session="s2")
+    assert unchanged.rev == again.rev
+    store.remove_peer("default", key, "deleted")
+    other = register(store)
+    assert other.address == first.address
+
+
+def test_requested_ip_granted_refused_and_taken_from_expired(store):
+    holder = new_key()
+    got = register(store, key=holder, request_ip="10.200.0.50", now=1000.0)
+    assert got.address == "10.200.0.50"
+    with pytest.raises(Conflict, match="10.200.0.50 is held by another node"):
+        register(store, request_ip="10.200.0.50", now=1030.0)
+    with pytest.raises(InvalidInput, match="not inside the zone"):
+        register(store, request_ip="10.201.0.1")
+    with pytest.raises(InvalidInput, match="broadcast"):
+        register(store, request_ip="10.200.15.255")
+    thief = new_key()
+    taken = register(store, key=thief, request_ip="10.200.0.50", now=1061.0)
+    assert taken.address == "10.200.0.50"
+    peers = {p.key for p in store.peers("default")}
+    assert holder not in peers and thief in peers
+    assert store.leases("default") == {"10.200.0.50": thief}
+
+
+def test_child_prefixes_conflict_and_release(store):
+    a, b = new_key(), new_key()
+    register(store, key=a, child_prefixes=["172.24.0.0/24"])
+    with pytest.raises(Conflict, match="172.24.0.0/25 overlaps 172.24.0.0/24"):
+        register(store, key=b, child_prefixes=["172.24.0.0/25"])
+    assert b not in {p.key for p in store.peers("default")}  # nothing half-written
+    with pytest.raises(InvalidInput, match="overlaps the zone's own CIDR"):
+        register(store, key=b, child_prefixes=["10.200.4.0/24"])
+    register(store, key=a, child_prefixes=[])  # re-register without it releases it
+    register(store, key=b, child_prefixes=["172.24.0.0/25"])
+    store.create_zone("other", "10.200.0.0/20")  # overlapping zones are fine
+    register(store, "other", child_prefixes=["172.24.0.0/24"])
+
+
+def test_ipv6_zone(store):
+    store.create_zone("v6", "fd00:1::/64")
+    got = register(store, "v6", child_prefixes=["fd00:2::/64"])
+    assert got.address == "fd00:1::1" and got.prefix_len == 64
+    with pytest.raises(Conflict):
+        register(store, "v6", child_prefixes=["fd00:2::/80"])
+
+
+def test_changes_are_published_in_order_and_coalesced(store, redis_client):
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(store.keys.updates("default"))
+    pubsub.get_message(timeout=1)
+    keys = [new_key() for _ in range(3)]
+    for key in keys:
+        register(store, key=key)
+    store.remove_peer("default", keys[0], "left")
+    assert store.flush("default") == 1
+    msg = pubsub.get_message(timeout=2)
+    update = json.loads(msg["data"])
+    assert (update["since"], update["rev"]) == (0, 4)
+    assert [c["op"] for c in update["changes"]] == ["upsert"] * 3 + ["remove"]
+    assert update["changes"][3] == {"rev": 4, "op": "remove", "key": keys[0], "reason": "left"}
+    assert store.flush("default") == 0
+    snap = store.snapshot("default")
+    assert snap.rev == 4 and set(snap.peers) == set(keys[1:])
+    pubsub.close()
+
+
+def test_heartbeat_session_and_expiry(store):
+    key = new_key()
+    register(store, key=key, session="one", now=1000.0)
+    store.heartbeat("default", key, "one", now=1050.0)
+    with pytest.raises(Conflict, match="superseded"):
+        store.heartbeat("default", key, "two")
+    assert store.expire("default", now=1100.0) == []
+    assert store.expire("default", now=1111.0) == [key]
+    with pytest.raises(NotFound):
+        store.heartbeat("default", key, "one")
+
+
+def test_delete_zone_refuses_with_nodes_unless_forced(store):
+    store.create_zone("zone-red", "172.20.0.0/20")
+    register(store, "zone-red")
+    with pytest.raises(Conflict, match="still has 1 nodes"):
+        store.delete_zone("zone-red")
+    store.delete_zone("zone-red", force=True)
+    with pytest.raises(NotFound):
+        store.get_zone("zone-red")
+    assert not store.redis.keys("ct:{zone-red}:*")
+
+
+def test_endpoint_update(store):
+    key = new_key()
+    register(store, key=key, session="s")
+    rev = store.update_endpoint("default", key, "s", "192.0.2.9:5000", "cone")
+    _, peer = store.find_peer(key)
+    assert peer.endpoint == "192.0.2.9:5000" and peer.nat_type == "cone"
+    assert store.update_endpoint("default", key, "s", "192.0.2.9:5000", "cone") == rev
+
+
+def test_addresses_never_collide_across_free_and_cursor(store):
+    store.create_zone("z", "10.1.0.0/24")
+    keys = [new_key() for _ in range(20)]
+    for key in keys:
+        register(store, "z", key=key)
+    for key in keys[::2]:
+        store.remove_peer("z", key, "left")
+    register(store, "z", request_ip="10.1.0.30")
+    addrs = [register(store, "z").address for _ in range(15)]
+    leases = store.leases("z")
+    assert len(set(addrs)) == 15
+    assert len(leases) == len(set(leases)) == 10 + 1 + 15
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network("10.1.0.0/24") for a in leases)

@@ -1,0 +1,108 @@
+"""Every Redis key and channel name the project uses, built in one place.
+
+Every key of one zone carries the zone as a hash tag (``ct:{zone-blue}:peers``) so
+a zone's atomic scripts touch one slot on Redis Cluster.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "ct:"
+
+
+def node_id(public_key: str) -> str:
+    """A short, channel-safe id for a WireGuard public key."""
+    return hashlib.sha256(public_key.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+
+    # -- global ---------------------------------------------------------------
+    @property
+    def zones(self) -> str:
+        """Set of zone names."""
+        return f"{self.prefix}zones"
+
+    @property
+    def tower_private(self) -> str:
+        """The tower's X25519 private key (admin only)."""
+        return f"{self.prefix}tower:private"
+
+    @property
+    def tower_public(self) -> str:
+        """The tower's X25519 public key (readable by agents)."""
+        return f"{self.prefix}tower:public"
+
+    # -- per zone -------------------------------------------------------------
+    def _z(self, zone: str, name: str) -> str:
+        return f"{self.prefix}{{{zone}}}:{name}"
+
+    def zone(self, zone: str) -> str:
+        """Hash: name, description, cidr, created."""
+        return self._z(zone, "zone")
+
+    def peers(self, zone: str) -> str:
+        """Hash: public key -> peer record (JSON)."""
+        return self._z(zone, "peers")
+
+    def leases(self, zone: str) -> str:
+        """Hash: address -> public key."""
+        return self._z(zone, "leases")
+
+    def prefixes(self, zone: str) -> str:
+        """Hash: child prefix -> JSON [public key, first hex, last hex]."""
+        return self._z(zone, "prefixes")
+
+    def free(self, zone: str) -> str:
+        """Set of released addresses below the cursor."""
+        return self._z(zone, "free")
+
+    def cursor(self, zone: str) -> str:
+        """Counter: the highest host offset ever handed out."""
+        return self._z(zone, "cursor")
+
+    def rev(self, zone: str) -> str:
+        """Counter: the zone revision, bumped by every peer change."""
+        return self._z(zone, "rev")
+
+    def published(self, zone: str) -> str:
+        """The highest revision already published on the update channel."""
+        return self._z(zone, "published")
+
+    def changes(self, zone: str) -> str:
+        """Stream: bounded change log, entry id ``<rev>-1``, field ``c`` = change JSON."""
+        return self._z(zone, "changes")
+
+    def seen(self, zone: str) -> str:
+        """Sorted set: public key scored by last-seen unix time."""
+        return self._z(zone, "seen")
+
+    def requests(self, zone: str) -> str:
+        """Stream: agent requests of this zone, read by the consumer group."""
+        return self._z(zone, "requests")
+
+    def nonce(self, zone: str, public_key: str, nonce: str) -> str:
+        """Replay guard, expires after the clock-skew window."""
+        return self._z(zone, f"nonce:{node_id(public_key)}:{nonce}")
+
+    def updates(self, zone: str) -> str:
+        """Pub/sub channel: zone updates (revision + changes)."""
+        return self._z(zone, "updates")
+
+    def reply(self, zone: str, public_key: str) -> str:
+        """Pub/sub channel: replies to one node."""
+        return self._z(zone, f"reply:{node_id(public_key)}")
+
+    def zone_pattern(self, zone: str) -> str:
+        """Glob matching every key of one zone."""
+        return self._z(zone, "*")
+
+    def agent_user(self, zone: str) -> str:
+        """Redis ACL user name of a zone's agents."""
+        return f"{self.prefix}agent:{zone}"
+
+
+REQUEST_GROUP = "controltower"

@@ -1,0 +1,332 @@
+"""Messages on the wire, their validation and (de)serialisation.
+
+Requests (agent -> tower) are stream entries with two fields: ``m``, the JSON message,
+and ``mac``, the proof-of-possession MAC over the exact bytes of ``m``.
+Replies (tower -> node) and zone updates (tower -> zone) are JSON on pub/sub channels.
+See docs/protocol.md for every field.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import proof
+from .errors import InvalidInput
+
+VERSION = 1
+REQUEST_TYPES = ("register", "heartbeat", "endpoint-update", "leave")
+NAT_TYPES = ("open", "cone", "symmetric", "unknown", "static")
+MAX_MESSAGE_BYTES = 16384
+MAX_CHILD_PREFIXES = 64
+
+_ZONE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{0,253}$")
+
+
+# -- field validators (shared by REST, the worker and the agent) ------------------
+
+def zone_name(value: Any) -> str:
+    if not isinstance(value, str) or not _ZONE_RE.match(value):
+        raise InvalidInput(
+            "zone name must be 1-63 characters of letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit")
+    return value
+
+
+def public_key(value: Any, what: str = "public key") -> str:
+    proof.decode_key(value, what)
+    return value
+
+
+def endpoint(value: Any) -> str:
+    """``ip:port`` or ``[ipv6]:port``, returned in canonical form."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidInput("endpoint must be a string 'ip:port' or '[ipv6]:port'")
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise InvalidInput(f"endpoint {value!r} is not 'ip:port'")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidInput(f"endpoint {value!r} does not hold an IP address") from None
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise InvalidInput(f"endpoint {value!r} has a port outside 1-65535")
+    return format_endpoint(ip, port)
+
+
+def format_endpoint(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def port(value: Any, what: str = "listen port") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InvalidInput(f"{what} must be an integer 1-65535")
+    return value
+
+
+def ip_address(value: Any, what: str = "address") -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise InvalidInput(f"{what} {value!r} is not an IP address") from None
+
+
+def network(value: Any, what: str = "CIDR") -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A CIDR that must be written as its network address (10.0.0.0/24, not 10.0.0.1/24)."""
+    if not isinstance(value, str) or "/" not in value:
+        raise InvalidInput(f"{what} must be a string like '10.140.0.0/20'")
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            net = ipaddress.ip_network(value, strict=False)
+            raise InvalidInput(
+                f"{what} {value!r} has host bits set; did you mean {net}?") from None
+        raise InvalidInput(f"{what} {value!r} is not a valid CIDR") from None
+
+
+def _optional(value: Any, check, *args):
+    return None if value is None else check(value, *args)
+
+
+def _string(value: Any, what: str, pattern: re.Pattern[str]) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise InvalidInput(f"{what} is malformed")
+    return value
+
+
+def nat_type(value: Any) -> str | None:
+    if value is None:
+        return None
+    if value not in NAT_TYPES:
+        raise InvalidInput(f"nat type must be one of {', '.join(NAT_TYPES)}")
+    return value
+
+
+# -- requests ------------------------------------------------------------------------
+
+@dataclass
+class Request:
+    type: str
+    zone: str
+    key: str
+    body: dict[str, Any] = field(default_factory=dict)
+    session: str = ""
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    ts: float = field(default_factory=time.time)
+    nonce: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "v": VERSION, "type": self.type, "id": self.id, "zone": self.zone,
+            "key": self.key, "session": self.session, "ts": self.ts,
+            "nonce": self.nonce, "body": self.body,
+        }, separators=(",", ":")).encode()
+
+    def signed(self, node_private: str, tower_public: str) -> dict[str, bytes | str]:
+        """Stream entry fields: the message and its MAC."""
+        payload = self.to_json()
+        return {"m": payload, "mac": proof.sign(proof.mac_key(node_private, tower_public), payload)}
+
+
+def parse_request(payload: bytes) -> Request:
+    """Parse and validate a request message (the MAC is checked separately)."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise InvalidInput("request too large")
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("request is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("request must be a JSON object")
+    if data.get("v") != VERSION:
+        raise InvalidInput(f"unsupported protocol version {data.get('v')!r}")
+    kind = data.get("type")
+    if kind not in REQUEST_TYPES:
+        raise InvalidInput(f"unknown request type {kind!r}")
+    ts = data.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        raise InvalidInput("ts must be a number")
+    body = data.get("body", {})
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be an object")
+    request = Request(
+        type=kind,
+        zone=zone_name(data.get("zone")),
+        key=public_key(data.get("key")),
+        body=_BODY_VALIDATORS[kind](body),
+        session=_string(data.get("session"), "session", _ID_RE),
+        id=_string(data.get("id"), "id", _ID_RE),
+        ts=float(ts),
+        nonce=_string(data.get("nonce"), "nonce", _NONCE_RE),
+    )
+    return request
+
+
+def _register_body(body: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(body) - {"endpoint", "listen_port", "request_ip", "child_prefixes",
+                           "nat_type", "hostname"}
+    if unknown:
+        raise InvalidInput(f"unknown register fields: {', '.join(sorted(unknown))}")
+    prefixes = body.get("child_prefixes", [])
+    if not isinstance(prefixes, list) or len(prefixes) > MAX_CHILD_PREFIXES:
+        raise InvalidInput(f"child_prefixes must be a list of at most {MAX_CHILD_PREFIXES}")
+    hostname = body.get("hostname")
+    return {
+        "endpoint": _optional(body.get("endpoint"), endpoint),
+        "listen_port": port(body.get("listen_port")),
+        "request_ip": _optional(body.get("request_ip"), ip_address, "requested address"),
+        "child_prefixes": sorted({str(network(p, "child prefix")) for p in prefixes}),
+        "nat_type": nat_type(body.get("nat_type")),
+        "hostname": None if hostname is None else _string(hostname, "hostname", _HOSTNAME_RE),
+    }
+
+
+def _endpoint_body(body: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(body) - {"endpoint", "nat_type"}
+    if unknown:
+        raise InvalidInput(f"unknown endpoint-update fields: {', '.join(sorted(unknown))}")
+    return {"endpoint": endpoint(body.get("endpoint")), "nat_type": nat_type(body.get("nat_type"))}
+
+
+def _empty_body(body: dict[str, Any]) -> dict[str, Any]:
+    if body:
+        raise InvalidInput("this request takes no body")
+    return {}
+
+
+_BODY_VALIDATORS = {
+    "register": _register_body,
+    "heartbeat": _empty_body,
+    "endpoint-update": _endpoint_body,
+    "leave": _empty_body,
+}
+
+
+# -- peers ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Peer:
+    """One node of a zone, as stored in Redis and sent in snapshots and updates."""
+    key: str
+    address: str
+    endpoint: str | None = None
+    child_prefixes: tuple[str, ...] = ()
+    listen_port: int = 51820
+    nat_type: str | None = None
+    session: str = ""
+    hostname: str | None = None
+    registered: float = 0.0
+
+    def allowed_ips(self) -> tuple[str, ...]:
+        host = 32 if ipaddress.ip_address(self.address).version == 4 else 128
+        return (f"{self.address}/{host}", *self.child_prefixes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "address": self.address, "endpoint": self.endpoint,
+            "child_prefixes": list(self.child_prefixes), "listen_port": self.listen_port,
+            "nat_type": self.nat_type, "session": self.session, "hostname": self.hostname,
+            "registered": self.registered,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+def parse_peer(data: Any) -> Peer:
+    """Validate a peer record (from Redis or an update) into a Peer."""
+    if isinstance(data, (bytes, str)):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            raise InvalidInput("peer record is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("peer record must be an object")
+    prefixes = data.get("child_prefixes", [])
+    if not isinstance(prefixes, list) or len(prefixes) > MAX_CHILD_PREFIXES:
+        raise InvalidInput("peer child_prefixes must be a list")
+    registered = data.get("registered", 0.0)
+    if isinstance(registered, bool) or not isinstance(registered, (int, float)):
+        raise InvalidInput("peer registered must be a number")
+    hostname = data.get("hostname")
+    return Peer(
+        key=public_key(data.get("key")),
+        address=ip_address(data.get("address"), "peer address"),
+        endpoint=_optional(data.get("endpoint"), endpoint),
+        child_prefixes=tuple(str(network(p, "child prefix")) for p in prefixes),
+        listen_port=port(data.get("listen_port", 51820)),
+        nat_type=nat_type(data.get("nat_type")),
+        session=str(data.get("session") or ""),
+        hostname=hostname if isinstance(hostname, str) else None,
+        registered=float(registered),
+    )
+
+
+# -- replies and updates -----------------------------------------------------------------
+
+def reply(request_id: str, kind: str, ok: bool, **fields: Any) -> str:
+    return json.dumps({"v": VERSION, "id": request_id, "type": kind, "ok": ok, **fields},
+                      separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Change:
+    rev: int
+    op: str                      # "upsert" | "remove" | "zone-deleted"
+    peer: Peer | None = None     # for upsert
+    key: str | None = None       # for remove
+    reason: str | None = None    # for remove: left, deleted, expired, evicted
+
+
+@dataclass(frozen=True)
+class ZoneUpdate:
+    zone: str
+    since: int                   # the revision these changes apply on top of
+    rev: int                     # the revision after them
+    changes: tuple[Change, ...]
+
+
+def parse_update(payload: bytes | str) -> ZoneUpdate:
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("update is not JSON") from None
+    if not isinstance(data, dict) or data.get("v") != VERSION:
+        raise InvalidInput("update must be a version 1 object")
+    since, rev, raw_changes = data.get("since"), data.get("rev"), data.get("changes")
+    if not (_is_int(since) and _is_int(rev) and 0 <= since <= rev):
+        raise InvalidInput("update revisions are malformed")
+    if not isinstance(raw_changes, list):
+        raise InvalidInput("update changes must be a list")
+    changes = []
+    for raw in raw_changes:
+        if not isinstance(raw, dict) or not _is_int(raw.get("rev")):
+            raise InvalidInput("change must be an object with a revision")
+        op = raw.get("op")
+        if op == "upsert":
+            changes.append(Change(raw["rev"], op, peer=parse_peer(raw.get("peer"))))
+        elif op == "remove":
+            changes.append(Change(raw["rev"], op, key=public_key(raw.get("key")),
+                                  reason=str(raw.get("reason") or "")))
+        elif op == "zone-deleted":
+            changes.append(Change(raw["rev"], op))
+        else:
+            raise InvalidInput(f"unknown change op {op!r}")
+    return ZoneUpdate(zone_name(data.get("zone")), since, rev, tuple(changes))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

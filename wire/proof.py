@@ -1,0 +1,68 @@
+"""Proof of possession of a WireGuard private key.
+
+WireGuard keys are X25519. The tower publishes its own X25519 public key; a node MACs
+each request with a key derived from X25519(node private, tower public); the tower
+checks it with X25519(tower private, node public). Only the holder of the node's
+private key (or the tower) can produce a valid MAC for that public key.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives import serialization
+
+from .errors import InvalidInput
+
+_RAW = serialization.Encoding.Raw
+_CONTEXT = b"apex-mesh request mac v1"
+
+
+def decode_key(text: str, what: str = "key") -> bytes:
+    """Decode a base64 WireGuard key (32 bytes) or raise InvalidInput."""
+    if not isinstance(text, str) or len(text) != 44 or not text.endswith("="):
+        raise InvalidInput(f"{what} is not a WireGuard key (44 base64 characters)")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{what} is not valid base64") from None
+    if len(raw) != 32:
+        raise InvalidInput(f"{what} does not decode to 32 bytes")
+    return raw
+
+
+def encode_key(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def generate_private_key() -> str:
+    key = X25519PrivateKey.generate()
+    return encode_key(key.private_bytes(_RAW, serialization.PrivateFormat.Raw,
+                                        serialization.NoEncryption()))
+
+
+def public_key_of(private_key: str) -> str:
+    key = X25519PrivateKey.from_private_bytes(decode_key(private_key, "private key"))
+    return encode_key(key.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw))
+
+
+def mac_key(own_private: str, other_public: str) -> bytes:
+    """The symmetric MAC key shared by a node and the tower."""
+    private = X25519PrivateKey.from_private_bytes(decode_key(own_private, "private key"))
+    public = X25519PublicKey.from_public_bytes(decode_key(other_public, "public key"))
+    try:
+        shared = private.exchange(public)
+    except ValueError:  # low-order point: the exchange yields all zeros
+        raise InvalidInput("public key is not a usable X25519 point") from None
+    return hashlib.sha256(_CONTEXT + shared).digest()
+
+
+def sign(key: bytes, payload: bytes) -> str:
+    return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
+
+def verify(key: bytes, payload: bytes, mac: str) -> bool:
+    return hmac.compare_digest(sign(key, payload), mac)

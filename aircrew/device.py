@@ -64,7 +64,8 @@ class Device(ABC):
 
     @abstractmethod
     def upsert_peer(self, peer: PeerConfig) -> None:
-        """Add or update one peer: endpoint, allowed IPs (replaced) and keepalive."""
+        """Add or update one peer: allowed IPs (replaced), keepalive, and the endpoint
+        unless ``peer.endpoint`` is None (then the device keeps the one it has)."""
 
     @abstractmethod
     def remove_peer(self, public_key: str) -> None: ...
@@ -103,6 +104,9 @@ class RecordingDevice(Device):
     def upsert_peer(self, peer: PeerConfig) -> None:
         self.operations += 1
         self.log.append(("upsert_peer", peer.public_key))
+        have = self.state.peers.get(peer.public_key)
+        if peer.endpoint is None and have is not None:
+            peer = PeerConfig(peer.public_key, have.endpoint, peer.allowed_ips, peer.keepalive)
         self.state.peers[peer.public_key] = peer
 
     def remove_peer(self, public_key: str) -> None:

@@ -123,7 +123,7 @@ class Request:
     zone: str
     key: str
     body: dict[str, Any] = field(default_factory=dict)
-    session: str = ""
+    session: str = field(default_factory=lambda: uuid.uuid4().hex)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     ts: float = field(default_factory=time.time)
     nonce: str = field(default_factory=lambda: uuid.uuid4().hex)

@@ -1,0 +1,56 @@
+"""The agent's copy of its zone: a snapshot plus the updates applied on top (pure).
+
+Updates carry the revision they apply on (``since``) and the one they lead to (``rev``).
+An update that does not start at our revision means we missed one: resync.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from wire.messages import Peer, ZoneUpdate
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"
+    STALE = "stale"            # already covered by our revision
+    GAP = "gap"                # we missed something: take a new snapshot
+    ZONE_DELETED = "zone-deleted"
+
+
+@dataclass
+class ZoneMirror:
+    rev: int = -1                                  # -1: no snapshot yet
+    peers: dict[str, Peer] = field(default_factory=dict)
+    removed: dict[str, str] = field(default_factory=dict)   # key -> reason, last update only
+
+    @property
+    def loaded(self) -> bool:
+        return self.rev >= 0
+
+    def load(self, rev: int, peers: dict[str, Peer]) -> None:
+        self.rev = rev
+        self.peers = dict(peers)
+        self.removed = {}
+
+    def apply(self, update: ZoneUpdate) -> Outcome:
+        self.removed = {}
+        if not self.loaded:
+            return Outcome.GAP
+        if update.rev <= self.rev:
+            return Outcome.STALE
+        if update.since > self.rev:
+            return Outcome.GAP
+        for change in update.changes:
+            if change.rev <= self.rev:
+                continue  # overlap with what the snapshot already held
+            if change.op == "zone-deleted":
+                return Outcome.ZONE_DELETED
+            if change.op == "upsert" and change.peer is not None:
+                self.peers[change.peer.key] = change.peer
+            elif change.op == "remove" and change.key is not None:
+                self.peers.pop(change.key, None)
+                self.removed[change.key] = change.reason or ""
+            self.rev = change.rev
+        self.rev = update.rev
+        return Outcome.APPLIED

@@ -1,0 +1,189 @@
+"""The agent's side of the wire protocol: requests, replies, snapshots and zone updates.
+
+Used by the real agent and by the benchmark's simulated agents alike. One pub/sub
+connection carries both the node's reply channel and the zone's update channel; it is
+subscribed before any request is sent, so no reply and no update can be missed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from wire import messages, proof
+from wire.errors import InvalidInput, MeshError, Unavailable
+from wire.keys import Keys
+from wire.messages import Peer, Request, ZoneUpdate
+
+log = logging.getLogger(__name__)
+
+
+class TowerRefused(MeshError):
+    """The tower answered a request with an error; ``code`` says which kind."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NoReply(MeshError):
+    """The tower did not answer in time (it may be down)."""
+
+
+@dataclass(frozen=True)
+class ZoneSnapshot:
+    cidr: str
+    rev: int
+    peers: dict[str, Peer]
+
+
+class TowerSession:
+    def __init__(self, client: aioredis.Redis, zone: str, private_key: str, *,
+                 keys: Keys | None = None, session_id: str | None = None) -> None:
+        self.client = client
+        self.zone = messages.zone_name(zone)
+        self.private_key = private_key
+        self.public_key = proof.public_key_of(private_key)
+        self.keys = keys or Keys()
+        self.session_id = session_id or uuid.uuid4().hex
+        self.updates: asyncio.Queue[ZoneUpdate] = asyncio.Queue()
+        self.bytes_received = 0
+        self.lost = asyncio.Event()
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._tower_public: str | None = None
+
+    async def open(self) -> None:
+        """Subscribe to the reply and update channels (before any request)."""
+        self.lost.clear()
+        self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self.keys.reply(self.zone, self.public_key),
+                                     self.keys.updates(self.zone))
+        self._reader = asyncio.create_task(self._read(), name=f"pubsub-{self.zone}")
+        public = await self.client.get(self.keys.tower_public)
+        if public is None:
+            raise Unavailable("no ControlTower has started on this Redis yet")
+        self._tower_public = public if isinstance(public, str) else public.decode()
+
+    async def close(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
+                pass
+            self._reader = None
+        if self._pubsub:
+            try:
+                await self._pubsub.aclose()
+            except Exception:  # noqa: BLE001 - the connection may already be gone
+                pass
+            self._pubsub = None
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        updates_channel = self.keys.updates(self.zone)
+        try:
+            while True:
+                msg = await self._pubsub.get_message(timeout=5.0)
+                if msg is None or msg.get("type") != "message":
+                    continue
+                data = msg["data"]
+                self.bytes_received += len(data)
+                channel = msg["channel"]
+                channel = channel.decode() if isinstance(channel, bytes) else channel
+                if channel == updates_channel:
+                    self._on_update(data)
+                else:
+                    self._on_reply(data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure means the link is gone
+            log.warning("lost the connection to the controller: %s", exc)
+            self.lost.set()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(Unavailable("lost the connection to the controller"))
+
+    def _on_update(self, data: bytes | str) -> None:
+        try:
+            update = messages.parse_update(data)
+        except InvalidInput as exc:
+            log.warning("ignored a malformed zone update: %s", exc)
+            return
+        if update.zone == self.zone:
+            self.updates.put_nowait(update)
+
+    def _on_reply(self, data: bytes | str) -> None:
+        import json
+        try:
+            reply = json.loads(data)
+            future = self._pending.get(reply.get("id")) if isinstance(reply, dict) else None
+        except (ValueError, UnicodeDecodeError):
+            log.warning("ignored a malformed reply")
+            return
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    async def request(self, kind: str, body: dict[str, Any] | None = None,
+                      timeout: float = 5.0, attempts: int = 1) -> dict[str, Any]:
+        """Send a signed request; return the reply or raise TowerRefused / NoReply."""
+        if self._tower_public is None:
+            raise Unavailable("session is not open")
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            for attempt in range(attempts):
+                request = Request(kind, self.zone, self.public_key, body or {},
+                                  session=self.session_id, id=request_id)
+                fields = request.signed(self.private_key, self._tower_public)
+                added = await self.client.xadd(self.keys.requests(self.zone), fields,
+                                               nomkstream=True)
+                if added is None:
+                    raise TowerRefused(f"zone {self.zone} does not exist", "not-found")
+                try:
+                    reply = await asyncio.wait_for(asyncio.shield(future), timeout)
+                    break
+                except asyncio.TimeoutError:
+                    log.info("no reply to %s after %.0fs (attempt %d of %d)",
+                             kind, timeout, attempt + 1, attempts)
+            else:
+                raise NoReply(f"the tower did not answer the {kind} request")
+        finally:
+            self._pending.pop(request_id, None)
+        if not reply.get("ok"):
+            raise TowerRefused(str(reply.get("error", "refused")), str(reply.get("code", "error")))
+        return reply
+
+    async def snapshot(self) -> ZoneSnapshot:
+        """A consistent (revision, peers) pair, read in one transaction."""
+        k = self.keys
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hget(k.zone(self.zone), "cidr")
+            pipe.get(k.rev(self.zone))
+            pipe.hgetall(k.peers(self.zone))
+            cidr, rev, records = await pipe.execute()
+        if cidr is None:
+            raise TowerRefused(f"zone {self.zone} does not exist", "not-found")
+        peers = {}
+        for record in records.values():
+            try:
+                peer = messages.parse_peer(record)
+            except InvalidInput as exc:
+                log.warning("skipped a malformed peer record in the snapshot: %s", exc)
+                continue
+            peers[peer.key] = peer
+        cidr = cidr.decode() if isinstance(cidr, bytes) else cidr
+        return ZoneSnapshot(cidr, int(rev or 0), peers)
+
+    async def revision(self) -> int:
+        return int(await self.client.get(self.keys.rev(self.zone)) or 0)

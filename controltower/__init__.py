@@ -1,0 +1,1 @@
+"""ControlTower: the control plane service (REST API, request worker, STUN)."""

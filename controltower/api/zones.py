@@ -1,0 +1,43 @@
+"""Zones: create, list, show, delete."""
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from wire.errors import InvalidInput
+
+from ..db import store
+from . import render
+from .body import json_object
+
+bp = Blueprint("zones", __name__)
+
+ZONE_FIELDS = {"Name": str, "Description": str, "CIDR": str}
+
+
+@bp.post("/zone")
+@bp.post("/zones")
+def create_zone():
+    body = json_object(request, ZONE_FIELDS, required=("Name", "CIDR"))
+    zone = store().create_zone(body["Name"], body["CIDR"], body.get("Description", ""))
+    return jsonify(render.zone(zone)), 201
+
+
+@bp.get("/zones")
+def list_zones():
+    return jsonify([render.zone(z) for z in store().list_zones()])
+
+
+@bp.get("/zones/<name>")
+def show_zone(name: str):
+    s = store()
+    zone = s.get_zone(name)
+    return jsonify(render.zone(zone, nodes=len(s.peers(name))))
+
+
+@bp.delete("/zones/<name>")
+def delete_zone(name: str):
+    force = request.args.get("force", "false").lower()
+    if force not in ("true", "false", "1", "0"):
+        raise InvalidInput("force must be true or false")
+    store().delete_zone(name, force=force in ("true", "1"))
+    return jsonify({"Deleted": name})

@@ -1,0 +1,34 @@
+"""The Flask application factory of the ControlTower REST API."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+
+from wire.keys import DEFAULT_PREFIX
+
+from . import db, errors
+from .api import health, ipam, peers, zones
+
+DEFAULTS: dict[str, Any] = {
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "KEY_PREFIX": DEFAULT_PREFIX,
+    "OFFLINE_AFTER": 30.0,
+    "EXPIRY": 86400.0,
+}
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    app.json.sort_keys = False
+    if test_config is None:
+        app.config.from_prefixed_env("CONTROLTOWER")
+    else:
+        app.config.from_mapping(test_config)
+    errors.init_app(app)
+    db.init_app(app)
+    for blueprint in (zones.bp, peers.bp, ipam.bp, health.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,42 @@
+"""One mapping from domain exceptions to HTTP statuses, JSON bodies only."""
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from wire.errors import (Conflict, Forbidden, InvalidInput, MeshError, NotFound, Unauthorized,
+                         Unavailable)
+
+log = logging.getLogger(__name__)
+
+STATUS = {InvalidInput: 400, Unauthorized: 401, Forbidden: 403, NotFound: 404, Conflict: 409,
+          Unavailable: 503}
+
+
+def error(message: str, status: int):
+    response = jsonify({"error": message})
+    response.status_code = status
+    return response
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(MeshError)
+    def mesh_error(exc: MeshError):
+        return error(str(exc), STATUS.get(type(exc), 400))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return error(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    def redis_down(exc: Exception):
+        log.warning("redis unreachable: %s", exc)
+        return error("the zone store (Redis) is unreachable", 503)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error("internal error", 500)

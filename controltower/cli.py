@@ -1,0 +1,58 @@
+"""The ``controltower`` command line."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from wire.errors import MeshError
+
+from . import logs
+from .serve import ServeSettings, Tower
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """ControlTower: zones, addresses and peer lists for aircrew WireGuard meshes."""
+
+
+@main.command()
+@click.option("--listen", default="0.0.0.0", show_default=True, envvar="CONTROLTOWER_LISTEN",
+              help="Address the REST API, STUN and a private Redis listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+              envvar="CONTROLTOWER_PORT", help="TCP port of the REST API.")
+@click.option("--redis-url", default=None, envvar="CONTROLTOWER_REDIS_URL",
+              help="Redis to use (redis://[:password@]host:port/db). "
+                   "Without it a private redis-server is started in the data directory.")
+@click.option("--redis-port", default=6379, show_default=True, type=click.IntRange(1, 65535),
+              envvar="CONTROLTOWER_REDIS_PORT", help="Port of the private redis-server.")
+@click.option("--data-dir", default="/var/lib/controltower", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), envvar="CONTROLTOWER_DATA_DIR",
+              help="Where the private Redis keeps its AOF and the tower its secrets.")
+@click.option("--stun-port", default=3478, show_default=True, type=click.IntRange(0, 65535),
+              envvar="CONTROLTOWER_STUN_PORT", help="UDP port of the STUN responder; 0 turns it off.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(logs.LEVELS, case_sensitive=False), envvar="CONTROLTOWER_LOG_LEVEL")
+@click.option("--offline-after", default=30.0, show_default=True, type=click.FloatRange(1),
+              envvar="CONTROLTOWER_OFFLINE_AFTER",
+              help="Seconds without a heartbeat after which a node shows as offline.")
+@click.option("--expiry", default=86400.0, show_default=True, type=click.FloatRange(10),
+              envvar="CONTROLTOWER_EXPIRY",
+              help="Seconds without a heartbeat after which a node is removed and its address released.")
+@click.option("--publish-window", default=0.02, show_default=True, type=click.FloatRange(0, 5),
+              envvar="CONTROLTOWER_PUBLISH_WINDOW",
+              help="Seconds over which zone changes are coalesced into one update.")
+def serve(listen: str, port: int, redis_url: str | None, redis_port: int, data_dir: Path,
+          stun_port: int, log_level: str, offline_after: float, expiry: float,
+          publish_window: float) -> None:
+    """Run the ControlTower: REST API, request worker and STUN responder."""
+    logs.setup(log_level)
+    settings = ServeSettings(listen=listen, port=port, redis_url=redis_url or None,
+                             redis_port=redis_port, data_dir=data_dir, stun_port=stun_port,
+                             log_level=log_level.lower(), offline_after=offline_after,
+                             expiry=expiry, publish_window=publish_window)
+    try:
+        sys.exit(Tower(settings).run())
+    except MeshError as exc:
+        raise click.ClickException(str(exc)) from None

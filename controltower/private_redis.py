@@ -1,0 +1,73 @@
+"""A private redis-server child with AOF persistence in the tower's data directory.
+
+One command gives a working tower on a single machine. Its password is generated on
+first start and kept in ``<data-dir>/redis-password`` (mode 0600); it is passed to
+redis-server in a 0600 config file, never on the command line.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import redis
+
+from wire.errors import Unavailable
+
+from . import children
+from .secretfile import read_or_create_secret, write_secret
+
+log = logging.getLogger(__name__)
+
+
+class PrivateRedis:
+    def __init__(self, data_dir: Path, bind: str = "127.0.0.1", port: int = 6379) -> None:
+        self.data_dir = data_dir
+        self.bind = bind
+        self.port = port
+        self.password = read_or_create_secret(data_dir / "redis-password",
+                                              lambda: secrets.token_urlsafe(24))
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise Unavailable("redis-server is not on PATH: install it, or pass --redis-url")
+        redis_dir = self.data_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(redis_dir, 0o700)
+        config = self.data_dir / "redis.conf"
+        binds = "* -::*" if self.bind in ("0.0.0.0", "::", "") else self.bind
+        write_secret(config, "\n".join([
+            f"bind {binds}", f"port {self.port}", f"dir {redis_dir}", "appendonly yes",
+            "appendfsync everysec", "daemonize no", "protected-mode no", "loglevel warning",
+            "maxclients 10000", f"requirepass {self.password}", ""]))
+        log.info("starting a private redis-server on %s:%d (data in %s)", self.bind, self.port,
+                 redis_dir)
+        self.proc = children.spawn([binary, str(config)])
+        deadline = time.monotonic() + timeout
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise Unavailable(f"redis-server exited with status {self.proc.returncode}; "
+                                  f"is port {self.port} already in use?")
+            try:
+                client.ping()
+                return
+            except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
+                time.sleep(0.05)
+            finally:
+                client.close()
+        raise Unavailable(f"redis-server did not answer within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            children.stop(self.proc, "redis-server")

@@ -1,0 +1,115 @@
+"""``controltower serve``: Redis (private or given), request worker, STUN, REST API.
+
+This process runs the request worker and the STUN responder in threads and supervises
+two children that die with it: an optional private redis-server and gunicorn serving
+the Flask app. Several such processes on one Redis are replicas of one tower.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipam.store import ZoneStore
+from wire.keys import Keys
+
+from . import children
+from .private_redis import PrivateRedis
+from .redisconn import connect
+from .worker import RequestWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeSettings:
+    listen: str = "0.0.0.0"
+    port: int = 8080
+    redis_url: str | None = None
+    redis_port: int = 6379
+    data_dir: Path = Path("/var/lib/controltower")
+    stun_port: int = 3478
+    log_level: str = "info"
+    key_prefix: str = "ct:"
+    workers: int = 2
+    offline_after: float = 30.0
+    expiry: float = 86400.0
+    publish_window: float = 0.02
+
+
+def bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Tower:
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.private_redis: PrivateRedis | None = None
+        self.gunicorn = None
+        self.stun = None
+        self.threads: list[threading.Thread] = []
+
+    def run(self) -> int:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+        try:
+            redis_url = s.redis_url
+            if not redis_url:
+                self.private_redis = PrivateRedis(s.data_dir, s.listen, s.redis_port)
+                self.private_redis.start()
+                redis_url = self.private_redis.url
+                log.info("agents connect with --controller <this host>:%d and the password in %s",
+                         s.redis_port, s.data_dir / "redis-password")
+            store = ZoneStore(connect(redis_url), Keys(s.key_prefix), expiry=s.expiry)
+            store.ensure_default_zone()
+            worker = RequestWorker(store, publish_window=s.publish_window)
+            self._thread(worker.run, "request-worker")
+            if s.stun_port:
+                from .stun_responder import StunResponder
+                self.stun = StunResponder(s.listen, s.stun_port)
+                self.stun.start()
+                log.info("answering STUN on udp %s", bind_address(s.listen, self.stun.bound_port))
+            self._start_gunicorn(redis_url)
+            log.info("ControlTower API on http://%s", bind_address(s.listen, s.port))
+            while not self.stop_event.wait(0.5):
+                if self.gunicorn.poll() is not None:
+                    log.error("the API server exited with status %s", self.gunicorn.returncode)
+                    return 1
+            return 0
+        finally:
+            self.shutdown()
+
+    def _thread(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _start_gunicorn(self, redis_url: str) -> None:
+        s = self.settings
+        env = dict(os.environ, CONTROLTOWER_REDIS_URL=redis_url,
+                   CONTROLTOWER_KEY_PREFIX=s.key_prefix,
+                   CONTROLTOWER_OFFLINE_AFTER=str(s.offline_after),
+                   CONTROLTOWER_EXPIRY=str(s.expiry))
+        argv = [sys.executable, "-m", "gunicorn", "--bind", bind_address(s.listen, s.port),
+                "--workers", str(s.workers), "--worker-class", "gthread", "--threads", "4",
+                "--log-level", s.log_level, "--graceful-timeout", "5", "--no-control-socket",
+                "controltower.app:create_app()"]
+        self.gunicorn = children.spawn(argv, env=env)
+
+    def shutdown(self) -> None:
+        self.stop_event.set()
+        if self.gunicorn is not None:
+            children.stop(self.gunicorn, "gunicorn")
+        if self.stun is not None:
+            self.stun.stop()
+        for thread in self.threads:
+            thread.join(5)
+        if self.private_redis is not None:
+            self.private_redis.stop()

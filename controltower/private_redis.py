@@ -19,7 +19,7 @@ import redis
 from wire.errors import Unavailable
 
 from . import children
-from .secretfile import read_or_create_secret, write_secret
+from wire.secretfile import read_or_create_secret, write_secret
 
 log = logging.getLogger(__name__)
 

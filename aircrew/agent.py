@@ -1,0 +1,317 @@
+"""The agent's main loop: register, follow the zone, keep the device equal to it.
+
+Tower or Redis unreachable: every tunnel stays as it is; the agent retries with
+jittered backoff and resyncs (subscribe, snapshot, buffered updates) when back.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis
+import redis.asyncio as aioredis
+
+from wire.errors import MeshError, Unavailable
+from wire.keys import Keys
+from wire.messages import Peer
+
+from .device import Device
+from .mirror import Outcome, ZoneMirror
+from .reconcile import (AddPeer, AddRoute, Desired, Op, RemovePeer, RemoveRoute, UpdatePeer,
+                        desired, diff)
+from .session import NoReply, TowerRefused, TowerSession
+from .state import Cache, StateFiles
+
+log = logging.getLogger(__name__)
+
+CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                     OSError, Unavailable, NoReply)
+
+
+class AgentExit(MeshError):
+    """The agent must stop: the message says why (exit status 1)."""
+
+
+class Links(Protocol):
+    """Address, link state and routes of the interface (aircrew.routes.LinkConfig)."""
+    def set_address(self, address: str, prefix_len: int) -> None: ...
+    def up(self) -> None: ...
+    def routes(self) -> set[str]: ...
+    def add_route(self, prefix: str) -> None: ...
+    def remove_route(self, prefix: str) -> None: ...
+
+
+class EndpointSource(Protocol):
+    def discover(self, port_in_use: bool) -> tuple[str | None, str | None]:
+        """(endpoint "ip:port" or None, NAT type or None)."""
+
+
+@dataclass
+class AgentSettings:
+    zone: str
+    private_key: str
+    controller_url: str
+    listen_port: int = 51820
+    child_prefixes: tuple[str, ...] = ()
+    request_ip: str | None = None
+    heartbeat_interval: float = 10.0
+    endpoint_interval: float = 60.0
+    revision_interval: float = 30.0
+    request_timeout: float = 5.0
+    key_prefix: str = "ct:"
+    hostname: str = field(default_factory=socket.gethostname)
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, device: Device, links: Links,
+                 endpoints: EndpointSource, state: StateFiles,
+                 client_factory=None) -> None:
+        self.s = settings
+        self.device = device
+        self.links = links
+        self.endpoints = endpoints
+        self.state = state
+        self.keys = Keys(settings.key_prefix)
+        self.client_factory = client_factory or (
+            lambda: aioredis.Redis.from_url(settings.controller_url, decode_responses=True,
+                                            socket_connect_timeout=5, socket_keepalive=True,
+                                            health_check_interval=15))
+        self.mirror = ZoneMirror()
+        self.applied = Desired()
+        self.assignment: dict[str, Any] | None = None
+        self.endpoint: str | None = None
+        self.nat_type: str | None = None
+        self.session: TowerSession | None = None
+        self.stop = asyncio.Event()
+        self.resyncs = 0
+        from wire.proof import public_key_of
+        self.public_key = public_key_of(settings.private_key)
+
+    # -- start-up ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until ``stop`` is set; raises AgentExit when the tower says to stop."""
+        cache = self.state.load()
+        if cache is not None and cache.zone == self.s.zone:
+            log.info("bringing the mesh up from the cached snapshot (revision %d)", cache.rev)
+            self.assignment = {"address": cache.address, "prefix_len": cache.prefix_len,
+                               "cidr": cache.cidr}
+            self._ensure_device()
+            self.mirror.load(cache.rev, cache.peer_map())
+            self._reconcile()
+        self.endpoint, self.nat_type = await asyncio.to_thread(
+            self.endpoints.discover, self.device.exists())
+        log.info("advertising endpoint %s (NAT type %s)", self.endpoint or "none", self.nat_type)
+        backoff = 1.0
+        while not self.stop.is_set():
+            try:
+                await self._connected()
+                backoff = 1.0
+            except CONNECTION_ERRORS as exc:
+                if self.mirror.loaded:
+                    log.warning("controller unreachable (%s); tunnels stay up, retrying in %.0fs",
+                                exc, backoff)
+                else:
+                    log.warning("controller unreachable (%s) and no cached snapshot: waiting "
+                                "for it, retrying in %.0fs", exc, backoff)
+            await self._sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, 30.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _connected(self) -> None:
+        client = self.client_factory()
+        session = TowerSession(client, self.s.zone, self.s.private_key, keys=self.keys,
+                               session_id=self.session.session_id if self.session else None)
+        self.session = session
+        try:
+            await session.open()
+            await self._register()
+            await self._resync()
+            await self._follow()
+        finally:
+            await session.close()
+            await client.aclose()
+
+    async def _register(self) -> None:
+        body = {"endpoint": self.endpoint, "listen_port": self.s.listen_port,
+                "request_ip": self.s.request_ip, "child_prefixes": list(self.s.child_prefixes),
+                "nat_type": self.nat_type, "hostname": self.s.hostname[:253] or None}
+        try:
+            reply = await self.session.request("register", body, timeout=self.s.request_timeout,
+                                               attempts=3)
+        except TowerRefused as exc:
+            raise AgentExit(f"the tower refused to register this node: {exc}") from None
+        if self.assignment and self.assignment["address"] != reply["address"]:
+            log.warning("the tower moved this node from %s to %s", self.assignment["address"],
+                        reply["address"])
+        self.assignment = {k: reply[k] for k in ("address", "prefix_len", "cidr")}
+        log.info("registered in zone %s as %s/%d", self.s.zone, reply["address"],
+                 reply["prefix_len"])
+        self._ensure_device()
+
+    def _ensure_device(self) -> None:
+        if not self.device.exists():
+            self.device.create()
+        state = self.device.read()
+        if state.public_key != self.public_key or state.listen_port != self.s.listen_port:
+            self.device.set_identity(self.s.private_key, self.s.listen_port)
+        self.links.set_address(self.assignment["address"], int(self.assignment["prefix_len"]))
+        self.links.up()
+
+    # -- following the zone ------------------------------------------------------------------
+
+    async def _resync(self) -> None:
+        self.resyncs += 1
+        snapshot = await self.session.snapshot()
+        self.mirror.load(snapshot.rev, snapshot.peers)
+        while not self.session.updates.empty():  # buffered while the snapshot was read
+            self._apply_update(self.session.updates.get_nowait())
+        self._check_membership()
+        self._reconcile()
+
+    def _apply_update(self, update) -> bool:
+        """Apply one update; False when a resync is needed."""
+        outcome = self.mirror.apply(update)
+        if outcome is Outcome.ZONE_DELETED:
+            raise AgentExit(f"zone {self.s.zone} was deleted on the tower")
+        if outcome is Outcome.GAP:
+            log.info("missed a zone update (have revision %d, got %d..%d): resyncing",
+                     self.mirror.rev, update.since, update.rev)
+            return False
+        return True
+
+    def _check_membership(self) -> None:
+        reason = self.mirror.removed.get(self.public_key)
+        if reason == "deleted":
+            raise AgentExit("this node was deleted from the zone by an administrator")
+        own = self.mirror.peers.get(self.public_key)
+        if own is not None and own.session != self.session.session_id:
+            raise AgentExit(f"this key was registered from another host (endpoint "
+                            f"{own.endpoint or 'unknown'}); this agent stops")
+
+    async def _follow(self) -> None:
+        session = self.session
+        now = time.monotonic()
+        next_heartbeat = now + self.s.heartbeat_interval
+        next_endpoint = now + self.s.endpoint_interval
+        next_revision = now + self.s.revision_interval
+        while not self.stop.is_set():
+            if session.lost.is_set():
+                raise Unavailable("lost the connection to the controller")
+            timeout = max(0.0, min(next_heartbeat, next_endpoint, next_revision) - time.monotonic())
+            try:
+                update = await asyncio.wait_for(session.updates.get(), min(timeout, 1.0))
+            except asyncio.TimeoutError:
+                update = None
+            if update is not None:
+                ok = self._apply_update(update)
+                while ok and not session.updates.empty():
+                    ok = self._apply_update(session.updates.get_nowait())
+                if not ok:
+                    await self._resync()
+                    continue
+                if self.public_key not in self.mirror.peers:
+                    reason = self.mirror.removed.get(self.public_key, "")
+                    if reason == "deleted":
+                        raise AgentExit("this node was deleted from the zone by an administrator")
+                    log.warning("the tower removed this node (%s): registering again",
+                                reason or "unknown reason")
+                    await self._register()
+                    await self._resync()
+                    continue
+                self._check_membership()
+                self._reconcile()
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                next_heartbeat = now + self.s.heartbeat_interval
+                await self._heartbeat()
+            if now >= next_endpoint:
+                next_endpoint = now + self.s.endpoint_interval
+                await self._recheck_endpoint()
+            if now >= next_revision:
+                next_revision = now + self.s.revision_interval
+                if await session.revision() > self.mirror.rev and session.updates.empty():
+                    log.info("zone revision moved on without an update reaching us: resyncing")
+                    await self._resync()
+
+    async def _heartbeat(self) -> None:
+        try:
+            await self.session.request("heartbeat", timeout=self.s.request_timeout)
+        except NoReply:
+            log.info("no answer to a heartbeat; the tower may be down")
+        except TowerRefused as exc:
+            if exc.code == "not-found":
+                log.warning("the tower no longer knows this node: registering again")
+                await self._register()
+                await self._resync()
+            elif "superseded" in str(exc):
+                raise AgentExit("this key was registered from another host; this agent stops")
+            else:
+                log.warning("heartbeat refused: %s", exc)
+
+    async def _recheck_endpoint(self) -> None:
+        endpoint, nat_type = await asyncio.to_thread(self.endpoints.discover, True)
+        if endpoint is None or (endpoint, nat_type) == (self.endpoint, self.nat_type):
+            return
+        log.info("endpoint changed from %s to %s", self.endpoint, endpoint)
+        self.endpoint, self.nat_type = endpoint, nat_type
+        try:
+            await self.session.request("endpoint-update",
+                                       {"endpoint": endpoint, "nat_type": nat_type},
+                                       timeout=self.s.request_timeout, attempts=2)
+        except TowerRefused as exc:
+            log.warning("endpoint update refused: %s", exc)
+
+    # -- the device ------------------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        want = desired(self.public_key, self.mirror.peers.values())
+        ops = diff(want, self.applied, self.device.read(), self.links.routes())
+        if ops:
+            apply_ops(self.device, self.links, ops)
+            log.info("zone revision %d applied with %d operations", self.mirror.rev, len(ops))
+        self.applied = want
+        self._save()
+
+    def _save(self) -> None:
+        if self.assignment is None:
+            return
+        from .wgconf import render
+        cache = Cache(zone=self.s.zone, cidr=self.assignment["cidr"],
+                      address=self.assignment["address"],
+                      prefix_len=int(self.assignment["prefix_len"]),
+                      listen_port=self.s.listen_port, rev=self.mirror.rev,
+                      peers=[p.to_dict() for p in self.mirror.peers.values()])
+        conf = render(self.s.private_key, self.s.listen_port,
+                      f"{cache.address}/{cache.prefix_len}", list(self.applied.peers.values()))
+        self.state.save(cache, conf)
+
+
+def apply_ops(device: Device, links: Links, ops: list[Op]) -> None:
+    """Carry out typed changes: one device or route operation each (new peers batched)."""
+    added = [op.peer for op in ops if isinstance(op, AddPeer)]
+    batch = getattr(device, "upsert_peers", None)
+    if len(added) > 1 and batch is not None:
+        batch(added)
+        added = []
+    for op in ops:
+        if isinstance(op, AddPeer) and added:
+            device.upsert_peer(op.peer)
+        elif isinstance(op, UpdatePeer):
+            device.upsert_peer(op.peer)
+        elif isinstance(op, RemovePeer):
+            device.remove_peer(op.public_key)
+        elif isinstance(op, AddRoute):
+            links.add_route(op.prefix)
+        elif isinstance(op, RemoveRoute):
+            links.remove_route(op.prefix)

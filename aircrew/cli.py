@@ -1,0 +1,200 @@
+"""The ``aircrew`` command line: join a zone and keep wg0 in sync; keygen, status, down."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from wire import proof
+from wire.errors import MeshError
+from wire.secretfile import write_secret
+
+from . import config
+
+log = logging.getLogger("aircrew")
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "AIRCREW"}
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        known = {p.name for p in ctx.command.params if p.name}
+        try:
+            ctx.default_map = config.load_file(Path(value), known)
+        except MeshError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(invoke_without_command=True, context_settings=CONTEXT)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), is_eager=True,
+              expose_value=False, callback=_load_config,
+              help="TOML file with any of these options (command line > AIRCREW_* env > file).")
+@click.option("--public-key", help="This node's WireGuard public key (optional: derived and checked).")
+@click.option("--private-key", help="This node's WireGuard private key (shows in ps: prefer the file).")
+@click.option("--private-key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File holding the private key (mode 0600).")
+@click.option("--allow-insecure-key-file", is_flag=True,
+              help="Accept a private key file that other users can read.")
+@click.option("--controller", help="The controller's Redis: host, host:port or redis(s):// URL.")
+@click.option("--controller-password", help="The zone's agent secret (Redis password).")
+@click.option("--zone", default="default", show_default=True, help="Zone to join.")
+@click.option("--local-endpoint-ip", help="Advertise this IP (with the listen port) as the endpoint.")
+@click.option("--internal-network", is_flag=True,
+              help="Advertise the host's own primary address instead of the STUN-discovered one.")
+@click.option("--child-prefix", multiple=True, help="A prefix behind this node to route to it (repeatable).")
+@click.option("--request-ip", help="Ask for this mesh address (inside the zone's CIDR).")
+@click.option("--listen-port", default=51820, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--interface", default="wg0", show_default=True, help="WireGuard interface name.")
+@click.option("--stun-server", multiple=True,
+              help="STUN server host[:port] (repeatable; default: the controller host, UDP 3478).")
+@click.option("--state-dir", default="/etc/wireguard", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Where config and cache live.")
+@click.option("--heartbeat-interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
+@click.option("--endpoint-interval", default=60.0, show_default=True, type=click.FloatRange(1, 86400),
+              help="Seconds between endpoint re-checks.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.pass_context
+def main(ctx: click.Context, **opts) -> None:
+    """Join this node to a zone and keep its WireGuard interface equal to the zone.
+
+    Stop with Ctrl-C or SIGTERM: the tunnels stay up. `aircrew down` removes them.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    _setup_logging(opts["log_level"])
+    try:
+        code = _run_agent(opts)
+    except MeshError as exc:
+        click.echo(f"aircrew: {exc}", err=True)
+        code = 1
+    sys.exit(code)
+
+
+def _run_agent(opts: dict) -> int:
+    from .agent import Agent, AgentExit, AgentSettings
+    from .backend import open_device
+    from .endpoint import HostAddressEndpoint, StaticEndpoint, StunEndpoint
+    from .routes import LinkConfig
+    from .state import StateFiles
+    from wire import messages
+
+    if not opts["controller"]:
+        raise click.UsageError("--controller is required")
+    zone = messages.zone_name(opts["zone"])
+    private_key = config.read_private_key(opts["private_key"], opts["private_key_file"],
+                                          opts["allow_insecure_key_file"])
+    config.check_public_key(private_key, opts["public_key"])
+    port = opts["listen_port"]
+    if opts["local_endpoint_ip"]:
+        endpoints = StaticEndpoint(config.check_ip(opts["local_endpoint_ip"], "--local-endpoint-ip"), port)
+    elif opts["internal_network"]:
+        endpoints = HostAddressEndpoint(config.controller_host(opts["controller"]), port)
+    else:
+        servers = [config.split_host_port(s, config.DEFAULT_STUN_PORT) for s in opts["stun_server"]]
+        endpoints = StunEndpoint(servers or [(config.controller_host(opts["controller"]),
+                                              config.DEFAULT_STUN_PORT)], port)
+    settings = AgentSettings(
+        zone=zone, private_key=private_key,
+        controller_url=config.controller_url(opts["controller"], opts["controller_password"], zone),
+        listen_port=port, child_prefixes=config.check_prefixes(opts["child_prefix"]),
+        request_ip=config.check_ip(opts["request_ip"], "--request-ip"),
+        heartbeat_interval=opts["heartbeat_interval"], endpoint_interval=opts["endpoint_interval"])
+    name = opts["interface"]
+    agent = Agent(settings, open_device(name), LinkConfig(name), endpoints,
+                  StateFiles(opts["state_dir"], name))
+
+    async def main_task() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, agent.stop.set)
+        try:
+            await agent.run()
+        except AgentExit as exc:
+            log.error("%s", exc)
+            return 1
+        log.info("stopped; the tunnels stay up (`aircrew down` removes them)")
+        return 0
+
+    return asyncio.run(main_task())
+
+
+@main.command()
+@click.option("--private-key-file", default="/etc/wireguard/private.key", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--public-key-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Default: the private key file's name with .pub.")
+@click.option("--force", is_flag=True, help="Overwrite an existing key file.")
+def keygen(private_key_file: Path, public_key_file: Path | None, force: bool) -> None:
+    """Write a new key pair (private key file mode 0600); prints the public key."""
+    if private_key_file.exists() and not force:
+        raise click.ClickException(f"{private_key_file} exists (use --force to overwrite)")
+    private = proof.generate_private_key()
+    public = proof.public_key_of(private)
+    write_secret(private_key_file, private + "\n")
+    public_key_file = public_key_file or private_key_file.with_suffix(".pub")
+    public_key_file.write_text(public + "\n")
+    click.echo(public)
+
+
+def _state_options(f):
+    f = click.option("--interface", default="wg0", show_default=True)(f)
+    f = click.option("--state-dir", default="/etc/wireguard", show_default=True,
+                     type=click.Path(file_okay=False, path_type=Path))(f)
+    return f
+
+
+@main.command()
+@_state_options
+def status(interface: str, state_dir: Path) -> None:
+    """Show peers, endpoints, allowed IPs, handshake age and the zone revision."""
+    from .backend import open_device
+    from .state import StateFiles
+
+    cache = StateFiles(state_dir, interface).load()
+    device = open_device(interface)
+    if not device.exists():
+        raise click.ClickException(f"interface {interface} does not exist")
+    state = device.read()
+    if cache:
+        click.echo(f"zone {cache.zone}  revision {cache.rev}  address {cache.address}/{cache.prefix_len}")
+    click.echo(f"interface {interface}  public key {state.public_key}  listen port {state.listen_port}")
+    now = time.time()
+    rows = [("PEER", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX")]
+    for key, peer in sorted(state.peers.items()):
+        stats = state.stats.get(key)
+        age = f"{now - stats.last_handshake:.0f}s ago" if stats and stats.last_handshake else "never"
+        rows.append((key, peer.endpoint or "-", ",".join(peer.allowed_ips), age,
+                     str(stats.rx_bytes if stats else 0), str(stats.tx_bytes if stats else 0)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@main.command()
+@_state_options
+def down(interface: str, state_dir: Path) -> None:
+    """Remove the interface, the routes aircrew added and its state files."""
+    from .backend import open_device
+    from .routes import LinkConfig
+    from .state import StateFiles
+
+    links = LinkConfig(interface)
+    device = open_device(interface)
+    if device.exists():
+        for prefix in links.routes():
+            links.remove_route(prefix)
+        device.destroy()
+        click.echo(f"removed interface {interface}")
+    StateFiles(state_dir, interface).remove()
+    click.echo(f"removed the state files of {interface} in {state_dir}")

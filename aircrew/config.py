@@ -1,0 +1,133 @@
+"""Agent settings: command line > AIRCREW_* environment > config file (TOML).
+
+The config file uses the long option names without dashes prefix, with '-' or '_':
+    controller = "203.0.113.1"
+    zone = "zone-blue"
+    child-prefix = ["172.24.0.0/24"]
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import stat
+import tomllib
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from wire import proof
+from wire.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REDIS_PORT = 6379
+DEFAULT_STUN_PORT = 3478
+
+
+def load_file(path: Path, known: set[str]) -> dict[str, object]:
+    """Parse a TOML config file into click's default_map; unknown keys are an error."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidInput(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"config file {path}: {exc}") from None
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise InvalidInput(f"config file {path}: unknown option {key!r}")
+        out[name] = value
+    return out
+
+
+def controller_url(controller: str, password: str | None, zone: str) -> str:
+    """A Redis URL from ``host``, ``host:port``, ``[v6]:port`` or a full redis(s):// URL."""
+    if "://" in controller:
+        parts = urlsplit(controller)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise InvalidInput(f"controller URL scheme must be redis, rediss or unix, "
+                               f"not {parts.scheme!r}")
+        if password and not parts.password:
+            netloc = f":{quote(password, safe='')}@{parts.hostname}"
+            if parts.port:
+                netloc += f":{parts.port}"
+            parts = parts._replace(netloc=netloc)
+        return urlunsplit(parts)
+    host, port = split_host_port(controller, DEFAULT_REDIS_PORT)
+    auth = f":{quote(password, safe='')}@" if password else ""
+    host_text = f"[{host}]" if ":" in host else host
+    return f"redis://{auth}{host_text}:{port}/0"
+
+
+def controller_host(controller: str) -> str:
+    if "://" in controller:
+        return urlsplit(controller).hostname or "127.0.0.1"
+    return split_host_port(controller, DEFAULT_REDIS_PORT)[0]
+
+
+def split_host_port(text: str, default_port: int) -> tuple[str, int]:
+    text = text.strip()
+    if not text:
+        raise InvalidInput("empty host")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise InvalidInput(f"{text!r}: port must be 1-65535")
+        return host, int(port_text)
+    return host, default_port
+
+
+def read_private_key(key: str | None, key_file: Path | None, allow_insecure: bool) -> str:
+    if key and key_file:
+        raise InvalidInput("give --private-key or --private-key-file, not both")
+    if key_file:
+        try:
+            mode = key_file.stat().st_mode
+            text = key_file.read_text().strip()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read private key file {key_file}: {exc.strerror}") from None
+        if mode & (stat.S_IROTH | stat.S_IWOTH) and not allow_insecure:
+            raise InvalidInput(f"private key file {key_file} is readable by other users; "
+                               f"chmod 600 it (or pass --allow-insecure-key-file)")
+        key = text
+    elif key:
+        log.warning("the private key was given on the command line or in the environment; "
+                    "it may show in ps: prefer --private-key-file")
+    if not key:
+        raise InvalidInput("a private key is required: --private-key-file (or --private-key)")
+    proof.decode_key(key, "private key")
+    return key
+
+
+def check_public_key(private_key: str, public_key: str | None) -> str:
+    derived = proof.public_key_of(private_key)
+    if public_key and public_key != derived:
+        raise InvalidInput("--public-key does not match the private key "
+                           f"(the private key's public key is {derived})")
+    return derived
+
+
+def check_ip(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise InvalidInput(f"{what} {value!r} is not an IP address") from None
+
+
+def check_prefixes(values: tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_network(value, strict=True)))
+        except ValueError as exc:
+            raise InvalidInput(f"--child-prefix {value!r}: {exc}") from None
+    return tuple(out)

@@ -55,7 +55,7 @@ class EndpointSource(Protocol):
 class AgentSettings:
     zone: str
     private_key: str
-    controller_url: str
+    controller_urls: list[str]          # tried in order until one authenticates
     listen_port: int = 51820
     child_prefixes: tuple[str, ...] = ()
     request_ip: str | None = None
@@ -78,9 +78,10 @@ class Agent:
         self.state = state
         self.keys = Keys(settings.key_prefix)
         self.client_factory = client_factory or (
-            lambda: aioredis.Redis.from_url(settings.controller_url, decode_responses=True,
-                                            socket_connect_timeout=5, socket_keepalive=True,
-                                            health_check_interval=15))
+            lambda url: aioredis.Redis.from_url(url, decode_responses=True,
+                                                socket_connect_timeout=5, socket_keepalive=True,
+                                                health_check_interval=15))
+        self.urls = list(settings.controller_urls)
         self.mirror = ZoneMirror()
         self.applied = Desired()
         self.assignment: dict[str, Any] | None = None
@@ -129,7 +130,16 @@ class Agent:
             pass
 
     async def _connected(self) -> None:
-        client = self.client_factory()
+        client = self.client_factory(self.urls[0])
+        try:
+            await client.ping()
+        except redis.exceptions.AuthenticationError:
+            await client.aclose()
+            if len(self.urls) == 1:
+                raise AgentExit(f"the controller refused the credentials for zone {self.s.zone}: "
+                                "wrong --controller-password, or no such zone") from None
+            self.urls.pop(0)  # not a tower-managed agent user: try the next form
+            return await self._connected()
         session = TowerSession(client, self.s.zone, self.s.private_key, keys=self.keys,
                                session_id=self.session.session_id if self.session else None)
         self.session = session

@@ -106,7 +106,7 @@ def _run_agent(opts: dict) -> int:
                                               config.DEFAULT_STUN_PORT)], port)
     settings = AgentSettings(
         zone=zone, private_key=private_key,
-        controller_url=config.controller_url(opts["controller"], opts["controller_password"], zone),
+        controller_urls=config.controller_urls(opts["controller"], opts["controller_password"], zone),
         listen_port=port, child_prefixes=config.check_prefixes(opts["child_prefix"]),
         request_ip=config.check_ip(opts["request_ip"], "--request-ip"),
         heartbeat_interval=opts["heartbeat_interval"], endpoint_interval=opts["endpoint_interval"])

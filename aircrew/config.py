@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import stat
 import tomllib
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from wire import proof
+from wire.keys import Keys
 from wire.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,18 @@ def load_file(path: Path, known: set[str]) -> dict[str, object]:
     return out
 
 
-def controller_url(controller: str, password: str | None, zone: str) -> str:
+def controller_urls(controller: str, password: str | None, zone: str) -> list[str]:
+    """URLs to try: as the zone's agent user (towers that manage ACLs), then as the
+    default user (a plain ``requirepass`` Redis)."""
+    plain = controller_url(controller, password)
+    if not password or "://" in controller and urlsplit(controller).username:
+        return [plain]
+    user = quote(Keys().agent_user(zone), safe="")
+    parts = urlsplit(plain)
+    return [urlunsplit(parts._replace(netloc=f"{user}{parts.netloc}")), plain]
+
+
+def controller_url(controller: str, password: str | None) -> str:
     """A Redis URL from ``host``, ``host:port``, ``[v6]:port`` or a full redis(s):// URL."""
     if "://" in controller:
         parts = urlsplit(controller)

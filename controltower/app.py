@@ -8,7 +8,7 @@ from flask import Flask
 
 from wire.keys import DEFAULT_PREFIX
 
-from . import db, errors
+from . import auth, db, errors
 from .api import health, ipam, peers, zones
 
 DEFAULTS: dict[str, Any] = {
@@ -16,6 +16,10 @@ DEFAULTS: dict[str, Any] = {
     "KEY_PREFIX": DEFAULT_PREFIX,
     "OFFLINE_AFTER": 30.0,
     "EXPIRY": 86400.0,
+    "AGENT_ACL": False,          # manage zone-scoped Redis users for agents
+    "ADMIN_TOKEN": None,         # or ADMIN_TOKEN_FILE: a file holding it
+    "ADMIN_TOKEN_FILE": None,
+    "READ_AUTH": False,          # True: reads need the token too
 }
 
 
@@ -28,6 +32,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     else:
         app.config.from_mapping(test_config)
     errors.init_app(app)
+    auth.init_app(app)
     db.init_app(app)
     for blueprint in (zones.bp, peers.bp, ipam.bp, health.bp):
         app.register_blueprint(blueprint)

@@ -43,15 +43,26 @@ def main() -> None:
 @click.option("--publish-window", default=0.02, show_default=True, type=click.FloatRange(0, 5),
               envvar="CONTROLTOWER_PUBLISH_WINDOW",
               help="Seconds over which zone changes are coalesced into one update.")
+@click.option("--agent-acl/--no-agent-acl", default=True, show_default=True,
+              envvar="CONTROLTOWER_AGENT_ACL",
+              help="Give each zone its own least-privilege Redis user for its agents.")
+@click.option("--read-auth", default="auto", show_default=True,
+              type=click.Choice(["auto", "open", "token"]), envvar="CONTROLTOWER_READ_AUTH",
+              help="Whether GET endpoints need the admin token (auto: only off loopback).")
+@click.option("--admin-token-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              envvar="CONTROLTOWER_ADMIN_TOKEN_FILE",
+              help="File holding the admin token (default: <data-dir>/admin-token, generated).")
 def serve(listen: str, port: int, redis_url: str | None, redis_port: int, data_dir: Path,
           stun_port: int, log_level: str, offline_after: float, expiry: float,
-          publish_window: float) -> None:
+          publish_window: float, agent_acl: bool, read_auth: str,
+          admin_token_file: Path | None) -> None:
     """Run the ControlTower: REST API, request worker and STUN responder."""
     logs.setup(log_level)
     settings = ServeSettings(listen=listen, port=port, redis_url=redis_url or None,
                              redis_port=redis_port, data_dir=data_dir, stun_port=stun_port,
                              log_level=log_level.lower(), offline_after=offline_after,
-                             expiry=expiry, publish_window=publish_window)
+                             expiry=expiry, publish_window=publish_window, agent_acl=agent_acl,
+                             read_auth=read_auth, admin_token_file=admin_token_file)
     try:
         sys.exit(Tower(settings).run())
     except MeshError as exc:

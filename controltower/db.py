@@ -6,14 +6,22 @@ from flask import Flask, current_app
 from ipam.store import ZoneStore
 from wire.keys import Keys
 
+from .acl import AgentCredentials
 from .redisconn import connect
 
 
 def init_app(app: Flask) -> None:
     client = connect(app.config["REDIS_URL"])
-    app.extensions["zone_store"] = ZoneStore(client, Keys(app.config["KEY_PREFIX"]),
-                                             expiry=app.config["EXPIRY"])
+    keys = Keys(app.config["KEY_PREFIX"])
+    app.extensions["zone_store"] = ZoneStore(client, keys, expiry=app.config["EXPIRY"])
+    app.extensions["agent_credentials"] = (AgentCredentials(client, keys)
+                                           if app.config["AGENT_ACL"] else None)
 
 
 def store() -> ZoneStore:
     return current_app.extensions["zone_store"]
+
+
+def credentials() -> AgentCredentials | None:
+    """The zone agent users' manager, or None when the tower does not manage ACLs."""
+    return current_app.extensions["agent_credentials"]

@@ -1,11 +1,13 @@
 """A private redis-server child with AOF persistence in the tower's data directory.
 
-One command gives a working tower on a single machine. Its password is generated on
-first start and kept in ``<data-dir>/redis-password`` (mode 0600); it is passed to
-redis-server in a 0600 config file, never on the command line.
+One command gives a working tower on a single machine. The ``default`` Redis user is
+off; the tower connects as ``ct-tower``, whose password is generated on first start and
+kept in ``<data-dir>/redis-password`` (mode 0600). Zone agent users are added to the
+ACL file (``users.acl``) as zones are created. No secret is ever on a command line.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -23,6 +25,8 @@ from wire.secretfile import read_or_create_secret, write_secret
 
 log = logging.getLogger(__name__)
 
+TOWER_USER = "ct-tower"
+
 
 class PrivateRedis:
     def __init__(self, data_dir: Path, bind: str = "127.0.0.1", port: int = 6379) -> None:
@@ -35,7 +39,7 @@ class PrivateRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{self.port}/0"
+        return f"redis://{TOWER_USER}:{quote(self.password, safe='')}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> None:
         binary = shutil.which("redis-server")
@@ -44,12 +48,19 @@ class PrivateRedis:
         redis_dir = self.data_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(redis_dir, 0o700)
+        acl_file = self.data_dir / "users.acl"
+        if not acl_file.exists():
+            write_secret(acl_file, "user default off\n")
+        # The tower's own user is (re)written at every start; zone users are kept.
+        lines = [l for l in acl_file.read_text().splitlines() if not l.startswith(f"user {TOWER_USER} ")]
+        digest = hashlib.sha256(self.password.encode()).hexdigest()
+        write_secret(acl_file, "\n".join(lines + [f"user {TOWER_USER} on #{digest} ~* &* +@all", ""]))
         config = self.data_dir / "redis.conf"
         binds = "* -::*" if self.bind in ("0.0.0.0", "::", "") else self.bind
         write_secret(config, "\n".join([
             f"bind {binds}", f"port {self.port}", f"dir {redis_dir}", "appendonly yes",
-            "appendfsync everysec", "daemonize no", "protected-mode no", "loglevel warning",
-            "maxclients 10000", f"requirepass {self.password}", ""]))
+            "daemonize no", "protected-mode no", "loglevel warning",
+            "maxclients 10000", "appendfsync always", f"aclfile {acl_file}", ""]))
         log.info("starting a private redis-server on %s:%d (data in %s)", self.bind, self.port,
                  redis_dir)
         self.proc = children.spawn([binary, str(config)])

@@ -6,7 +6,10 @@ the Flask app. Several such processes on one Redis are replicas of one tower.
 """
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
+import secrets
 import os
 import signal
 import sys
@@ -14,10 +17,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipam.store import ZoneStore
+from ipam.store import DEFAULT_ZONE, ZoneStore
 from wire.keys import Keys
+from wire.secretfile import read_or_create_secret, write_secret
 
 from . import children
+from .acl import SECRET_FIELD, AgentCredentials, new_secret
 from .private_redis import PrivateRedis
 from .redisconn import connect
 from .worker import RequestWorker
@@ -39,6 +44,16 @@ class ServeSettings:
     offline_after: float = 30.0
     expiry: float = 86400.0
     publish_window: float = 0.02
+    agent_acl: bool = True
+    read_auth: str = "auto"          # auto: open on a loopback bind, token otherwise
+    admin_token_file: Path | None = None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def bind_address(host: str, port: int) -> str:
@@ -65,10 +80,16 @@ class Tower:
                 self.private_redis = PrivateRedis(s.data_dir, s.listen, s.redis_port)
                 self.private_redis.start()
                 redis_url = self.private_redis.url
-                log.info("agents connect with --controller <this host>:%d and the password in %s",
-                         s.redis_port, s.data_dir / "redis-password")
+                log.info("agents connect with --controller <this host>:%d", s.redis_port)
             store = ZoneStore(connect(redis_url), Keys(s.key_prefix), expiry=s.expiry)
             store.ensure_default_zone()
+            if s.agent_acl:
+                self._agent_credentials(store)
+            token_file = s.admin_token_file or s.data_dir / "admin-token"
+            if not token_file.exists():
+                write_secret(token_file, secrets.token_urlsafe(32) + "\n")
+                log.info("generated the admin token for write API calls in %s", token_file)
+            self.token_file = token_file
             worker = RequestWorker(store, publish_window=s.publish_window)
             self._thread(worker.run, "request-worker")
             if s.stun_port:
@@ -86,6 +107,16 @@ class Tower:
         finally:
             self.shutdown()
 
+    def _agent_credentials(self, store: ZoneStore) -> None:
+        """Re-apply zone agent users; the default zone's secret lives in the data dir."""
+        creds = AgentCredentials(store.redis, store.keys)
+        creds.sync(store.zone_names())
+        secret_file = self.settings.data_dir / "default-zone-secret"
+        if not secret_file.exists() or not store.redis.hget(store.keys.zone(DEFAULT_ZONE), SECRET_FIELD):
+            secret = read_or_create_secret(secret_file, new_secret)
+            creds.set(DEFAULT_ZONE, secret)
+        log.info("agents of zone %s use --controller-password from %s", DEFAULT_ZONE, secret_file)
+
     def _thread(self, target, name: str) -> None:
         thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
         thread.start()
@@ -96,7 +127,11 @@ class Tower:
         env = dict(os.environ, CONTROLTOWER_REDIS_URL=redis_url,
                    CONTROLTOWER_KEY_PREFIX=s.key_prefix,
                    CONTROLTOWER_OFFLINE_AFTER=str(s.offline_after),
-                   CONTROLTOWER_EXPIRY=str(s.expiry))
+                   CONTROLTOWER_EXPIRY=str(s.expiry),
+                   CONTROLTOWER_AGENT_ACL=json.dumps(s.agent_acl),
+                   CONTROLTOWER_ADMIN_TOKEN_FILE=str(self.token_file),
+                   CONTROLTOWER_READ_AUTH=json.dumps(
+                       s.read_auth == "token" or (s.read_auth == "auto" and not is_loopback(s.listen))))
         argv = [sys.executable, "-m", "gunicorn", "--bind", bind_address(s.listen, s.port),
                 "--workers", str(s.workers), "--worker-class", "gthread", "--threads", "4",
                 "--log-level", s.log_level, "--graceful-timeout", "5", "--no-control-socket",

@@ -54,10 +54,17 @@ class TowerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def request(self, method: str, path: str, body=None, headers=None):
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin-token").read_text().strip()
+
+    def request(self, method: str, path: str, body=None, headers=None, auth: bool = True):
         data = None if body is None else json.dumps(body).encode()
+        base = {"Content-Type": "application/json"}
+        if auth:
+            base["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.api + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+                                     headers={**base, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, json.loads(resp.read() or b"null")

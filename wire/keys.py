@@ -96,6 +96,10 @@ class Keys:
         """Pub/sub channel: replies to one node."""
         return self._z(zone, f"reply:{node_id(public_key)}")
 
+    def reply_pattern(self, zone: str) -> str:
+        """Glob matching every reply channel of one zone."""
+        return self._z(zone, "reply:*")
+
     def zone_pattern(self, zone: str) -> str:
         """Glob matching every key of one zone."""
         return self._z(zone, "*")

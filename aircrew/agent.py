@@ -296,14 +296,15 @@ class Agent:
     def _save(self) -> None:
         if self.assignment is None:
             return
-        from .wgconf import render
+        from .wgconf import WgQuickConfig, render
         cache = Cache(zone=self.s.zone, cidr=self.assignment["cidr"],
                       address=self.assignment["address"],
                       prefix_len=int(self.assignment["prefix_len"]),
                       listen_port=self.s.listen_port, rev=self.mirror.rev,
                       peers=[p.to_dict() for p in self.mirror.peers.values()])
-        conf = render(self.s.private_key, self.s.listen_port,
-                      f"{cache.address}/{cache.prefix_len}", list(self.applied.peers.values()))
+        conf = render(WgQuickConfig(self.s.private_key, self.s.listen_port,
+                                    (f"{cache.address}/{cache.prefix_len}",),
+                                    tuple(self.applied.peers.values())))
         self.state.save(cache, conf)
 
 

@@ -57,6 +57,10 @@ class StunEndpoint:
             log.warning("STUN discovery failed: %s; peers will learn this node's endpoint "
                         "when it contacts them", exc)
             return None, "unknown"
+        if found.endpoint is None:
+            log.warning("no STUN server answered (%s); peers will learn this node's endpoint "
+                        "when it contacts them", "; ".join(f"{k}: {v}" for k, v in found.errors.items()))
+            return None, "unknown"
         if found.nat_type == "symmetric":
             log.warning("symmetric NAT: every destination sees a different port, so peers "
                         "cannot reach this node first; it reaches them (keepalive keeps the "

@@ -10,6 +10,7 @@ import logging
 import random
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,6 +90,9 @@ class Agent:
         self.nat_type: str | None = None
         self.session: TowerSession | None = None
         self.stop = asyncio.Event()
+        # Device and netlink calls run on one thread of their own: pyroute2's sync API
+        # runs an event loop inside and cannot be used from within ours.
+        self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
         self.resyncs = 0
         from wire.proof import public_key_of
         self.public_key = public_key_of(settings.private_key)
@@ -102,11 +106,11 @@ class Agent:
             log.info("bringing the mesh up from the cached snapshot (revision %d)", cache.rev)
             self.assignment = {"address": cache.address, "prefix_len": cache.prefix_len,
                                "cidr": cache.cidr}
-            self._ensure_device()
+            await self._on_device(self._ensure_device)
             self.mirror.load(cache.rev, cache.peer_map())
-            self._reconcile()
-        self.endpoint, self.nat_type = await asyncio.to_thread(
-            self.endpoints.discover, self.device.exists())
+            await self._on_device(self._reconcile)
+        exists = await self._on_device(self.device.exists)
+        self.endpoint, self.nat_type = await asyncio.to_thread(self.endpoints.discover, exists)
         log.info("advertising endpoint %s (NAT type %s)", self.endpoint or "none", self.nat_type)
         backoff = 1.0
         while not self.stop.is_set():
@@ -122,6 +126,9 @@ class Agent:
                                 "for it, retrying in %.0fs", exc, backoff)
             await self._sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, 30.0)
+
+    async def _on_device(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._device_thread, fn, *args)
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -167,7 +174,7 @@ class Agent:
         self.assignment = {k: reply[k] for k in ("address", "prefix_len", "cidr")}
         log.info("registered in zone %s as %s/%d", self.s.zone, reply["address"],
                  reply["prefix_len"])
-        self._ensure_device()
+        await self._on_device(self._ensure_device)
 
     def _ensure_device(self) -> None:
         if not self.device.exists():
@@ -187,7 +194,7 @@ class Agent:
         while not self.session.updates.empty():  # buffered while the snapshot was read
             self._apply_update(self.session.updates.get_nowait())
         self._check_membership()
-        self._reconcile()
+        await self._on_device(self._reconcile)
 
     def _apply_update(self, update) -> bool:
         """Apply one update; False when a resync is needed."""
@@ -240,7 +247,7 @@ class Agent:
                     await self._resync()
                     continue
                 self._check_membership()
-                self._reconcile()
+                await self._on_device(self._reconcile)
             now = time.monotonic()
             if now >= next_heartbeat:
                 next_heartbeat = now + self.s.heartbeat_interval

@@ -56,7 +56,8 @@ def _setup_logging(level: str) -> None:
 @click.option("--listen-port", default=51820, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--interface", default="wg0", show_default=True, help="WireGuard interface name.")
 @click.option("--stun-server", multiple=True,
-              help="STUN server host[:port] (repeatable; default: the controller host, UDP 3478).")
+              help="STUN server host[:port] (repeatable; default: the controller host, UDP 3478 "
+                   "and 3479).")
 @click.option("--state-dir", default="/etc/wireguard", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Where config and cache live.")
 @click.option("--heartbeat-interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
@@ -102,8 +103,9 @@ def _run_agent(opts: dict) -> int:
         endpoints = HostAddressEndpoint(config.controller_host(opts["controller"]), port)
     else:
         servers = [config.split_host_port(s, config.DEFAULT_STUN_PORT) for s in opts["stun_server"]]
-        endpoints = StunEndpoint(servers or [(config.controller_host(opts["controller"]),
-                                              config.DEFAULT_STUN_PORT)], port)
+        host = config.controller_host(opts["controller"])
+        endpoints = StunEndpoint(servers or [(host, config.DEFAULT_STUN_PORT),
+                                             (host, config.DEFAULT_STUN_PORT + 1)], port)
     settings = AgentSettings(
         zone=zone, private_key=private_key,
         controller_urls=config.controller_urls(opts["controller"], opts["controller_password"], zone),

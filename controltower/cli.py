@@ -30,8 +30,9 @@ def main() -> None:
 @click.option("--data-dir", default="/var/lib/controltower", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), envvar="CONTROLTOWER_DATA_DIR",
               help="Where the private Redis keeps its AOF and the tower its secrets.")
-@click.option("--stun-port", default=3478, show_default=True, type=click.IntRange(0, 65535),
-              envvar="CONTROLTOWER_STUN_PORT", help="UDP port of the STUN responder; 0 turns it off.")
+@click.option("--stun-port", default=3478, show_default=True, type=click.IntRange(0, 65534),
+              envvar="CONTROLTOWER_STUN_PORT", help="UDP port of the STUN responder (it also answers on the next port, for NAT "
+                   "type detection); 0 turns it off.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(logs.LEVELS, case_sensitive=False), envvar="CONTROLTOWER_LOG_LEVEL")
 @click.option("--offline-after", default=30.0, show_default=True, type=click.FloatRange(1),

@@ -66,7 +66,7 @@ class Tower:
         self.stop_event = threading.Event()
         self.private_redis: PrivateRedis | None = None
         self.gunicorn = None
-        self.stun = None
+        self.stun: list = []
         self.threads: list[threading.Thread] = []
 
     def run(self) -> int:
@@ -93,10 +93,14 @@ class Tower:
             worker = RequestWorker(store, publish_window=s.publish_window)
             self._thread(worker.run, "request-worker")
             if s.stun_port:
+                # Two ports, so an agent asking both can tell a symmetric NAT (a new
+                # mapping per destination) from a cone NAT (one mapping).
                 from .stun_responder import StunResponder
-                self.stun = StunResponder(s.listen, s.stun_port)
-                self.stun.start()
-                log.info("answering STUN on udp %s", bind_address(s.listen, self.stun.bound_port))
+                for port in (s.stun_port, s.stun_port + 1):
+                    responder = StunResponder(s.listen, port)
+                    responder.start()
+                    self.stun.append(responder)
+                log.info("answering STUN on udp ports %d and %d", s.stun_port, s.stun_port + 1)
             self._start_gunicorn(redis_url)
             log.info("ControlTower API on http://%s", bind_address(s.listen, s.port))
             while not self.stop_event.wait(0.5):
@@ -142,8 +146,8 @@ class Tower:
         self.stop_event.set()
         if self.gunicorn is not None:
             children.stop(self.gunicorn, "gunicorn")
-        if self.stun is not None:
-            self.stun.stop()
+        for responder in self.stun:
+            responder.stop()
         for thread in self.threads:
             thread.join(5)
         if self.private_redis is not None:

@@ -1,0 +1,1 @@
+"""Deployment support: container and service files, and the network lab (`deploy.lab`)."""

@@ -49,12 +49,15 @@ class PrivateRedis:
         redis_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(redis_dir, 0o700)
         acl_file = self.data_dir / "users.acl"
-        if not acl_file.exists():
-            write_secret(acl_file, "user default off\n")
-        # The tower's own user is (re)written at every start; zone users are kept.
-        lines = [l for l in acl_file.read_text().splitlines() if not l.startswith(f"user {TOWER_USER} ")]
+        kept = [line for line in (acl_file.read_text().splitlines() if acl_file.exists() else [])
+                if not line.startswith(("user default ", f"user {TOWER_USER} "))]
         digest = hashlib.sha256(self.password.encode()).hexdigest()
-        write_secret(acl_file, "\n".join(lines + [f"user {TOWER_USER} on #{digest} ~* &* +@all", ""]))
+        # The default user is off (no one can log in as it) but keeps full rights: Redis
+        # replays the AOF as that user, and a transaction it may not run would be lost.
+        # The tower's own user is rewritten at every start; zone users are kept.
+        write_secret(acl_file, "\n".join(["user default off ~* &* +@all",
+                                          f"user {TOWER_USER} on #{digest} ~* &* +@all",
+                                          *kept, ""]))
         config = self.data_dir / "redis.conf"
         binds = "* -::*" if self.bind in ("0.0.0.0", "::", "") else self.bind
         write_secret(config, "\n".join([

@@ -113,8 +113,11 @@ class Mesh:
 
     def start_agent(self, host: Host, zone: str = "default", *extra: str,
                     new_key: bool = True) -> Agent:
-        key = self.keygen(host) if new_key or host.name not in self.agents else \
-            self.agents[host.name].public_key
+        if new_key:
+            key = self.keygen(host)
+        else:  # the host already holds /etc/wireguard/private.key
+            key = host.run(["wg", "pubkey"], input=host.run(
+                ["cat", "/etc/wireguard/private.key"]).stdout).stdout.strip()
         agent = Agent(host, zone, key, self.agent_argv(zone, *extra))
         agent.proc = host.spawn(agent.argv, "aircrew")
         self.agents[host.name] = agent
@@ -131,7 +134,8 @@ class Mesh:
     def wait_address(self, agent: Agent, timeout: float = 30.0) -> str:
         def ready():
             if agent.proc is not None and not agent.proc.running:
-                raise MeshError(f"aircrew on {agent.name} exited:\n{agent.proc.log_text()[-3000:]}")
+                raise MeshError(f"aircrew on {agent.name} exited:\n{agent.proc.log_text()[-3000:]}\n"
+                            f"tower log:\n{self.tower_proc.log_text()[-3000:] if self.tower_proc else ''}")
             return self.mesh_address(agent.host)
         return wait_for(ready, timeout, f"wg0 on {agent.name}")
 

@@ -1,0 +1,118 @@
+"""`make demo`: a small internet in namespaces, a real tower and real agents, checked.
+
+Topology: a tower; three public nodes; a "laptop" behind a cone NAT that opens no
+inbound port; a second spoke behind a symmetric NAT. Zones: `default` (pub1, pub2,
+laptop) and `zone-blue` (pub3, spoke2). Every in-zone pair must reach each other over
+wg0 and no pair across zones may. Ends with `demo: N/N checks passed`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .lab import Lab
+from .mesh import Mesh, MeshError
+
+MEMBERS = {"pub1": "default", "pub2": "default", "laptop": "default",
+           "pub3": "zone-blue", "spoke2": "zone-blue"}
+
+
+def say(text: str) -> None:
+    print(f"demo: {text}", flush=True)
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def run(keep: bool) -> int:
+    started = time.monotonic()
+    lab = Lab()
+    try:
+        say(f"building lab {lab.prefix}: wan bridge, tower, 3 public hosts, 2 NATs")
+        tower = lab.add_public_host("tower")
+        hosts = {name: lab.add_public_host(name) for name in ("pub1", "pub2", "pub3")}
+        hosts["laptop"] = lab.add_private_host("laptop", lab.add_nat("nat1", "cone"))
+        hosts["spoke2"] = lab.add_private_host("spoke2", lab.add_nat("nat2", "symmetric"))
+        mesh = Mesh(lab, tower)
+        say(f"starting `controltower serve` on tower ({tower.address}): Redis, API, STUN")
+        mesh.start_tower()
+        say("creating zone-blue 10.140.0.0/20 with POST /zone")
+        mesh.create_zone("zone-blue", "10.140.0.0/20", "Tenant - Zone Blue")
+        agents = {}
+        for name, zone in MEMBERS.items():
+            say(f"starting aircrew on {name} ({hosts[name].address}) in zone {zone}")
+            agents[name] = mesh.start_agent(hosts[name], zone)
+        addresses = {name: mesh.wait_address(agent) for name, agent in agents.items()}
+        for name, agent in agents.items():
+            others = {a.public_key for n, a in agents.items()
+                      if MEMBERS[n] == MEMBERS[name] and n != name}
+            mesh.wait_peers(agent.host, others)
+
+        checks: list[tuple[str, str, bool, bool]] = []  # src, dst, expected, got
+        for src in MEMBERS:
+            for dst in MEMBERS:
+                if src == dst:
+                    continue
+                same = MEMBERS[src] == MEMBERS[dst]
+                got = mesh.reaches(hosts[src], addresses[dst], timeout=20 if same else 2)
+                checks.append((src, dst, same, got))
+
+        _, peers = mesh.curl("GET", "/peers")
+        by_key = {p["PublicKey"]: p for p in peers}
+        rows = [("NODE", "ZONE", "MESH ADDRESS", "ENDPOINT (TOWER)", "NAT", "LAST HANDSHAKE")]
+        now = time.time()
+        for name, agent in agents.items():
+            peer = by_key.get(agent.public_key, {})
+            latest = max((int(p["handshake"]) for p in mesh.wg_peers(agent.host).values()), default=0)
+            age = f"{now - latest:.0f}s ago" if latest else "never"
+            rows.append((name, MEMBERS[name], addresses[name], peer.get("EndpointIP", "?"),
+                         peer.get("NatType", "?"), age))
+        print("\n" + table(rows) + "\n")
+        names = list(MEMBERS)
+        matrix = [("FROM \\ TO", *names)]
+        for src in names:
+            cells = []
+            for dst in names:
+                found = [c for c in checks if c[0] == src and c[1] == dst]
+                cells.append("-" if not found else ("ok" if found[0][3] else "no") +
+                             ("" if found[0][2] == found[0][3] else "!"))
+            matrix.append((src, *cells))
+        print("ping matrix over wg0 (ok = reached, no = unreachable, ! = unexpected):")
+        print(table(matrix) + "\n")
+        passed = sum(1 for c in checks if c[2] == c[3])
+        for src, dst, expected, got in checks:
+            if expected != got:
+                say(f"FAILED: {src} -> {dst} ({addresses[dst]}) "
+                    f"{'should reach' if expected else 'must not reach'}")
+        say(f"{sum(c[2] for c in checks)} in-zone pairs must reach each other, "
+            f"{sum(not c[2] for c in checks)} cross-zone pairs must not "
+            f"({time.monotonic() - started:.0f}s)")
+        if keep:
+            lab.detach()
+            print(f"\nThe lab is kept. Enter a host:  {sys.executable} -m deploy.lab shell "
+                  f"{lab.prefix} pub1\n   e.g. then:  wg show; ping {addresses['laptop']}\n"
+                  f"Tear it down:  {sys.executable} -m deploy.lab teardown {lab.prefix}")
+        say(f"{passed}/{len(checks)} checks passed")
+        return 0 if passed == len(checks) else 1
+    except MeshError as exc:
+        say(f"error: {exc}")
+        say("0/1 checks passed")
+        return 1
+    finally:
+        if not keep:
+            lab.teardown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the lab running and print how to enter it")
+    args = parser.parse_args(argv)
+    return run(args.keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

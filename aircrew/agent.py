@@ -57,6 +57,7 @@ class AgentSettings:
     zone: str
     private_key: str
     controller_urls: list[str]          # tried in order until one authenticates
+    controller_tls: dict[str, str] = field(default_factory=dict)  # ssl_* for rediss://
     listen_port: int = 51820
     child_prefixes: tuple[str, ...] = ()
     request_ip: str | None = None
@@ -81,7 +82,8 @@ class Agent:
         self.client_factory = client_factory or (
             lambda url: aioredis.Redis.from_url(url, decode_responses=True,
                                                 socket_connect_timeout=5, socket_keepalive=True,
-                                                health_check_interval=15))
+                                                health_check_interval=15,
+                                                **(settings.controller_tls if url.startswith("rediss://") else {})))
         self.urls = list(settings.controller_urls)
         self.mirror = ZoneMirror()
         self.applied = Desired()

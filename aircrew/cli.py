@@ -47,6 +47,12 @@ def _setup_logging(level: str) -> None:
               help="Accept a private key file that other users can read.")
 @click.option("--controller", help="The controller's Redis: host, host:port or redis(s):// URL.")
 @click.option("--controller-password", help="The zone's agent secret (Redis password).")
+@click.option("--controller-ca", type=click.Path(exists=True, dir_okay=False),
+              help="CA of the controller's Redis (rediss:// URLs).")
+@click.option("--controller-cert", type=click.Path(exists=True, dir_okay=False),
+              help="Client certificate for the controller's Redis.")
+@click.option("--controller-key", type=click.Path(exists=True, dir_okay=False),
+              help="Key of that client certificate.")
 @click.option("--zone", default="default", show_default=True, help="Zone to join.")
 @click.option("--local-endpoint-ip", help="Advertise this IP (with the listen port) as the endpoint.")
 @click.option("--internal-network", is_flag=True,
@@ -109,6 +115,9 @@ def _run_agent(opts: dict) -> int:
     settings = AgentSettings(
         zone=zone, private_key=private_key,
         controller_urls=config.controller_urls(opts["controller"], opts["controller_password"], zone),
+        controller_tls={k: v for k, v in (("ssl_ca_certs", opts["controller_ca"]),
+                                          ("ssl_certfile", opts["controller_cert"]),
+                                          ("ssl_keyfile", opts["controller_key"])) if v},
         listen_port=port, child_prefixes=config.check_prefixes(opts["child_prefix"]),
         request_ip=config.check_ip(opts["request_ip"], "--request-ip"),
         heartbeat_interval=opts["heartbeat_interval"], endpoint_interval=opts["endpoint_interval"])

@@ -9,6 +9,7 @@ import click
 from wire.errors import MeshError
 
 from . import logs
+from .redisconn import RedisTLS
 from .serve import ServeSettings, Tower
 
 
@@ -53,17 +54,39 @@ def main() -> None:
 @click.option("--admin-token-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
               envvar="CONTROLTOWER_ADMIN_TOKEN_FILE",
               help="File holding the admin token (default: <data-dir>/admin-token, generated).")
+@click.option("--http-tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="CONTROLTOWER_HTTP_TLS_CERT", help="Serve HTTPS with this certificate.")
+@click.option("--http-tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="CONTROLTOWER_HTTP_TLS_KEY", help="The HTTPS certificate's private key.")
+@click.option("--http-tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="CONTROLTOWER_HTTP_TLS_CA",
+              help="Require client certificates signed by this CA (mutual TLS).")
+@click.option("--redis-tls-ca", type=click.Path(exists=True, dir_okay=False),
+              envvar="CONTROLTOWER_REDIS_TLS_CA", help="CA of the Redis server (rediss:// URLs).")
+@click.option("--redis-tls-cert", type=click.Path(exists=True, dir_okay=False),
+              envvar="CONTROLTOWER_REDIS_TLS_CERT", help="Client certificate for Redis.")
+@click.option("--redis-tls-key", type=click.Path(exists=True, dir_okay=False),
+              envvar="CONTROLTOWER_REDIS_TLS_KEY", help="Client certificate key for Redis.")
 def serve(listen: str, port: int, redis_url: str | None, redis_port: int, data_dir: Path,
           stun_port: int, log_level: str, offline_after: float, expiry: float,
           publish_window: float, agent_acl: bool, read_auth: str,
-          admin_token_file: Path | None) -> None:
+          admin_token_file: Path | None, http_tls_cert: Path | None, http_tls_key: Path | None,
+          http_tls_ca: Path | None, redis_tls_ca: str | None, redis_tls_cert: str | None,
+          redis_tls_key: str | None) -> None:
     """Run the ControlTower: REST API, request worker and STUN responder."""
     logs.setup(log_level)
     settings = ServeSettings(listen=listen, port=port, redis_url=redis_url or None,
                              redis_port=redis_port, data_dir=data_dir, stun_port=stun_port,
                              log_level=log_level.lower(), offline_after=offline_after,
                              expiry=expiry, publish_window=publish_window, agent_acl=agent_acl,
-                             read_auth=read_auth, admin_token_file=admin_token_file)
+                             read_auth=read_auth, admin_token_file=admin_token_file,
+                             http_tls_cert=http_tls_cert, http_tls_key=http_tls_key,
+                             http_tls_ca=http_tls_ca,
+                             redis_tls=RedisTLS(redis_tls_ca, redis_tls_cert, redis_tls_key))
+    if bool(http_tls_cert) != bool(http_tls_key):
+        raise click.UsageError("--http-tls-cert and --http-tls-key go together")
+    if http_tls_ca and not http_tls_cert:
+        raise click.UsageError("--http-tls-ca (client certificates) needs --http-tls-cert")
     try:
         sys.exit(Tower(settings).run())
     except MeshError as exc:

@@ -7,11 +7,13 @@ from ipam.store import ZoneStore
 from wire.keys import Keys
 
 from .acl import AgentCredentials
-from .redisconn import connect
+from .redisconn import RedisTLS, connect
 
 
 def init_app(app: Flask) -> None:
-    client = connect(app.config["REDIS_URL"])
+    tls = RedisTLS(app.config.get("REDIS_TLS_CA"), app.config.get("REDIS_TLS_CERT"),
+                   app.config.get("REDIS_TLS_KEY"))
+    client = connect(app.config["REDIS_URL"], tls)
     keys = Keys(app.config["KEY_PREFIX"])
     app.extensions["zone_store"] = ZoneStore(client, keys, expiry=app.config["EXPIRY"])
     app.extensions["agent_credentials"] = (AgentCredentials(client, keys)

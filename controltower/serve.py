@@ -12,6 +12,7 @@ import logging
 import secrets
 import os
 import signal
+import ssl
 import sys
 import threading
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from wire.secretfile import read_or_create_secret, write_secret
 from . import children
 from .acl import SECRET_FIELD, AgentCredentials, new_secret
 from .private_redis import PrivateRedis
-from .redisconn import connect
+from .redisconn import RedisTLS, connect
 from .worker import RequestWorker
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ class ServeSettings:
     agent_acl: bool = True
     read_auth: str = "auto"          # auto: open on a loopback bind, token otherwise
     admin_token_file: Path | None = None
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+    http_tls_ca: Path | None = None      # given: clients need a certificate it signed (mTLS)
+    redis_tls: RedisTLS = RedisTLS()
 
 
 def is_loopback(host: str) -> bool:
@@ -81,7 +86,7 @@ class Tower:
                 self.private_redis.start()
                 redis_url = self.private_redis.url
                 log.info("agents connect with --controller <this host>:%d", s.redis_port)
-            store = ZoneStore(connect(redis_url), Keys(s.key_prefix), expiry=s.expiry)
+            store = ZoneStore(connect(redis_url, s.redis_tls), Keys(s.key_prefix), expiry=s.expiry)
             store.ensure_default_zone()
             if s.agent_acl:
                 self._agent_credentials(store)
@@ -102,7 +107,9 @@ class Tower:
                     self.stun.append(responder)
                 log.info("answering STUN on udp ports %d and %d", s.stun_port, s.stun_port + 1)
             self._start_gunicorn(redis_url)
-            log.info("ControlTower API on http://%s", bind_address(s.listen, s.port))
+            scheme = "https" if s.http_tls_cert else "http"
+            log.info("ControlTower API on %s://%s%s", scheme, bind_address(s.listen, s.port),
+                     " (client certificates required)" if s.http_tls_ca else "")
             while not self.stop_event.wait(0.5):
                 if self.gunicorn.poll() is not None:
                     log.error("the API server exited with status %s", self.gunicorn.returncode)
@@ -136,11 +143,24 @@ class Tower:
                    CONTROLTOWER_ADMIN_TOKEN_FILE=str(self.token_file),
                    CONTROLTOWER_READ_AUTH=json.dumps(
                        s.read_auth == "token" or (s.read_auth == "auto" and not is_loopback(s.listen))))
+        for name, value in (("CA", s.redis_tls.ca), ("CERT", s.redis_tls.cert),
+                            ("KEY", s.redis_tls.key)):
+            if value:
+                env[f"CONTROLTOWER_REDIS_TLS_{name}"] = str(value)
         argv = [sys.executable, "-m", "gunicorn", "--bind", bind_address(s.listen, s.port),
                 "--workers", str(s.workers), "--worker-class", "gthread", "--threads", "4",
                 "--log-level", s.log_level, "--graceful-timeout", "5", "--no-control-socket",
-                "controltower.app:create_app()"]
+                *self._tls_args(), "controltower.app:create_app()"]
         self.gunicorn = children.spawn(argv, env=env)
+
+    def _tls_args(self) -> list[str]:
+        s = self.settings
+        if not s.http_tls_cert:
+            return []
+        args = ["--certfile", str(s.http_tls_cert), "--keyfile", str(s.http_tls_key)]
+        if s.http_tls_ca:
+            args += ["--ca-certs", str(s.http_tls_ca), "--cert-reqs", str(int(ssl.CERT_REQUIRED))]
+        return args
 
     def shutdown(self) -> None:
         self.stop_event.set()

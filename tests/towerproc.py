@@ -17,7 +17,8 @@ from tests.redisproc import free_port
 
 class TowerProcess:
     def __init__(self, redis_url: str | None = None, data_dir: Path | None = None,
-                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 extra: list[str] | None = None, env: dict[str, str] | None = None,
+                 ssl_context=None) -> None:
         self.redis_url = redis_url
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="ct-tower-"))
         self.port = free_port()
@@ -25,10 +26,11 @@ class TowerProcess:
         self.env = env or {}
         self.log_path = self.data_dir / "tower.log"
         self.proc: subprocess.Popen | None = None
+        self.ssl_context = ssl_context  # given: the API is HTTPS, checked with this context
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> "TowerProcess":
         argv = [sys.executable, "-m", "controltower", "serve", "--listen", "127.0.0.1",
@@ -66,7 +68,7 @@ class TowerProcess:
         req = urllib.request.Request(self.api + path, data=data, method=method,
                                      headers={**base, **(headers or {})})
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=10, context=self.ssl_context) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")

@@ -30,6 +30,7 @@ class Agent:
     zone: str
     public_key: str
     argv: list[str]
+    env: dict[str, str]
     proc: LabProcess | None = None
 
     @property
@@ -94,6 +95,17 @@ class Mesh:
             raise MeshError(f"{method} {path} -> {status}: {text}")
         return status, data
 
+    def known_secrets(self) -> dict[str, str]:
+        """Every secret of this mesh: zone secrets, admin token, Redis password, node keys."""
+        found = {f"zone secret of {z}": s for z, s in self.secrets.items()}
+        found["admin token"] = self._tower_file("admin-token")
+        found["redis password"] = self._tower_file("redis-password")
+        for name, host in self.lab.hosts.items():
+            key = host.etc_dir / "private.key"
+            if key.exists():
+                found[f"private key of {name}"] = key.read_text().strip()
+        return found
+
     def create_zone(self, name: str, cidr: str, description: str = "") -> None:
         _, zone = self.curl("POST", "/zone", {"Name": name, "Description": description,
                                               "CIDR": cidr})
@@ -106,10 +118,13 @@ class Mesh:
                          "/etc/wireguard/private.key"]).stdout.strip()
 
     def agent_argv(self, zone: str = "default", *extra: str) -> list[str]:
+        """The agent's command line; the zone secret goes in the environment (not in ps)."""
         return [str(BIN / "aircrew"), "--private-key-file=/etc/wireguard/private.key",
-                f"--controller={self.tower.address}",
-                f"--controller-password={self.secrets[zone]}", f"--zone={zone}",
+                f"--controller={self.tower.address}", f"--zone={zone}",
                 "--heartbeat-interval=2", *extra]
+
+    def agent_env(self, zone: str) -> dict[str, str]:
+        return {"AIRCREW_CONTROLLER_PASSWORD": self.secrets.get(zone, self.secrets["default"])}
 
     def start_agent(self, host: Host, zone: str = "default", *extra: str,
                     new_key: bool = True) -> Agent:
@@ -118,13 +133,13 @@ class Mesh:
         else:  # the host already holds /etc/wireguard/private.key
             key = host.run(["wg", "pubkey"], input=host.run(
                 ["cat", "/etc/wireguard/private.key"]).stdout).stdout.strip()
-        agent = Agent(host, zone, key, self.agent_argv(zone, *extra))
-        agent.proc = host.spawn(agent.argv, "aircrew")
+        agent = Agent(host, zone, key, self.agent_argv(zone, *extra), self.agent_env(zone))
+        agent.proc = host.spawn(agent.argv, "aircrew", env=agent.env)
         self.agents[host.name] = agent
         return agent
 
     def restart_agent(self, agent: Agent) -> None:
-        agent.proc = agent.host.spawn(agent.argv, "aircrew")
+        agent.proc = agent.host.spawn(agent.argv, "aircrew", env=agent.env)
 
     def mesh_address(self, host: Host) -> str | None:
         out = host.run(["ip", "-o", "-4", "addr", "show", "dev", "wg0"], check=False).stdout

@@ -310,7 +310,8 @@ class Agent:
                       address=self.assignment["address"],
                       prefix_len=int(self.assignment["prefix_len"]),
                       listen_port=self.s.listen_port, rev=self.mirror.rev,
-                      peers=[p.to_dict() for p in self.mirror.peers.values()])
+                      peers=[p.to_dict() for p in self.mirror.peers.values()],
+                      session=self.session.session_id if self.session else "")
         conf = render(WgQuickConfig(self.s.private_key, self.s.listen_port,
                                     (f"{cache.address}/{cache.prefix_len}",),
                                     tuple(self.applied.peers.values())))

@@ -194,12 +194,34 @@ def status(interface: str, state_dir: Path) -> None:
 
 @main.command()
 @_state_options
-def down(interface: str, state_dir: Path) -> None:
-    """Remove the interface, the routes aircrew added and its state files."""
+@click.option("--controller", envvar="AIRCREW_CONTROLLER",
+              help="Also tell the tower this node leaves (releases its address).")
+@click.option("--controller-password", envvar="AIRCREW_CONTROLLER_PASSWORD")
+@click.option("--private-key-file", envvar="AIRCREW_PRIVATE_KEY_FILE",
+              default="/etc/wireguard/private.key", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--zone", envvar="AIRCREW_ZONE", default=None,
+              help="Default: the zone in the cached state.")
+def down(interface: str, state_dir: Path, controller: str | None,
+         controller_password: str | None, private_key_file: Path, zone: str | None) -> None:
+    """Remove the interface, the routes aircrew added and its state files.
+
+    With --controller, first send `leave` so the tower releases the address."""
     from .backend import open_device
     from .routes import LinkConfig
     from .state import StateFiles
 
+    state = StateFiles(state_dir, interface)
+    cache = state.load()
+    zone = zone or (cache.zone if cache else "default")
+    if controller:
+        try:
+            key = config.read_private_key(None, private_key_file, False)
+            asyncio.run(_leave(config.controller_urls(controller, controller_password, zone),
+                               zone, key, cache.session if cache else None))
+            click.echo(f"left zone {zone}")
+        except (MeshError, OSError) as exc:
+            click.echo(f"aircrew: could not tell the tower ({exc}); cleaning up anyway", err=True)
     links = LinkConfig(interface)
     device = open_device(interface)
     if device.exists():
@@ -207,5 +229,30 @@ def down(interface: str, state_dir: Path) -> None:
             links.remove_route(prefix)
         device.destroy()
         click.echo(f"removed interface {interface}")
-    StateFiles(state_dir, interface).remove()
+    state.remove()
     click.echo(f"removed the state files of {interface} in {state_dir}")
+
+
+async def _leave(urls: list[str], zone: str, private_key: str, session_id: str | None) -> None:
+    import redis
+    import redis.asyncio as aioredis
+
+    from .session import TowerSession
+
+    for url in urls:
+        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+        try:
+            session = TowerSession(client, zone, private_key, session_id=session_id or None)
+            await session.open()
+            try:
+                await session.request("leave", timeout=5)
+                return
+            finally:
+                await session.close()
+        except redis.exceptions.AuthenticationError:
+            continue
+        except redis.exceptions.RedisError as exc:
+            raise MeshError(str(exc)) from None
+        finally:
+            await client.aclose()
+    raise MeshError("the controller refused the credentials")

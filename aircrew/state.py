@@ -32,6 +32,7 @@ class Cache:
     listen_port: int
     rev: int
     peers: list[dict[str, Any]] = field(default_factory=list)
+    session: str = ""       # the agent session that registered (for `aircrew down`'s leave)
 
     def peer_map(self) -> dict[str, Peer]:
         out = {}

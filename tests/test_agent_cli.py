@@ -1,0 +1,97 @@
+"""The aircrew command line: keys, validation and option precedence (no network)."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from click.testing import CliRunner
+
+from aircrew import cli, config
+from wire.errors import InvalidInput
+from wire.proof import generate_private_key, public_key_of
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    seen = {}
+
+    def fake_run(opts):
+        seen.update(opts)
+        return 0
+    monkeypatch.setattr(cli, "_run_agent", fake_run)
+    return seen
+
+
+def test_keygen_writes_a_0600_private_key(tmp_path):
+    path = tmp_path / "private.key"
+    result = CliRunner().invoke(cli.main, ["keygen", "--private-key-file", str(path)])
+    assert result.exit_code == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert result.output.strip() == public_key_of(path.read_text().strip())
+    assert (tmp_path / "private.pub").read_text().strip() == result.output.strip()
+    again = CliRunner().invoke(cli.main, ["keygen", "--private-key-file", str(path)])
+    assert again.exit_code != 0 and "exists" in again.output
+
+
+def test_precedence_flag_over_env_over_file(tmp_path, captured):
+    conf = tmp_path / "aircrew.toml"
+    conf.write_text('zone = "from-file"\nlisten-port = 1111\ncontroller = "file-host"\n'
+                    'child-prefix = ["172.24.0.0/24"]\n')
+    env = {"AIRCREW_ZONE": "from-env", "AIRCREW_LISTEN_PORT": "2222"}
+    result = CliRunner().invoke(cli.main, ["--config", str(conf), "--listen-port", "3333"], env=env)
+    assert result.exit_code == 0, result.output
+    assert captured["listen_port"] == 3333          # flag
+    assert captured["zone"] == "from-env"           # env over file
+    assert captured["controller"] == "file-host"    # file over default
+    assert captured["child_prefix"] == ("172.24.0.0/24",)
+
+
+def test_config_file_errors_are_clear(tmp_path, captured):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('zonee = "x"\n')
+    result = CliRunner().invoke(cli.main, ["--config", str(bad)])
+    assert result.exit_code == 2 and "unknown option 'zonee'" in result.output
+    bad.write_text('zone = \n')
+    result = CliRunner().invoke(cli.main, ["--config", str(bad)])
+    assert result.exit_code == 2 and "line 1" in result.output
+
+
+def test_private_key_checks(tmp_path, caplog):
+    private = generate_private_key()
+    path = tmp_path / "k"
+    path.write_text(private + "\n")
+    os.chmod(path, 0o644)
+    with pytest.raises(InvalidInput, match="readable by other users"):
+        config.read_private_key(None, path, allow_insecure=False)
+    assert config.read_private_key(None, path, allow_insecure=True) == private
+    os.chmod(path, 0o600)
+    assert config.read_private_key(None, path, False) == private
+    assert config.read_private_key(private, None, False) == private
+    assert "may show in ps" in caplog.text and private not in caplog.text
+    with pytest.raises(InvalidInput, match="does not match the private key"):
+        config.check_public_key(private, public_key_of(generate_private_key()))
+    with pytest.raises(InvalidInput, match="not a WireGuard key"):
+        config.read_private_key("nope", None, False)
+
+
+def test_controller_forms():
+    assert config.controller_urls("203.0.113.1", None, "default") == ["redis://203.0.113.1:6379/0"]
+    assert config.controller_urls("tower:7000", "s/cr=t", "zone-blue") == [
+        "redis://ct%3Aagent%3Azone-blue:s%2Fcr%3Dt@tower:7000/0", "redis://:s%2Fcr%3Dt@tower:7000/0"]
+    assert config.controller_urls("[2001:db8::1]", None, "z") == ["redis://[2001:db8::1]:6379/0"]
+    assert config.controller_host("rediss://h.example:6380/0") == "h.example"
+    with pytest.raises(InvalidInput, match="scheme"):
+        config.controller_urls("http://x", None, "z")
+    with pytest.raises(InvalidInput, match="port"):
+        config.controller_urls("x:99999", None, "z")
+
+
+def test_run_validation_errors_exit_nonzero(tmp_path):
+    result = CliRunner().invoke(cli.main, ["--controller", "127.0.0.1", "--private-key", "bad"])
+    assert result.exit_code == 1 and "private key" in result.output
+    result = CliRunner().invoke(cli.main, ["--private-key", generate_private_key()])
+    assert result.exit_code != 0 and "--controller is required" in result.output
+    result = CliRunner().invoke(cli.main, ["--controller", "h", "--private-key",
+                                           generate_private_key(), "--zone", "bad zone"])
+    assert result.exit_code == 1 and "zone name" in result.output

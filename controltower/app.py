@@ -9,7 +9,7 @@ from flask import Flask
 from wire.keys import DEFAULT_PREFIX
 
 from . import auth, db, errors
-from .api import health, ipam, peers, zones
+from .api import health, ipam, openapi, peers, zones
 
 DEFAULTS: dict[str, Any] = {
     "REDIS_URL": "redis://127.0.0.1:6379/0",
@@ -34,6 +34,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     auth.init_app(app)
     db.init_app(app)
-    for blueprint in (zones.bp, peers.bp, ipam.bp, health.bp):
+    for blueprint in (zones.bp, peers.bp, ipam.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     return app

@@ -8,7 +8,7 @@ import click
 
 from wire.errors import MeshError
 
-from . import logs
+from . import admin, logs
 from .redisconn import RedisTLS
 from .serve import ServeSettings, Tower
 
@@ -16,6 +16,9 @@ from .serve import ServeSettings, Tower
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """ControlTower: zones, addresses and peer lists for aircrew WireGuard meshes."""
+
+
+admin.register(main)
 
 
 @main.command()

@@ -1,0 +1,373 @@
+"""The OpenAPI 3.1 document of the ControlTower REST API.
+
+One hand-written description of every route in ``controltower/api`` and of the JSON
+shapes built by ``controltower/api/render.py``. ``tests/test_openapi.py`` keeps it in
+step with the code: every Flask route is documented (methods too) and a schemathesis run
+checks that the live API answers as documented. Served at ``GET /openapi.json``.
+"""
+from __future__ import annotations
+
+import copy
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+ZONE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+PUBLIC_KEY_PATTERN = r"^[A-Za-z0-9+/]{43}=$"
+NAT_TYPES = ["open", "cone", "symmetric", "unknown", "static"]
+EXAMPLE_KEY = "M+BTP8LbMikKLufoTTI7tPL5Jf3SHhNki6SXEXa5Uic="
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str, example: Any = None) -> dict[str, Any]:
+    content: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        content["example"] = example
+    return {"description": description, "content": {JSON: content}}
+
+
+def _errors(*codes: str, auth: bool = True) -> dict[str, Any]:
+    """References to the shared error responses (503 is possible on every route)."""
+    if auth:
+        codes = (*codes, "401", "403")
+    return {code: {"$ref": f"#/components/responses/{ERROR_RESPONSES[code][0]}"}
+            for code in sorted({*codes, "503"})}
+
+
+ERROR_RESPONSES: dict[str, tuple[str, str]] = {
+    "400": ("BadRequest", "Invalid input: a malformed zone name, public key, CIDR or body."),
+    "401": ("Unauthorized", "No 'Authorization: Bearer <admin token>' header."),
+    "403": ("Forbidden", "The admin token is not valid."),
+    "404": ("NotFound", "The zone or peer does not exist."),
+    "409": ("Conflict", "The request collides with existing state."),
+    "503": ("Unavailable", "The zone store (Redis) is unreachable."),
+}
+
+# Writes always need the admin token when the tower has one; reads need it when the
+# tower runs with READ_AUTH (controltower serve --read-auth, on by default off loopback).
+WRITE_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
+READ_SECURITY: list[dict[str, list[str]]] = [{}, {"adminToken": []}]
+OPEN_SECURITY: list[dict[str, list[str]]] = []
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "description": "Every error: the message is meant for people and is shown as it is.",
+        "properties": {"error": {"type": "string"}},
+        "required": ["error"],
+        "additionalProperties": False,
+    },
+    "ZoneName": {
+        "type": "string",
+        "pattern": ZONE_NAME_PATTERN,
+        "description": "1-63 letters, digits, '-', '_' or '.', starting with a letter or digit.",
+        "example": "zone-blue",
+    },
+    "PublicKey": {
+        "type": "string",
+        "pattern": PUBLIC_KEY_PATTERN,
+        "description": "A WireGuard public key: 32 bytes, base64 (44 characters).",
+        "example": EXAMPLE_KEY,
+    },
+    "NewZone": {
+        "type": "object",
+        "properties": {
+            "Name": _ref("ZoneName"),
+            "CIDR": {"type": "string", "description":
+                     "The zone's prefix, written as its network address (10.140.0.0/20), "
+                     "with at least two usable addresses. Zones may overlap.",
+                     "example": "10.140.0.0/20"},
+            "Description": {"type": "string", "maxLength": 256, "default": ""},
+        },
+        "required": ["Name", "CIDR"],
+        "additionalProperties": False,
+    },
+    "Zone": {
+        "type": "object",
+        "properties": {
+            "Name": _ref("ZoneName"),
+            "Description": {"type": "string"},
+            "IpCidr": {"type": "string", "example": "10.140.0.0/20"},
+        },
+        "required": ["Name", "Description", "IpCidr"],
+        "additionalProperties": False,
+    },
+    "NewZoneCreated": {
+        "type": "object",
+        "properties": {
+            "Name": _ref("ZoneName"),
+            "Description": {"type": "string"},
+            "IpCidr": {"type": "string", "example": "10.140.0.0/20"},
+            "AgentSecret": _ref("AgentSecret"),
+        },
+        "required": ["Name", "Description", "IpCidr"],
+        "additionalProperties": False,
+    },
+    "AgentSecret": {
+        "type": "string",
+        "minLength": 1,
+        "description": "The zone's agent credential (aircrew --controller-password). Shown "
+                       "once: the tower keeps only its digest. Present when the tower manages "
+                       "zone agent users (controltower serve --agent-acl, the default).",
+    },
+    "RotatedSecret": {
+        "type": "object",
+        "properties": {"Name": _ref("ZoneName"), "AgentSecret": _ref("AgentSecret")},
+        "required": ["Name", "AgentSecret"],
+        "additionalProperties": False,
+    },
+    "ZoneDetail": {
+        "type": "object",
+        "properties": {
+            "Name": _ref("ZoneName"),
+            "Description": {"type": "string"},
+            "IpCidr": {"type": "string"},
+            "Nodes": {"type": "integer", "minimum": 0, "description": "Registered nodes."},
+        },
+        "required": ["Name", "Description", "IpCidr", "Nodes"],
+        "additionalProperties": False,
+    },
+    "ZoneDeleted": {
+        "type": "object",
+        "properties": {"Deleted": _ref("ZoneName")},
+        "required": ["Deleted"],
+        "additionalProperties": False,
+    },
+    "Peer": {
+        "type": "object",
+        "properties": {
+            "PublicKey": _ref("PublicKey"),
+            "EndpointIP": {"type": "string", "description":
+                           "ip:port or [ipv6]:port the others reach it at; empty if unknown.",
+                           "example": "203.0.113.4:51820"},
+            "AllowedIPs": {"type": "string", "description":
+                           "Comma-separated: the node address (/32 or /128) and its child "
+                           "prefixes.", "example": "10.140.0.1/32,172.24.0.0/24"},
+            "Zone": _ref("ZoneName"),
+            "NodeAddress": {"type": "string", "example": "10.140.0.1"},
+            "ChildPrefix": {"type": "array", "items": {"type": "string"}},
+            "LastSeen": {"type": ["string", "null"], "format": "date-time",
+                         "description": "Last heartbeat (UTC, ISO 8601); null if never."},
+            "Online": {"type": "boolean",
+                       "description": "A heartbeat arrived within --offline-after seconds."},
+            "NatType": {"type": "string", "enum": NAT_TYPES},
+            "Hostname": {"type": "string"},
+        },
+        "required": ["PublicKey", "EndpointIP", "AllowedIPs", "Zone", "NodeAddress",
+                     "ChildPrefix", "LastSeen", "Online", "NatType", "Hostname"],
+        "additionalProperties": False,
+    },
+    "PeerDeleted": {
+        "type": "object",
+        "properties": {
+            "Deleted": _ref("PublicKey"),
+            "Zone": _ref("ZoneName"),
+            "ReleasedAddress": {"type": "string"},
+            "ReleasedPrefixes": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["Deleted", "Zone", "ReleasedAddress", "ReleasedPrefixes"],
+        "additionalProperties": False,
+    },
+    "Leases": {
+        "type": "object",
+        "description": "The seed's shape: every leased address maps to true, and so do the "
+                       "network and (IPv4) broadcast addresses, which are never handed out.",
+        "properties": {
+            "Cidr": {"type": "string"},
+            "IPs": {"type": "object", "additionalProperties": {"type": "boolean", "const": True}},
+        },
+        "required": ["Cidr", "IPs"],
+        "additionalProperties": False,
+    },
+    "Health": {
+        "type": "object",
+        "properties": {"status": {"type": "string", "const": "ok"}},
+        "required": ["status"],
+        "additionalProperties": False,
+    },
+}
+
+ZONE_PARAM = {"name": "name", "in": "path", "required": True, "schema": _ref("ZoneName"),
+              "description": "The zone's name.", "example": "zone-blue"}
+ZONE_PATH_PARAM = {**ZONE_PARAM, "name": "zone", "example": "default"}
+KEY_PARAM = {"name": "key", "in": "path", "required": True, "schema": _ref("PublicKey"),
+             "description": "The peer's public key. It may be written as it is ('/' and '+' "
+                            "included) or percent-encoded."}
+FORCE_PARAM = {"name": "force", "in": "query", "required": False,
+               "schema": {"type": "string", "enum": ["true", "false", "1", "0"],
+                          "default": "false"},
+               "description": "Delete the zone with its nodes (case-insensitive)."}
+ZONE_FILTER_PARAM = {"name": "zone", "in": "query", "required": False,
+                     "schema": _ref("ZoneName"), "description": "Only the peers of this zone.",
+                     "example": "default"}
+
+ZONE_EXAMPLE = {"Name": "zone-blue", "Description": "Tenant - Zone Blue", "IpCidr": "10.140.0.0/20"}
+
+
+def _create_zone(operation_id: str, summary: str, name: str, cidr: str) -> dict[str, Any]:
+    return {
+        "tags": ["zones"], "operationId": operation_id, "summary": summary,
+        "security": WRITE_SECURITY,
+        "requestBody": {"required": True, "content": {JSON: {
+            "schema": _ref("NewZone"),
+            "example": {"Name": name, "Description": f"Tenant - {name}", "CIDR": cidr}}}},
+        "responses": {"201": _json(_ref("NewZoneCreated"), "The zone was created.",
+                                   {"Name": name, "Description": f"Tenant - {name}",
+                                    "IpCidr": cidr, "AgentSecret": "q4Bm2x...shown-once"}),
+                      **_errors("400", "409")},
+    }
+
+
+PATHS: dict[str, Any] = {
+    "/zone": {"post": _create_zone(
+        "createZoneSeed", "Create a zone (the seed's path; the same as POST /zones)",
+        "zone-blue", "10.140.0.0/20")},
+    "/zones": {
+        "post": _create_zone("createZone", "Create a zone", "zone-green", "10.150.0.0/20"),
+        "get": {
+            "tags": ["zones"], "operationId": "listZones", "summary": "List zones",
+            "security": READ_SECURITY,
+            "responses": {"200": _json({"type": "array", "items": _ref("Zone")}, "Every zone.",
+                                       [ZONE_EXAMPLE]),
+                          **_errors()},
+        },
+    },
+    "/zones/{name}/rotate-secret": {
+        "parameters": [ZONE_PARAM],
+        "post": {
+            "tags": ["zones"], "operationId": "rotateZoneSecret", "security": WRITE_SECURITY,
+            "summary": "Give the zone's agents a new credential (the old one stops working)",
+            "description": "Agents already connected keep their connection until it drops; "
+                           "give them the new secret before that. 409 when the tower does not "
+                           "manage agent credentials (--no-agent-acl).",
+            "responses": {"200": _json(_ref("RotatedSecret"), "The new secret, shown once."),
+                          **_errors("400", "404", "409")},
+        },
+    },
+    "/zones/{name}": {
+        "parameters": [ZONE_PARAM],
+        "get": {
+            "tags": ["zones"], "operationId": "showZone", "summary": "Show a zone",
+            "security": READ_SECURITY,
+            "responses": {"200": _json(_ref("ZoneDetail"), "The zone and its node count.",
+                                       {**ZONE_EXAMPLE, "Nodes": 3}),
+                          **_errors("400", "404")},
+        },
+        "delete": {
+            "tags": ["zones"], "operationId": "deleteZone", "security": WRITE_SECURITY,
+            "summary": "Delete a zone (refused while it has nodes, unless force is true)",
+            "description": "With force, every node of the zone is removed and its agents are "
+                           "told the zone was deleted.",
+            "parameters": [FORCE_PARAM],
+            "responses": {"200": _json(_ref("ZoneDeleted"), "The zone was deleted.",
+                                       {"Deleted": "zone-blue"}),
+                          **_errors("400", "404", "409")},
+        },
+    },
+    "/peers": {
+        "get": {
+            "tags": ["peers"], "operationId": "listPeers", "security": READ_SECURITY,
+            "summary": "List peers (of every zone, or of one)",
+            "parameters": [ZONE_FILTER_PARAM],
+            "responses": {"200": _json({"type": "array", "items": _ref("Peer")},
+                                       "Peers, by zone then public key."),
+                          **_errors("400", "404")},
+        },
+    },
+    "/peers/{key}": {
+        "parameters": [KEY_PARAM],
+        "get": {
+            "tags": ["peers"], "operationId": "showPeer", "summary": "Show a peer",
+            "security": READ_SECURITY,
+            "responses": {"200": _json(_ref("Peer"), "The peer."), **_errors("400", "404")},
+        },
+        "delete": {
+            "tags": ["peers"], "operationId": "deletePeer", "security": WRITE_SECURITY,
+            "summary": "Remove a peer: releases its address and prefixes and tells its zone",
+            "responses": {"200": _json(_ref("PeerDeleted"), "The peer was removed."),
+                          **_errors("400", "404")},
+        },
+    },
+    "/ipam/leases/{zone}": {
+        "parameters": [ZONE_PATH_PARAM],
+        "get": {
+            "tags": ["ipam"], "operationId": "listLeases", "summary": "A zone's address leases",
+            "security": READ_SECURITY,
+            "responses": {"200": _json(
+                {"type": "array", "items": _ref("Leases"), "minItems": 1, "maxItems": 1},
+                "One entry: the zone's CIDR and its reserved and leased addresses.",
+                [{"Cidr": "10.140.0.0/20", "IPs": {"10.140.0.0": True, "10.140.0.1": True,
+                                                   "10.140.15.255": True}}]),
+                **_errors("400", "404")},
+        },
+    },
+    "/health": {
+        "get": {
+            "tags": ["operations"], "operationId": "health", "security": OPEN_SECURITY,
+            "summary": "Liveness: answers 200 when Redis answers",
+            "responses": {"200": _json(_ref("Health"), "Alive.", {"status": "ok"}),
+                          **_errors(auth=False)},
+        },
+    },
+    "/openapi.json": {
+        "get": {
+            "tags": ["operations"], "operationId": "openapi", "summary": "This document",
+            "security": OPEN_SECURITY,
+            "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+        },
+    },
+}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("apex-mesh")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+@cache
+def _document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ControlTower REST API",
+            "version": _version(),
+            "description": "Zones, address leases and peers of an aircrew WireGuard mesh. "
+                           "Errors are JSON {\"error\": \"...\"} with status 400 (invalid "
+                           "input), 404 (unknown zone or peer), 409 (conflict) or 503 (Redis "
+                           "unreachable). See docs/api.md.",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "tags": [{"name": "zones"}, {"name": "peers"}, {"name": "ipam"},
+                 {"name": "operations"}],
+        "paths": PATHS,
+        "security": WRITE_SECURITY,
+        "components": {
+            "securitySchemes": {"adminToken": {
+                "type": "http", "scheme": "bearer",
+                "description": "The admin token: <data-dir>/admin-token on the tower, or "
+                               "--admin-token-file."}},
+            "schemas": SCHEMAS,
+            "responses": {name: _json(_ref("Error"), description)
+                          for name, description in ERROR_RESPONSES.values()},
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    """A fresh copy of the document (callers may change it)."""
+    return copy.deepcopy(_document())
+
+
+def operations(doc: dict[str, Any] | None = None) -> set[tuple[str, str]]:
+    """(HTTP method, path template) of every documented operation."""
+    doc = doc or _document()
+    methods = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+    return {(method.upper(), path) for path, item in doc["paths"].items()
+            for method in item if method in methods}

@@ -23,7 +23,7 @@ from wire.keys import Keys
 from wire.secretfile import read_or_create_secret, write_secret
 
 from . import children
-from .acl import SECRET_FIELD, AgentCredentials, new_secret
+from .acl import SECRET_FIELD, AgentCredentials, digest, new_secret
 from .private_redis import PrivateRedis
 from .redisconn import RedisTLS, connect
 from .worker import RequestWorker
@@ -119,13 +119,24 @@ class Tower:
             self.shutdown()
 
     def _agent_credentials(self, store: ZoneStore) -> None:
-        """Re-apply zone agent users; the default zone's secret lives in the data dir."""
+        """Re-apply zone agent users; the default zone's secret lives in the data dir.
+
+        A replica started with an empty data directory must not replace the secret the
+        other replicas' agents use: it keeps the stored one and says where it lives."""
         creds = AgentCredentials(store.redis, store.keys)
         creds.sync(store.zone_names())
         secret_file = self.settings.data_dir / "default-zone-secret"
-        if not secret_file.exists() or not store.redis.hget(store.keys.zone(DEFAULT_ZONE), SECRET_FIELD):
-            secret = read_or_create_secret(secret_file, new_secret)
-            creds.set(DEFAULT_ZONE, secret)
+        stored = store.redis.hget(store.keys.zone(DEFAULT_ZONE), SECRET_FIELD)
+        if secret_file.exists():
+            secret = secret_file.read_text().strip()
+            if stored != digest(secret):
+                creds.set(DEFAULT_ZONE, secret)
+        elif stored:
+            log.warning("zone %s already has an agent secret (set by another replica); copy "
+                        "its default-zone-secret into %s", DEFAULT_ZONE, self.settings.data_dir)
+            return
+        else:
+            creds.set(DEFAULT_ZONE, read_or_create_secret(secret_file, new_secret))
         log.info("agents of zone %s use --controller-password from %s", DEFAULT_ZONE, secret_file)
 
     def _thread(self, target, name: str) -> None:

@@ -19,7 +19,6 @@ import redis.asyncio as aioredis
 
 from wire.errors import MeshError, Unavailable
 from wire.keys import Keys
-from wire.messages import Peer
 
 from .device import Device
 from .mirror import Outcome, ZoneMirror

@@ -1,7 +1,7 @@
 """wg-quick compatible configuration files: render, parse, and write them safely.
 
-Pure except ``write_secret_file``. The rendered file holds the private key: write it
-with ``write_secret_file`` (mode 0600 from creation) and never log its text.
+Pure. The rendered file holds the private key: write it with
+``wire.secretfile.write_secret`` (mode 0600 from creation) and never log its text.
 
 Parsing follows wg(8)/wg-quick(8): section and key names are case-insensitive, ``#``
 starts a comment, list values are comma separated and may repeat (``AllowedIPs`` lines
@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from wire.errors import InvalidInput
 from wire.proof import decode_key
@@ -22,7 +19,7 @@ from wire.proof import decode_key
 from .device import PeerConfig
 from .wgfields import canonical_allowed_ips, validate_keepalive, validate_port
 
-__all__ = ["WgQuickConfig", "render", "parse", "write_secret_file"]
+__all__ = ["WgQuickConfig", "render", "parse"]
 
 log = logging.getLogger(__name__)
 
@@ -93,48 +90,6 @@ def parse(text: str) -> WgQuickConfig:
         addresses=tuple(_canonical_interface(a) for a in _list(interface, "address")),
         peers=tuple(_peer(p) for p in peers),
     )
-
-
-def write_secret_file(path: str | os.PathLike[str], text: str) -> None:
-    """Atomically replace ``path`` with ``text``; the file is 0600 from its creation.
-
-    The temporary file is created with ``O_EXCL`` and mode 0600 beside the target, filled,
-    fsynced, then renamed over it, so a reader sees the old or the new file, never a part,
-    and there is no moment in which anyone else may read it.
-    """
-    target = Path(path)
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-                 0o600)
-    try:
-        os.fchmod(fd, 0o600)                 # whatever the umask did, exactly 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            fd = -1
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-    log.debug("wrote %s", target)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _peer(section: dict[str, list[str]]) -> PeerConfig:

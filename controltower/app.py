@@ -1,7 +1,6 @@
 """The Flask application factory of the ControlTower REST API."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from flask import Flask

@@ -1,7 +1,6 @@
 """A real redis-server on a free loopback port, for tests and benchmarks."""
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket

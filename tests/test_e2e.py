@@ -188,7 +188,7 @@ def test_removal_by_api(world):
 
 def test_controller_outage(world):
     lab, mesh, hosts, agents, addresses = world
-    p1, l1 = hosts["p1"], hosts["l1"]
+    p1 = hosts["p1"]
     assert mesh.reaches(p1, addresses["l1"])
     mesh.stop_tower()  # and its private Redis with it
     pinger = p1.spawn(["ping", "-n", "-q", "-c", "150", "-i", "0.2", addresses["l1"]], "outage-ping")

@@ -62,7 +62,7 @@ def test_desired_skips_self_and_routes_child_prefixes():
 
 
 def test_initial_apply():
-    device, links = RecordingDevice(), FakeLinks()
+    device = RecordingDevice()
     ops = diff(desired(ME, BASE), Desired(), device.read(), set())
     want = desired(ME, BASE).peers
     assert ops == [AddPeer(want[k]) for k in sorted((A, B))] + [AddRoute("172.24.0.0/24")]

@@ -6,9 +6,10 @@ import stat
 
 import pytest
 
-from aircrew import wgconf
 from aircrew.device import PeerConfig
-from aircrew.wgconf import WgQuickConfig, parse, render, write_secret_file
+from aircrew.wgconf import WgQuickConfig, parse, render
+from wire import secretfile
+from wire.secretfile import write_secret as write_secret_file
 from wire.errors import InvalidInput
 from wire.proof import generate_private_key, public_key_of
 
@@ -106,7 +107,7 @@ def test_secret_file_is_0600_from_creation(tmp_path, monkeypatch):
             created.append((str(path), flags, mode))
         return real_open(path, flags, mode, *args, **kwargs)
 
-    monkeypatch.setattr(wgconf.os, "open", spy)
+    monkeypatch.setattr(secretfile.os, "open", spy)
     target = tmp_path / "wireguard" / "wg0.conf"
     old_umask = os.umask(0)
     try:
@@ -139,7 +140,7 @@ def test_secret_file_failure_leaves_no_temp(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(wgconf.os, "replace", broken_replace)
+    monkeypatch.setattr(secretfile.os, "replace", broken_replace)
     with pytest.raises(OSError):
         write_secret_file(target, "new\n")
     assert target.read_text() == "old\n"

@@ -16,11 +16,13 @@ from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 
+from controltower.redisconn import is_sentinel_url, parse_sentinel_url
 from wire.errors import MeshError, Unavailable
 from wire.keys import Keys
 
-from .device import Device
+from .device import Device, DeviceState
 from .mirror import Outcome, ZoneMirror
 from .reconcile import (AddPeer, AddRoute, Desired, Op, RemovePeer, RemoveRoute, UpdatePeer,
                         desired, diff)
@@ -35,6 +37,33 @@ CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutE
 
 class AgentExit(MeshError):
     """The agent must stop: the message says why (exit status 1)."""
+
+
+class _SentinelClient(aioredis.Redis):
+    """A client of a Sentinel-managed primary that closes its Sentinel connections too."""
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
+
+
+def controller_client(url: str, tls: dict[str, str] | None = None) -> aioredis.Redis:
+    """An asyncio client for a redis://, rediss:// (``tls``: ssl_* options), unix:// or
+    redis+sentinel:// URL (the primary the Sentinels name, followed across failovers)."""
+    options: dict[str, Any] = dict(decode_responses=True, socket_connect_timeout=5,
+                                   socket_keepalive=True, health_check_interval=15)
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url)
+        sentinel = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs())
+        client = sentinel.master_for(target.master, redis_class=_SentinelClient, **options,
+                                     **target.master_kwargs())
+        client.sentinel = sentinel
+        return client
+    if url.startswith("rediss://"):
+        options.update(tls or {})
+    return aioredis.Redis.from_url(url, **options)
 
 
 class Links(Protocol):
@@ -79,10 +108,7 @@ class Agent:
         self.state = state
         self.keys = Keys(settings.key_prefix)
         self.client_factory = client_factory or (
-            lambda url: aioredis.Redis.from_url(url, decode_responses=True,
-                                                socket_connect_timeout=5, socket_keepalive=True,
-                                                health_check_interval=15,
-                                                **(settings.controller_tls if url.startswith("rediss://") else {})))
+            lambda url: controller_client(url, settings.controller_tls))
         self.urls = list(settings.controller_urls)
         self.mirror = ZoneMirror()
         self.applied = Desired()
@@ -95,6 +121,7 @@ class Agent:
         # runs an event loop inside and cannot be used from within ours.
         self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
         self.resyncs = 0
+        self._authenticated = False   # the controller accepted our credentials once
         from wire.proof import public_key_of
         self.public_key = public_key_of(settings.private_key)
 
@@ -143,11 +170,16 @@ class Agent:
             await client.ping()
         except redis.exceptions.AuthenticationError:
             await client.aclose()
+            if self._authenticated:
+                # They worked before: a failover or restart before the tower re-applied
+                # the agent users, most likely (or a rotated secret). Keep the tunnels.
+                raise Unavailable("the controller refused credentials that worked before")
             if len(self.urls) == 1:
                 raise AgentExit(f"the controller refused the credentials for zone {self.s.zone}: "
                                 "wrong --controller-password, or no such zone") from None
             self.urls.pop(0)  # not a tower-managed agent user: try the next form
             return await self._connected()
+        self._authenticated = True
         session = TowerSession(client, self.s.zone, self.s.private_key, keys=self.keys,
                                session_id=self.session.session_id if self.session else None)
         self.session = session
@@ -168,13 +200,15 @@ class Agent:
             reply = await self.session.request("register", body, timeout=self.s.request_timeout,
                                                attempts=3)
         except TowerRefused as exc:
+            log.info("register request %s refused", exc.request_id,
+                     extra={"request_id": exc.request_id})
             raise AgentExit(f"the tower refused to register this node: {exc}") from None
         if self.assignment and self.assignment["address"] != reply["address"]:
             log.warning("the tower moved this node from %s to %s", self.assignment["address"],
                         reply["address"])
         self.assignment = {k: reply[k] for k in ("address", "prefix_len", "cidr")}
-        log.info("registered in zone %s as %s/%d", self.s.zone, reply["address"],
-                 reply["prefix_len"])
+        log.info("registered in zone %s as %s/%d (request %s)", self.s.zone, reply["address"],
+                 reply["prefix_len"], reply["id"], extra={"request_id": reply["id"]})
         await self._on_device(self._ensure_device)
 
     def _ensure_device(self) -> None:
@@ -291,6 +325,11 @@ class Agent:
             log.warning("endpoint update refused: %s", exc)
 
     # -- the device ------------------------------------------------------------------------
+
+    def read_device(self, timeout: float = 5.0) -> DeviceState:
+        """The device's state, read on the device thread (for callers on other threads,
+        such as the metrics endpoint)."""
+        return self._device_thread.submit(self.device.read).result(timeout)
 
     def _reconcile(self) -> None:
         want = desired(self.public_key, self.mirror.peers.values())

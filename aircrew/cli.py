@@ -31,8 +31,9 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     return value
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from controltower import logs  # standard library only: no tower code comes with it
+    logs.setup(level, fmt)
 
 
 @click.group(invoke_without_command=True, context_settings=CONTEXT)
@@ -71,6 +72,13 @@ def _setup_logging(level: str) -> None:
               help="Seconds between endpoint re-checks.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"], case_sensitive=False),
+              help="text for people, json for machines (one object per line).")
+@click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics on this TCP port (0: off).")
+@click.option("--metrics-listen", default="127.0.0.1", show_default=True,
+              help="Address the metrics endpoint listens on.")
 @click.pass_context
 def main(ctx: click.Context, **opts) -> None:
     """Join this node to a zone and keep its WireGuard interface equal to the zone.
@@ -79,7 +87,7 @@ def main(ctx: click.Context, **opts) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    _setup_logging(opts["log_level"])
+    _setup_logging(opts["log_level"], opts["log_format"].lower())
     try:
         code = _run_agent(opts)
     except MeshError as exc:
@@ -137,7 +145,19 @@ def _run_agent(opts: dict) -> int:
         log.info("stopped; the tunnels stay up (`aircrew down` removes them)")
         return 0
 
-    return asyncio.run(main_task())
+    server = None
+    if opts["metrics_port"]:
+        from . import metrics
+        try:
+            server = metrics.serve(agent, opts["metrics_port"], opts["metrics_listen"])
+        except OSError as exc:
+            raise MeshError(f"cannot serve metrics on {opts['metrics_listen']} port "
+                            f"{opts['metrics_port']}: {exc.strerror}") from None
+    try:
+        return asyncio.run(main_task())
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 @main.command()

@@ -53,17 +53,16 @@ def controller_urls(controller: str, password: str | None, zone: str) -> list[st
 
 
 def controller_url(controller: str, password: str | None) -> str:
-    """A Redis URL from ``host``, ``host:port``, ``[v6]:port`` or a full redis(s):// URL."""
+    """A Redis URL from ``host``, ``host:port``, ``[v6]:port`` or a full redis(s)://,
+    unix:// or redis+sentinel:// URL."""
     if "://" in controller:
         parts = urlsplit(controller)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise InvalidInput(f"controller URL scheme must be redis, rediss or unix, "
-                               f"not {parts.scheme!r}")
+        if parts.scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+            raise InvalidInput(f"controller URL scheme must be redis, rediss, unix or "
+                               f"redis+sentinel, not {parts.scheme!r}")
         if password and not parts.password:
-            netloc = f":{quote(password, safe='')}@{parts.hostname}"
-            if parts.port:
-                netloc += f":{parts.port}"
-            parts = parts._replace(netloc=netloc)
+            hosts = parts.netloc.rpartition("@")[2]   # host:port, [v6]:port or a list
+            parts = parts._replace(netloc=f":{quote(password, safe='')}@{hosts}")
         return urlunsplit(parts)
     host, port = split_host_port(controller, DEFAULT_REDIS_PORT)
     auth = f":{quote(password, safe='')}@" if password else ""

@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 class TowerRefused(MeshError):
     """The tower answered a request with an error; ``code`` says which kind."""
 
-    def __init__(self, message: str, code: str = "error") -> None:
+    def __init__(self, message: str, code: str = "error", request_id: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.request_id = request_id    # of the refused request, for the logs
 
 
 class NoReply(MeshError):
@@ -154,14 +155,16 @@ class TowerSession:
                     reply = await asyncio.wait_for(asyncio.shield(future), timeout)
                     break
                 except asyncio.TimeoutError:
-                    log.info("no reply to %s after %.0fs (attempt %d of %d)",
-                             kind, timeout, attempt + 1, attempts)
+                    log.info("no reply to %s request %s after %.0fs (attempt %d of %d)",
+                             kind, request_id, timeout, attempt + 1, attempts,
+                             extra={"request_id": request_id})
             else:
                 raise NoReply(f"the tower did not answer the {kind} request")
         finally:
             self._pending.pop(request_id, None)
         if not reply.get("ok"):
-            raise TowerRefused(str(reply.get("error", "refused")), str(reply.get("code", "error")))
+            raise TowerRefused(str(reply.get("error", "refused")), str(reply.get("code", "error")),
+                               request_id)
         return reply
 
     async def snapshot(self) -> ZoneSnapshot:

@@ -1,13 +1,14 @@
 """The Flask application factory of the ControlTower REST API."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, g, request
 
 from wire.keys import DEFAULT_PREFIX
 
-from . import auth, db, errors
+from . import auth, db, errors, metrics
 from .api import health, ipam, openapi, peers, zones
 
 DEFAULTS: dict[str, Any] = {
@@ -19,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "ADMIN_TOKEN": None,         # or ADMIN_TOKEN_FILE: a file holding it
     "ADMIN_TOKEN_FILE": None,
     "READ_AUTH": False,          # True: reads need the token too
+    "WORKER_ID": None,           # this replica's request worker, for /ready (set by serve)
 }
 
 
@@ -31,8 +33,25 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     else:
         app.config.from_mapping(test_config)
     errors.init_app(app)
+    app.before_request(_start_timer)     # before auth, so refused requests are timed too
+    app.after_request(_observe)
     auth.init_app(app)
     db.init_app(app)
     for blueprint in (zones.bp, peers.bp, ipam.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     return app
+
+
+def _start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    """API latency and requests per route template (bounded label values)."""
+    started = g.pop("started", None)
+    if started is not None:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        api = metrics.api()
+        api.latency.labels(request.method, endpoint).observe(time.perf_counter() - started)
+        api.requests.labels(request.method, endpoint, str(response.status_code)).inc()
+    return response

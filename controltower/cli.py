@@ -27,8 +27,10 @@ admin.register(main)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
               envvar="CONTROLTOWER_PORT", help="TCP port of the REST API.")
 @click.option("--redis-url", default=None, envvar="CONTROLTOWER_REDIS_URL",
-              help="Redis to use (redis://[:password@]host:port/db). "
-                   "Without it a private redis-server is started in the data directory.")
+              help="Redis to use (redis://[:password@]host:port/db, or a Sentinel-managed "
+                   "primary: redis+sentinel://[user:password@]host:26379[,host:26379...]"
+                   "/<master-name>[/db]). Without it a private redis-server is started in the "
+                   "data directory.")
 @click.option("--redis-port", default=6379, show_default=True, type=click.IntRange(1, 65535),
               envvar="CONTROLTOWER_REDIS_PORT", help="Port of the private redis-server.")
 @click.option("--data-dir", default="/var/lib/controltower", show_default=True,
@@ -39,6 +41,10 @@ admin.register(main)
                    "type detection); 0 turns it off.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(logs.LEVELS, case_sensitive=False), envvar="CONTROLTOWER_LOG_LEVEL")
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(logs.FORMATS, case_sensitive=False),
+              envvar="CONTROLTOWER_LOG_FORMAT",
+              help="text for people, json for machines (one object per line).")
 @click.option("--offline-after", default=30.0, show_default=True, type=click.FloatRange(1),
               envvar="CONTROLTOWER_OFFLINE_AFTER",
               help="Seconds without a heartbeat after which a node shows as offline.")
@@ -71,16 +77,17 @@ admin.register(main)
 @click.option("--redis-tls-key", type=click.Path(exists=True, dir_okay=False),
               envvar="CONTROLTOWER_REDIS_TLS_KEY", help="Client certificate key for Redis.")
 def serve(listen: str, port: int, redis_url: str | None, redis_port: int, data_dir: Path,
-          stun_port: int, log_level: str, offline_after: float, expiry: float,
+          stun_port: int, log_level: str, log_format: str, offline_after: float, expiry: float,
           publish_window: float, agent_acl: bool, read_auth: str,
           admin_token_file: Path | None, http_tls_cert: Path | None, http_tls_key: Path | None,
           http_tls_ca: Path | None, redis_tls_ca: str | None, redis_tls_cert: str | None,
           redis_tls_key: str | None) -> None:
     """Run the ControlTower: REST API, request worker and STUN responder."""
-    logs.setup(log_level)
+    logs.setup(log_level, log_format.lower())
     settings = ServeSettings(listen=listen, port=port, redis_url=redis_url or None,
                              redis_port=redis_port, data_dir=data_dir, stun_port=stun_port,
-                             log_level=log_level.lower(), offline_after=offline_after,
+                             log_level=log_level.lower(), log_format=log_format.lower(),
+                             offline_after=offline_after,
                              expiry=expiry, publish_window=publish_window, agent_acl=agent_acl,
                              read_auth=read_auth, admin_token_file=admin_token_file,
                              http_tls_cert=http_tls_cert, http_tls_key=http_tls_key,

@@ -314,6 +314,27 @@ PATHS: dict[str, Any] = {
                           **_errors(auth=False)},
         },
     },
+    "/ready": {
+        "get": {
+            "tags": ["operations"], "operationId": "ready", "security": OPEN_SECURITY,
+            "summary": "Readiness: 200 when Redis answers and this replica's request worker "
+                       "runs (503 otherwise; see docs/observability.md)",
+            "responses": {"200": _json(
+                {"type": "object", "properties": {"status": {"type": "string", "const": "ready"}},
+                 "required": ["status"], "additionalProperties": False},
+                "Ready.", {"status": "ready"}),
+                **_errors(auth=False)},
+        },
+    },
+    "/metrics": {
+        "get": {
+            "tags": ["operations"], "operationId": "metrics", "security": OPEN_SECURITY,
+            "summary": "Prometheus metrics of this replica (text exposition format; see "
+                       "docs/observability.md)",
+            "responses": {"200": {"description": "The metrics.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        },
+    },
     "/openapi.json": {
         "get": {
             "tags": ["operations"], "operationId": "openapi", "summary": "This document",

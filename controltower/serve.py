@@ -3,6 +3,11 @@
 This process runs the request worker and the STUN responder in threads and supervises
 two children that die with it: an optional private redis-server and gunicorn serving
 the Flask app. Several such processes on one Redis are replicas of one tower.
+
+The process and its gunicorn workers share a fresh run directory: the Prometheus
+multiprocess files (so ``/metrics`` sums the replica) and, for ``--log-format json``,
+gunicorn's logging configuration. It is removed at exit, and at start those of
+processes that died without removing theirs (SIGKILL).
 """
 from __future__ import annotations
 
@@ -11,24 +16,31 @@ import json
 import logging
 import secrets
 import os
+import shutil
 import signal
 import ssl
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
+
 from ipam.store import DEFAULT_ZONE, ZoneStore
+from wire.errors import MeshError
 from wire.keys import Keys
 from wire.secretfile import read_or_create_secret, write_secret
 
-from . import children
+from . import children, logs, metrics
 from .acl import SECRET_FIELD, AgentCredentials, digest, new_secret
 from .private_redis import PrivateRedis
 from .redisconn import RedisTLS, connect
 from .worker import RequestWorker
 
 log = logging.getLogger(__name__)
+
+RUN_DIR_PREFIX = "controltower-"
 
 
 @dataclass
@@ -40,6 +52,7 @@ class ServeSettings:
     data_dir: Path = Path("/var/lib/controltower")
     stun_port: int = 3478
     log_level: str = "info"
+    log_format: str = "text"         # text | json
     key_prefix: str = "ct:"
     workers: int = 2
     offline_after: float = 30.0
@@ -65,6 +78,26 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def new_run_dir() -> Path:
+    """A fresh ``controltower-<pid>-*`` directory under the temporary directory, after
+    removing those whose process is gone."""
+    for old in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-*"):
+        pid = old.name[len(RUN_DIR_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True          # another user's process
+    return True
+
+
 class Tower:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
@@ -73,6 +106,7 @@ class Tower:
         self.gunicorn = None
         self.stun: list = []
         self.threads: list[threading.Thread] = []
+        self.run_dir: Path | None = None
 
     def run(self) -> int:
         s = self.settings
@@ -80,6 +114,9 @@ class Tower:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
         try:
+            self.run_dir = new_run_dir()
+            (self.run_dir / "metrics").mkdir()
+            metrics.use_directory(self.run_dir / "metrics")
             redis_url = s.redis_url
             if not redis_url:
                 self.private_redis = PrivateRedis(s.data_dir, s.listen, s.redis_port)
@@ -89,7 +126,10 @@ class Tower:
             store = ZoneStore(connect(redis_url, s.redis_tls), Keys(s.key_prefix), expiry=s.expiry)
             store.ensure_default_zone()
             if s.agent_acl:
+                server_id = self._server_id(store)     # before the users are applied
                 self._agent_credentials(store)
+                self._thread(lambda stop: self._follow_redis(store, server_id, stop),
+                             "redis-watch")
             token_file = s.admin_token_file or s.data_dir / "admin-token"
             if not token_file.exists():
                 write_secret(token_file, secrets.token_urlsafe(32) + "\n")
@@ -106,7 +146,7 @@ class Tower:
                     responder.start()
                     self.stun.append(responder)
                 log.info("answering STUN on udp ports %d and %d", s.stun_port, s.stun_port + 1)
-            self._start_gunicorn(redis_url)
+            self._start_gunicorn(redis_url, worker.consumer)
             scheme = "https" if s.http_tls_cert else "http"
             log.info("ControlTower API on %s://%s%s", scheme, bind_address(s.listen, s.port),
                      " (client certificates required)" if s.http_tls_ca else "")
@@ -139,14 +179,38 @@ class Tower:
             creds.set(DEFAULT_ZONE, read_or_create_secret(secret_file, new_secret))
         log.info("agents of zone %s use --controller-password from %s", DEFAULT_ZONE, secret_file)
 
+    @staticmethod
+    def _server_id(store: ZoneStore) -> str:
+        return store.redis.info("server")["run_id"]
+
+    def _follow_redis(self, store: ZoneStore, applied_on: str, stop: threading.Event,
+                      interval: float = 1.0) -> None:
+        """Re-apply the agent users when the Redis server changes under us.
+
+        ACL users are not replicated and not in the AOF: after a Sentinel failover (the
+        URL now leads to a promoted replica) or a restart without an ACL file, agents
+        could not log in until the users are set again from their stored digests.
+        ``applied_on`` is the server (run id) they were last applied on, read before."""
+        while not stop.wait(interval):
+            try:
+                now = self._server_id(store)
+                if now != applied_on:
+                    AgentCredentials(store.redis, store.keys).sync(store.zone_names())
+                    log.warning("the Redis server changed (failover or restart): re-applied "
+                                "the agent users of every zone")
+                    applied_on = now
+            except (redis.exceptions.RedisError, MeshError) as exc:
+                log.debug("cannot check the Redis server: %s", exc)
+
     def _thread(self, target, name: str) -> None:
         thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
         thread.start()
         self.threads.append(thread)
 
-    def _start_gunicorn(self, redis_url: str) -> None:
+    def _start_gunicorn(self, redis_url: str, worker_id: str) -> None:
         s = self.settings
         env = dict(os.environ, CONTROLTOWER_REDIS_URL=redis_url,
+                   CONTROLTOWER_WORKER_ID=worker_id,
                    CONTROLTOWER_KEY_PREFIX=s.key_prefix,
                    CONTROLTOWER_OFFLINE_AFTER=str(s.offline_after),
                    CONTROLTOWER_EXPIRY=str(s.expiry),
@@ -161,8 +225,15 @@ class Tower:
         argv = [sys.executable, "-m", "gunicorn", "--bind", bind_address(s.listen, s.port),
                 "--workers", str(s.workers), "--worker-class", "gthread", "--threads", "4",
                 "--log-level", s.log_level, "--graceful-timeout", "5", "--no-control-socket",
-                *self._tls_args(), "controltower.app:create_app()"]
+                *self._tls_args(), *self._log_args(), "controltower.app:create_app()"]
         self.gunicorn = children.spawn(argv, env=env)
+
+    def _log_args(self) -> list[str]:
+        if self.settings.log_format != "json":
+            return []
+        path = self.run_dir / "gunicorn-logging.json"
+        path.write_text(json.dumps(logs.gunicorn_config(self.settings.log_level)))
+        return ["--log-config-json", str(path)]
 
     def _tls_args(self) -> list[str]:
         s = self.settings
@@ -183,3 +254,5 @@ class Tower:
             thread.join(5)
         if self.private_redis is not None:
             self.private_redis.stop()
+        if self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)

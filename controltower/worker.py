@@ -23,7 +23,7 @@ from wire.errors import Conflict, Forbidden, InvalidInput, MeshError, NotFound
 from wire.keys import REQUEST_GROUP
 from wire.messages import Request
 
-from . import towerkey
+from . import logs, metrics, towerkey
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class RequestWorker:
     def __init__(self, store: ZoneStore, *, consumer: str | None = None,
                  clock_skew: float = 60.0, publish_window: float = 0.02,
                  claim_idle: float = 5.0, batch: int = 256, zone_refresh: float = 1.0,
-                 reap_interval: float = 5.0) -> None:
+                 reap_interval: float = 5.0, heartbeat_ttl: float = 10.0) -> None:
         self.store = store
         self.redis = store.redis
         self.keys = store.keys
@@ -46,6 +46,7 @@ class RequestWorker:
         self.batch = batch
         self.zone_refresh = zone_refresh
         self.reap_interval = reap_interval
+        self.heartbeat_ttl = heartbeat_ttl
         self.tower_private, self.tower_public = towerkey.load_or_create(self.redis, self.keys)
         self._mac_keys: OrderedDict[str, bytes] = OrderedDict()
         self._zones: list[str] = []
@@ -54,6 +55,8 @@ class RequestWorker:
         self._last_flush: dict[str, float] = {}
         self._claimed_at = 0.0
         self._reaped_at = time.monotonic()
+        self._beat_at = 0.0
+        self.metrics = metrics.worker()
         self.handled = 0
         self.running = threading.Event()
 
@@ -76,9 +79,15 @@ class RequestWorker:
                 log.exception("redis error in the request worker")
                 stop.wait(backoff)
         self.running.clear()
+        try:
+            self.redis.delete(self.keys.tower_worker(self.consumer))
+        except redis.exceptions.RedisError:
+            pass
 
     def step(self) -> None:
         now = time.monotonic()
+        if now - self._beat_at >= self.heartbeat_ttl / 4:
+            self._beat(now)
         if now - self._zones_at >= self.zone_refresh:
             self._refresh_zones()
         if now - self._claimed_at >= self.claim_idle / 2:
@@ -101,6 +110,12 @@ class RequestWorker:
         else:
             time.sleep(min(self.zone_refresh, 0.2))
         self._flush_due()
+
+    def _beat(self, now: float) -> None:
+        """Tell the API (``/ready``) this worker is alive: a key that expires unless renewed."""
+        self.redis.set(self.keys.tower_worker(self.consumer), int(time.time()),
+                       ex=max(1, round(self.heartbeat_ttl)))
+        self._beat_at = now
 
     def _block_ms(self) -> int:
         wait = self.zone_refresh
@@ -156,9 +171,10 @@ class RequestWorker:
         now = time.monotonic()
         for zone in list(self._dirty):
             if now - self._last_flush.get(zone, 0.0) >= self.publish_window:
-                del self._dirty[zone]
+                changed_at = self._dirty.pop(zone)
                 self._last_flush[zone] = now
-                self.store.flush(zone)
+                if self.store.flush(zone):
+                    self.metrics.publish_latency.observe(time.monotonic() - changed_at)
 
     # -- one request ---------------------------------------------------------------------
 
@@ -172,20 +188,37 @@ class RequestWorker:
         except InvalidInput as exc:
             self._reply_unparsed(zone, payload, str(exc))
             return
+        token = logs.request_id.set(request.id)
+        try:
+            self._handle(zone, entry_id, fields, request, payload)
+        finally:
+            logs.request_id.reset(token)
+
+    def _handle(self, zone: str, entry_id: str, fields: dict[str, Any], request: Request,
+                payload: bytes) -> None:
         try:
             if request.zone != zone:
                 raise Forbidden(f"request for zone {request.zone} sent on the stream of zone {zone}")
             self._authenticate(request, payload, str(fields.get("mac", "")), entry_id)
             result = self._dispatch(request)
             self._reply(request, True, **result)
+            self._count(request, "ok")
         except MeshError as exc:
-            log.info("refused %s from %s in zone %s: %s", request.type, request.key, zone, exc)
-            self._reply(request, False, error=str(exc), code=ERROR_CODES.get(type(exc), "error"))
+            code = ERROR_CODES.get(type(exc), "error")
+            log.info("refused %s from %s in zone %s (request %s): %s", request.type,
+                     request.key, zone, request.id, exc)
+            self._reply(request, False, error=str(exc), code=code)
+            self._count(request, code)
         except redis.exceptions.ConnectionError:
             raise
         except Exception:  # noqa: BLE001 - a worker must survive any single request
             log.exception("failed to handle %s request %s", request.type, request.id)
             self._reply(request, False, error="internal error in the tower", code="error")
+            self._count(request, "error")
+
+    def _count(self, request: Request, result: str) -> None:
+        if request.type == "register":
+            self.metrics.registrations.labels(result).inc()
 
     def _authenticate(self, request: Request, payload: bytes, mac: str, entry_id: str) -> None:
         if not proof.verify(self._mac_key(request.key), payload, mac):
@@ -239,6 +272,8 @@ class RequestWorker:
         """Answer a malformed request when it names a valid key, else log and drop it."""
         try:
             data = json.loads(payload)
+            if data.get("type") == "register":
+                self.metrics.registrations.labels("invalid").inc()
             key = messages.public_key(data.get("key"))
             request_id = str(data.get("id", ""))[:64]
         except (ValueError, TypeError, AttributeError, MeshError):

@@ -31,7 +31,9 @@ def make_app(redis_url: str, **config):
     app = create_app({"REDIS_URL": redis_url, "TESTING": True, **config})
     if "openapi" not in app.blueprints:          # until app.py registers it itself
         app.register_blueprint(openapi_api.bp)
-    app.extensions["zone_store"].ensure_default_zone()
+    store = app.extensions["zone_store"]
+    store.ensure_default_zone()
+    store.redis.set(store.keys.tower_worker("test"), 1)   # a request worker beats: /ready
     return app
 
 

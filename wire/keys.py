@@ -36,6 +36,15 @@ class Keys:
         """The tower's X25519 public key (readable by agents)."""
         return f"{self.prefix}tower:public"
 
+    def tower_worker(self, consumer: str) -> str:
+        """A replica's request-worker heartbeat (expires when the worker stops beating)."""
+        return f"{self.prefix}tower:worker:{consumer}"
+
+    @property
+    def tower_worker_pattern(self) -> str:
+        """Glob matching every request-worker heartbeat."""
+        return f"{self.prefix}tower:worker:*"
+
     # -- per zone -------------------------------------------------------------
     def _z(self, zone: str, name: str) -> str:
         return f"{self.prefix}{{{zone}}}:{name}"

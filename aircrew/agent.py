@@ -36,7 +36,16 @@ CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutE
 
 
 class AgentExit(MeshError):
-    """The agent must stop: the message says why (exit status 1)."""
+    """The agent must stop: the message says why. ``status`` is the exit status: 1 for a
+    refusal that a fix on this node may cure, 3 when the tower ended this node
+    (deleted, superseded, zone deleted): a supervisor must not restart it."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+ENDED = 3
 
 
 class _SentinelClient(aioredis.Redis):
@@ -235,7 +244,7 @@ class Agent:
         """Apply one update; False when a resync is needed."""
         outcome = self.mirror.apply(update)
         if outcome is Outcome.ZONE_DELETED:
-            raise AgentExit(f"zone {self.s.zone} was deleted on the tower")
+            raise AgentExit(f"zone {self.s.zone} was deleted on the tower", ENDED)
         if outcome is Outcome.GAP:
             log.info("missed a zone update (have revision %d, got %d..%d): resyncing",
                      self.mirror.rev, update.since, update.rev)
@@ -245,11 +254,11 @@ class Agent:
     def _check_membership(self) -> None:
         reason = self.mirror.removed.get(self.public_key)
         if reason == "deleted":
-            raise AgentExit("this node was deleted from the zone by an administrator")
+            raise AgentExit("this node was deleted from the zone by an administrator", ENDED)
         own = self.mirror.peers.get(self.public_key)
         if own is not None and own.session != self.session.session_id:
             raise AgentExit(f"this key was registered from another host (endpoint "
-                            f"{own.endpoint or 'unknown'}); this agent stops")
+                            f"{own.endpoint or 'unknown'}); this agent stops", ENDED)
 
     async def _follow(self) -> None:
         session = self.session
@@ -275,7 +284,7 @@ class Agent:
                 if self.public_key not in self.mirror.peers:
                     reason = self.mirror.removed.get(self.public_key, "")
                     if reason == "deleted":
-                        raise AgentExit("this node was deleted from the zone by an administrator")
+                        raise AgentExit("this node was deleted from the zone by an administrator", ENDED)
                     log.warning("the tower removed this node (%s): registering again",
                                 reason or "unknown reason")
                     await self._register()
@@ -307,7 +316,7 @@ class Agent:
                 await self._register()
                 await self._resync()
             elif "superseded" in str(exc):
-                raise AgentExit("this key was registered from another host; this agent stops")
+                raise AgentExit("this key was registered from another host; this agent stops", ENDED)
             else:
                 log.warning("heartbeat refused: %s", exc)
 

@@ -141,7 +141,7 @@ def _run_agent(opts: dict) -> int:
             await agent.run()
         except AgentExit as exc:
             log.error("%s", exc)
-            return 1
+            return exc.status
         log.info("stopped; the tunnels stay up (`aircrew down` removes them)")
         return 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from wire import proof
+from wire import configfile, proof
 from wire.errors import MeshError
 from wire.secretfile import write_secret
 
@@ -23,9 +23,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "AIRCREW
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value:
-        known = {p.name for p in ctx.command.params if p.name}
         try:
-            ctx.default_map = config.load_file(Path(value), known)
+            ctx.default_map = configfile.load(ctx.command, Path(value))
         except MeshError as exc:
             raise click.BadParameter(str(exc)) from None
     return value
@@ -276,3 +275,26 @@ async def _leave(urls: list[str], zone: str, private_key: str, session_id: str |
         finally:
             await client.aclose()
     raise MeshError("the controller refused the credentials")
+
+
+@main.group("config")
+def config_group() -> None:
+    """Config files: a commented example of every option, and a linter."""
+
+
+@config_group.command("example")
+def config_example() -> None:
+    """Print a complete, commented config file (use it with --config FILE)."""
+    click.echo(configfile.example(main, "aircrew", "AIRCREW", frozenset({"controller"})))
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def config_check(file: Path) -> None:
+    """Parse and lint FILE; report every problem with its line."""
+    problems = configfile.check(main, file)
+    for problem in problems:
+        click.echo(f"{file}: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{file}: ok")

@@ -1,16 +1,9 @@
-"""Agent settings: command line > AIRCREW_* environment > config file (TOML).
-
-The config file uses the long option names without dashes prefix, with '-' or '_':
-    controller = "203.0.113.1"
-    zone = "zone-blue"
-    child-prefix = ["172.24.0.0/24"]
-"""
+"""Checks and conversions of the agent's settings (see wire/configfile.py for files)."""
 from __future__ import annotations
 
 import ipaddress
 import logging
 import stat
-import tomllib
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -22,23 +15,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REDIS_PORT = 6379
 DEFAULT_STUN_PORT = 3478
-
-
-def load_file(path: Path, known: set[str]) -> dict[str, object]:
-    """Parse a TOML config file into click's default_map; unknown keys are an error."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InvalidInput(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"config file {path}: {exc}") from None
-    out: dict[str, object] = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise InvalidInput(f"config file {path}: unknown option {key!r}")
-        out[name] = value
-    return out
 
 
 def controller_urls(controller: str, password: str | None, zone: str) -> list[str]:

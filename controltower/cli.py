@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from wire import configfile
 from wire.errors import MeshError
 
 from . import admin, logs
@@ -21,7 +22,19 @@ def main() -> None:
 admin.register(main)
 
 
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        try:
+            ctx.default_map = configfile.load(ctx.command, Path(value))
+        except MeshError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), is_eager=True,
+              expose_value=False, callback=_load_config, envvar="CONTROLTOWER_CONFIG",
+              help="TOML file with any of these options (command line > environment > file).")
 @click.option("--listen", default="0.0.0.0", show_default=True, envvar="CONTROLTOWER_LISTEN",
               help="Address the REST API, STUN and a private Redis listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
@@ -101,3 +114,26 @@ def serve(listen: str, port: int, redis_url: str | None, redis_port: int, data_d
         sys.exit(Tower(settings).run())
     except MeshError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.group("config")
+def config_group() -> None:
+    """Config files for `serve`: a commented example of every option, and a linter."""
+
+
+@config_group.command("example")
+def config_example() -> None:
+    """Print a complete, commented config file (use it with `serve --config FILE`)."""
+    click.echo(configfile.example(serve, "controltower serve", "CONTROLTOWER"))
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def config_check(file: Path) -> None:
+    """Parse and lint FILE; report every problem with its line."""
+    problems = configfile.check(serve, file)
+    for problem in problems:
+        click.echo(f"{file}: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{file}: ok")

@@ -46,6 +46,10 @@ class AgentExit(MeshError):
 
 
 ENDED = 3
+# Reconnect delays (seconds, before a 0.5-1.5 jitter): short, so a node that was cut off
+# converges within seconds of its link coming back; a refused connection is cheap.
+RETRY_MIN = 0.5
+RETRY_MAX = 2.0
 
 
 class _SentinelClient(aioredis.Redis):
@@ -61,7 +65,8 @@ class _SentinelClient(aioredis.Redis):
 def controller_client(url: str, tls: dict[str, str] | None = None) -> aioredis.Redis:
     """An asyncio client for a redis://, rediss:// (``tls``: ssl_* options), unix:// or
     redis+sentinel:// URL (the primary the Sentinels name, followed across failovers)."""
-    options: dict[str, Any] = dict(decode_responses=True, socket_connect_timeout=5,
+    options: dict[str, Any] = dict(decode_responses=True, encoding_errors="replace",
+                                   socket_connect_timeout=5,
                                    socket_keepalive=True, health_check_interval=15)
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
@@ -149,11 +154,11 @@ class Agent:
         exists = await self._on_device(self.device.exists)
         self.endpoint, self.nat_type = await asyncio.to_thread(self.endpoints.discover, exists)
         log.info("advertising endpoint %s (NAT type %s)", self.endpoint or "none", self.nat_type)
-        backoff = 1.0
+        backoff = RETRY_MIN
         while not self.stop.is_set():
+            self._synced = False
             try:
                 await self._connected()
-                backoff = 1.0
             except CONNECTION_ERRORS as exc:
                 if self.mirror.loaded:
                     log.warning("controller unreachable (%s); tunnels stay up, retrying in %.0fs",
@@ -161,8 +166,10 @@ class Agent:
                 else:
                     log.warning("controller unreachable (%s) and no cached snapshot: waiting "
                                 "for it, retrying in %.0fs", exc, backoff)
+            if self._synced:  # it worked until the link broke: start over quickly
+                backoff = RETRY_MIN
             await self._sleep(backoff * random.uniform(0.5, 1.5))
-            backoff = min(backoff * 2, 30.0)
+            backoff = min(backoff * 2, RETRY_MAX)
 
     async def _on_device(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._device_thread, fn, *args)
@@ -196,6 +203,7 @@ class Agent:
             await session.open()
             await self._register()
             await self._resync()
+            self._synced = True
             await self._follow()
         finally:
             await session.close()

@@ -127,7 +127,8 @@ class TowerSession:
         import json
         try:
             reply = json.loads(data)
-            future = self._pending.get(reply.get("id")) if isinstance(reply, dict) else None
+            reply_id = reply.get("id") if isinstance(reply, dict) else None
+            future = self._pending.get(reply_id) if isinstance(reply_id, str) else None
         except (ValueError, UnicodeDecodeError):
             log.warning("ignored a malformed reply")
             return

@@ -5,6 +5,7 @@ import time
 from typing import Any
 
 from flask import Flask, Response, g, request
+from werkzeug.routing import BaseConverter
 
 from wire.keys import DEFAULT_PREFIX
 
@@ -24,6 +25,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class WireGuardKeyConverter(BaseConverter):
+    """The rest of the path, slashes included (a key like '/abc...=' gives '//abc...=')."""
+    regex = ".+"
+    part_isolating = False
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
@@ -37,6 +44,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.after_request(_observe)
     auth.init_app(app)
     db.init_app(app)
+    # WireGuard keys are base64 and may start with '/': match them whole, double slash too.
+    app.url_map.converters["wgkey"] = WireGuardKeyConverter
+    app.url_map.merge_slashes = False
     for blueprint in (zones.bp, peers.bp, ipam.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     return app

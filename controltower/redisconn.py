@@ -120,7 +120,7 @@ def connect(url: str, tls: RedisTLS = RedisTLS(), **kwargs) -> redis.Redis:
     With a Sentinel URL the client follows the primary: after a failover its next
     connection goes to whichever server the Sentinels name.
     """
-    options = dict(decode_responses=True, health_check_interval=30, socket_keepalive=True,
+    options = dict(decode_responses=True, encoding_errors="replace", health_check_interval=30, socket_keepalive=True,
                    **tls.kwargs(url), **kwargs)
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)

@@ -75,8 +75,8 @@ class RequestWorker:
                 log.warning("redis unreachable (%s); retrying in %.1fs", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-            except redis.exceptions.RedisError:
-                log.exception("redis error in the request worker")
+            except Exception:  # noqa: BLE001 - the worker outlives any bug of one step
+                log.exception("error in the request worker")
                 stop.wait(backoff)
         self.running.clear()
         try:
@@ -179,7 +179,16 @@ class RequestWorker:
     # -- one request ---------------------------------------------------------------------
 
     def handle(self, zone: str, entry_id: str, fields: dict[str, Any]) -> None:
-        """Handle one stream entry; never raises for bad input."""
+        """Handle one stream entry; never raises for bad input (it is acknowledged and
+        dropped, so a poison entry cannot stop this or any other replica)."""
+        try:
+            self._handle_entry(zone, entry_id, fields)
+        except redis.exceptions.ConnectionError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("dropped request entry %s of zone %s", entry_id, zone)
+
+    def _handle_entry(self, zone: str, entry_id: str, fields: dict[str, Any]) -> None:
         self.handled += 1
         payload = fields.get("m", "")
         payload = payload.encode() if isinstance(payload, str) else payload

@@ -110,3 +110,11 @@ def test_health(client, redis_proc):
     redis_proc.stop()
     r = client.get("/health")
     assert r.status_code == 503 and "unreachable" in r.json["error"]
+
+
+def test_keys_starting_with_a_slash(client, store):
+    key = "/" + public_key_of(generate_private_key())[1:]
+    store.register("default", key, listen_port=51820, session="s")
+    assert client.get("/peers/" + key).json["PublicKey"] == key
+    assert client.get("/peers/%2F" + key[1:]).json["PublicKey"] == key
+    assert client.delete("/peers/" + key).json["Deleted"] == key

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 import time
 import uuid
@@ -33,7 +34,7 @@ _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{0,253}$")
 # -- field validators (shared by REST, the worker and the agent) ------------------
 
 def zone_name(value: Any) -> str:
-    if not isinstance(value, str) or not _ZONE_RE.match(value):
+    if not isinstance(value, str) or not _ZONE_RE.fullmatch(value):
         raise InvalidInput(
             "zone name must be 1-63 characters of letters, digits, '-', '_' or '.', "
             "starting with a letter or digit")
@@ -50,7 +51,7 @@ def endpoint(value: Any) -> str:
     if not isinstance(value, str) or len(value) > 64:
         raise InvalidInput("endpoint must be a string 'ip:port' or '[ipv6]:port'")
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):
         raise InvalidInput(f"endpoint {value!r} is not 'ip:port'")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -97,12 +98,28 @@ def network(value: Any, what: str = "CIDR") -> ipaddress.IPv4Network | ipaddress
         raise InvalidInput(f"{what} {value!r} is not a valid CIDR") from None
 
 
+def _json(payload: bytes | str, what: str) -> Any:
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidInput(f"{what} is not JSON") from None
+
+
+def timestamp(value: Any, what: str) -> float:
+    """A finite unix time (bounded: huge integers do not fit a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"{what} must be a number")
+    if isinstance(value, int) and abs(value) > 2**53 or not math.isfinite(value):
+        raise InvalidInput(f"{what} is out of range")
+    return float(value)
+
+
 def _optional(value: Any, check, *args):
     return None if value is None else check(value, *args)
 
 
 def _string(value: Any, what: str, pattern: re.Pattern[str]) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidInput(f"{what} is malformed")
     return value
 
@@ -145,10 +162,7 @@ def parse_request(payload: bytes) -> Request:
     """Parse and validate a request message (the MAC is checked separately)."""
     if len(payload) > MAX_MESSAGE_BYTES:
         raise InvalidInput("request too large")
-    try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("request is not JSON") from None
+    data = _json(payload, "request")
     if not isinstance(data, dict):
         raise InvalidInput("request must be a JSON object")
     if data.get("v") != VERSION:
@@ -156,9 +170,7 @@ def parse_request(payload: bytes) -> Request:
     kind = data.get("type")
     if kind not in REQUEST_TYPES:
         raise InvalidInput(f"unknown request type {kind!r}")
-    ts = data.get("ts")
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-        raise InvalidInput("ts must be a number")
+    ts = timestamp(data.get("ts"), "ts")
     body = data.get("body", {})
     if not isinstance(body, dict):
         raise InvalidInput("body must be an object")
@@ -169,7 +181,7 @@ def parse_request(payload: bytes) -> Request:
         body=_BODY_VALIDATORS[kind](body),
         session=_string(data.get("session"), "session", _ID_RE),
         id=_string(data.get("id"), "id", _ID_RE),
-        ts=float(ts),
+        ts=ts,
         nonce=_string(data.get("nonce"), "nonce", _NONCE_RE),
     )
     return request
@@ -249,18 +261,13 @@ class Peer:
 def parse_peer(data: Any) -> Peer:
     """Validate a peer record (from Redis or an update) into a Peer."""
     if isinstance(data, (bytes, str)):
-        try:
-            data = json.loads(data)
-        except ValueError:
-            raise InvalidInput("peer record is not JSON") from None
+        data = _json(data, "peer record")
     if not isinstance(data, dict):
         raise InvalidInput("peer record must be an object")
     prefixes = data.get("child_prefixes", [])
     if not isinstance(prefixes, list) or len(prefixes) > MAX_CHILD_PREFIXES:
         raise InvalidInput("peer child_prefixes must be a list")
-    registered = data.get("registered", 0.0)
-    if isinstance(registered, bool) or not isinstance(registered, (int, float)):
-        raise InvalidInput("peer registered must be a number")
+    registered = timestamp(data.get("registered", 0.0), "peer registered")
     hostname = data.get("hostname")
     return Peer(
         key=public_key(data.get("key")),
@@ -271,7 +278,7 @@ def parse_peer(data: Any) -> Peer:
         nat_type=nat_type(data.get("nat_type")),
         session=str(data.get("session") or ""),
         hostname=hostname if isinstance(hostname, str) else None,
-        registered=float(registered),
+        registered=registered,
     )
 
 
@@ -300,10 +307,7 @@ class ZoneUpdate:
 
 
 def parse_update(payload: bytes | str) -> ZoneUpdate:
-    try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("update is not JSON") from None
+    data = _json(payload, "update")
     if not isinstance(data, dict) or data.get("v") != VERSION:
         raise InvalidInput("update must be a version 1 object")
     since, rev, raw_changes = data.get("since"), data.get("rev"), data.get("changes")

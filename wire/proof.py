@@ -65,4 +65,6 @@ def sign(key: bytes, payload: bytes) -> str:
 
 
 def verify(key: bytes, payload: bytes, mac: str) -> bool:
+    if not isinstance(mac, str) or not mac.isascii():
+        return False
     return hmac.compare_digest(sign(key, payload), mac)

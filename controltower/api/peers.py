@@ -28,7 +28,7 @@ def list_peers():
     return jsonify(out)
 
 
-@bp.get("/peers/<path:key>")
+@bp.get("/peers/<wgkey:key>")
 def show_peer(key: str):
     s = store()
     zone, p = s.find_peer(messages.public_key(key))
@@ -36,7 +36,7 @@ def show_peer(key: str):
     return jsonify(render.peer(zone, p, seen, current_app.config["OFFLINE_AFTER"], time.time()))
 
 
-@bp.delete("/peers/<path:key>")
+@bp.delete("/peers/<wgkey:key>")
 def delete_peer(key: str):
     s = store()
     zone, p = s.find_peer(messages.public_key(key))

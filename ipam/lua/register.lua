@@ -44,6 +44,9 @@ if #wanted > 0 then
     if held[1] ~= key and held[1] ~= evict then
       for _, w in ipairs(wanted) do
         if w[2] <= held[3] and held[2] <= w[3] then
+          if candidate ~= '' and redis.call('HEXISTS', k.leases, candidate) == 0 then
+            redis.call('SADD', k.free, candidate)  -- refused: the candidate goes back
+          end
           return {'prefix', w[1], all[i], held[1]}
         end
       end

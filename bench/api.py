@@ -1,0 +1,127 @@
+"""``api``: ``GET /peers?zone=`` against the production server (gunicorn) under load.
+
+N peers are registered straight into the store (ipam.store.ZoneStore). A load generator
+on loopback (``--clients`` processes x ``--threads`` threads, each thread one keep-alive
+``http.client`` connection, closed loop) requests the zone's peer list for
+``--duration`` seconds after ``--warmup`` seconds. rps counts the answers (HTTP 200 with
+the whole list) in the measured window; p99 is over their latencies.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import threading
+import time
+from typing import Any
+
+from .harness import add_stack_arguments, make_identities, stack_for, stack_options
+from .report import Target, percentile
+
+TARGETS = [Target("rps", ">=", 500), Target("p99_ms", "<=", 50)]
+HEADLINE = ["peers", "rps", "p99_ms", "p50_ms"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_stack_arguments(parser)
+    parser.add_argument("--peers", type=int, default=1000, help="peers in the zone")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
+    parser.add_argument("--clients", type=int, default=2, help="load generator processes")
+    parser.add_argument("--threads", type=int, default=4, help="connections per process")
+
+
+def command_of(args: argparse.Namespace) -> str:
+    extra = f" --duration {args.duration:g}" if args.duration != 10.0 else ""
+    return f"python -m bench api --peers {args.peers}{extra}" + stack_options(args)
+
+
+def _client(port: int, path: str, peers: int, threads: int, start: float, stop: float,
+            out: "mp.Queue[dict[str, Any]]") -> None:
+    """One load-generator process: ``threads`` keep-alive connections until ``stop``."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine: list[float] = []
+        checked = False
+        while True:
+            began = time.monotonic()
+            if began >= stop:
+                break
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                body = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                with lock:
+                    errors.append(repr(exc))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                continue
+            ended = time.monotonic()
+            if resp.status != 200:
+                with lock:
+                    errors.append(f"HTTP {resp.status}")
+                continue
+            if not checked:  # once per connection: the whole list came back
+                got = len(json.loads(body))
+                if got != peers:
+                    with lock:
+                        errors.append(f"{got} peers in the answer, expected {peers}")
+                checked = True
+            if began >= start and ended <= stop:
+                mine.append((ended - began) * 1000)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+    pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(stop - time.monotonic() + 60)
+    out.put({"latencies": latencies, "errors": errors[:20], "error_count": len(errors)})
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    identities = make_identities(args.peers, "api")
+    with stack_for(args) as stack:
+        stack.preregister(identities)
+        assert stack.tower is not None
+        port = stack.tower.port
+        path = f"/peers?zone={stack.zone}"
+        ctx = mp.get_context("spawn")
+        out: mp.Queue[dict[str, Any]] = ctx.Queue()
+        begin = time.monotonic() + 1.0          # spawn time
+        start = begin + args.warmup
+        stop = start + args.duration
+        procs = [ctx.Process(target=_client, daemon=True,
+                             args=(port, path, args.peers, args.threads, start, stop, out))
+                 for _ in range(args.clients)]
+        try:
+            for proc in procs:
+                proc.start()
+            parts = [out.get(timeout=stop - time.monotonic() + 90) for _ in procs]
+        finally:
+            for proc in procs:
+                proc.join(10)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(5)
+    latencies = [x for part in parts for x in part["latencies"]]
+    errors = [e for part in parts for e in part["errors"]]
+    return {
+        "peers": args.peers,
+        "rps": round(len(latencies) / args.duration, 1),
+        "p99_ms": round(percentile(latencies, 99), 2) if latencies else None,
+        "p50_ms": round(percentile(latencies, 50), 2) if latencies else None,
+        "requests": len(latencies),
+        "errors": sum(part["error_count"] for part in parts),
+        "first_errors": errors[:5],
+        "connections": args.clients * args.threads,
+        "duration_s": args.duration,
+        "command": command_of(args),
+    }

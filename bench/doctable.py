@@ -1,0 +1,112 @@
+"""The results table of docs/performance.md, rebuilt from bench/results/*.json.
+
+Only the text between the two marker comments is replaced; the rest of the file (the
+method, the analysis) is written by hand.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+START = "<!-- bench:results:start (written by `python -m bench all`; edit outside) -->"
+END = "<!-- bench:results:end -->"
+
+
+def load_results(directory: Path) -> dict[str, list[dict[str, Any]]]:
+    """{scenario: runs} from every results file in ``directory``."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(directory.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("runs"), list):
+            out[str(data.get("scenario", path.stem))] = data["runs"]
+    return out
+
+
+def _n(value: Any, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (int, float)):
+        text = f"{value:,.{digits}f}"
+    else:
+        text = str(value)
+    return f"{text}{unit}"
+
+
+def _verdict(run: dict[str, Any]) -> str:
+    if run.get("not_run"):
+        return "not run"
+    targets = run.get("targets") or {}
+    if not targets:
+        return "(no target)"
+    missed = [t for t, met in targets.items() if not met]
+    return "met" if not missed else "MISSED: " + ", ".join(missed)
+
+
+def _row(scenario: str, run: dict[str, Any]) -> tuple[str, str]:
+    """(what, figures) of one run."""
+    if run.get("not_run"):
+        return scenario, f"not run: {run['not_run']}"
+    if scenario == "join":
+        what = f"join, {_n(run.get('agents'))} agents, {run.get('mode', 'delta')}"
+        if run.get("state") == "rev-only":
+            what += " (rev-only state)"
+        figures = (f"p50 {_n(run.get('p50_ms'), ' ms', 1)}, p99 {_n(run.get('p99_ms'), ' ms', 1)}, "
+                   f"{_n(run.get('bytes_per_agent'), ' B')}/agent/join")
+        if "bytes_ratio" in run:
+            figures += f", {_n(run['bytes_ratio'], 'x', 0)} the delta bytes"
+        if run.get("agent_full_reconcile_ms") is not None:
+            figures += f"; real agent's full reconcile at this size {_n(run['agent_full_reconcile_ms'], ' ms', 1)}"
+        return what, figures
+    if scenario == "storm":
+        what = f"storm, {_n(run.get('nodes'))} nodes / {_n(run.get('observers'))} observers"
+        figures = (f"{_n(run.get('registrations_per_s'), ' reg/s')}, converged "
+                   f"{_n(run.get('converged_s'), ' s', 1)}, {run.get('duplicates')} duplicates, "
+                   f"{run.get('unanswered')} unanswered")
+        return what, figures
+    if scenario == "api":
+        what = f"api, GET /peers, {_n(run.get('peers'))} peers"
+        return what, f"{_n(run.get('rps'), ' req/s')}, p99 {_n(run.get('p99_ms'), ' ms', 1)}"
+    if scenario == "reconcile":
+        return (f"reconcile, {_n(run.get('peers'))} peers",
+                f"one change {_n(run.get('one_change_ms'), ' ms', 1)} "
+                f"({run.get('one_change_ops')} ops), initial {_n(run.get('initial_apply_ms'), ' ms')}")
+    if scenario == "agent-footprint":
+        return ("agent footprint", f"{_n(run.get('rss_mb'), ' MB', 1)} RSS, "
+                                   f"{_n(run.get('idle_cpu_pct'), ' % CPU', 2)}")
+    return scenario, json.dumps(run)[:80]
+
+
+ORDER = ["join", "storm", "api", "reconcile", "agent-footprint"]
+
+
+def table(results: dict[str, list[dict[str, Any]]], env: dict[str, Any] | None = None) -> str:
+    lines = []
+    if env:
+        lines.append(f"Measured {env.get('date', '')} on {env.get('cpus')} CPUs "
+                     f"({env.get('cpu', 'unknown CPU')}), Python {env.get('python')}, "
+                     f"{env.get('redis', '')}.")
+        lines.append("")
+    lines += ["| run | figures | targets | command |", "|---|---|---|---|"]
+    for scenario in ORDER + sorted(set(results) - set(ORDER)):
+        for run in results.get(scenario, []):
+            what, figures = _row(scenario, run)
+            lines.append(f"| {what} | {figures} | {_verdict(run)} | `{run.get('command', '')}` |")
+    return "\n".join(lines)
+
+
+def refresh(path: Path, results: dict[str, list[dict[str, Any]]],
+            env: dict[str, Any] | None = None) -> None:
+    """Replace the text between the markers (append a section when they are missing)."""
+    text = path.read_text() if path.exists() else "# Performance\n"
+    block = f"{START}\n{table(results, env)}\n{END}"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## Results\n\n" + block + "\n"
+    path.write_text(text)

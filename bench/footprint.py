@@ -1,8 +1,9 @@
-"""``agent-footprint``: a real aircrew in a zone of 1,000 peers for 60 s (not built yet).
+"""``agent-footprint``: a real aircrew in a zone of 1,000 peers for 60 s (NOT BUILT YET).
 
-Needs aircrew/uapi.py and aircrew/backend.py (a real device for the real agent). Until
-both exist and work, this scenario says what is missing and exits non-zero; it does not
-count as done.
+It needs the real ``aircrew`` process on a real device (aircrew/uapi.py and
+aircrew/backend.py, which now exist) in a namespace that can reach a tower and Redis
+with the zone's agent credential. That wiring is not written yet: this scenario says so
+and exits non-zero; it does not count as done.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    missing = device_scenarios_missing() or [
-        "the agent-footprint scenario itself is not implemented yet (it waits for aircrew/backend.py)"]
+    missing = device_scenarios_missing() + [
+        "the agent-footprint scenario itself is not implemented yet (a real aircrew in a "
+        "namespace linked to the tower, sampling its RSS and CPU for 60 s)"]
     reason = "; ".join(missing)
     print(f"bench agent-footprint cannot run: {reason}", file=sys.stderr)
     return {"peers": args.peers, "not_run": reason, "command": "python -m bench agent-footprint"}

@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ FULL: list[tuple[str, list[str], float]] = [
     ("join", ["--agents", "1000"], 900),
     ("join", ["--agents", "100", "--mode", "full-list"], 600),
     ("join", ["--agents", "1000", "--mode", "full-list"], 1800),
-    ("join", ["--agents", "10000", "--state", "rev-only"], 2400),
+    ("join", ["--agents", "10000", "--state", "rev-only", "--heartbeat", "0"], 2400),
     ("storm", ["--nodes", "10000", "--observers", "1000"], 1800),
     ("api", ["--peers", "1000"], 300),
     ("reconcile", ["--peers", "1000"], 600),
@@ -114,6 +115,8 @@ def run_one(scenario: str, argv: list[str], seconds: float) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
+    if args.quick and args.results == RESULTS:   # quick figures never replace real ones
+        args.results = Path(tempfile.mkdtemp(prefix="bench-quick-"))
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     if only:
         plan = [step for step in plan if step[0] in only]

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="observer processes (0: 1 up to 200, 2 up to 2,000, else 4)")
     parser.add_argument("--heartbeat", type=float, default=10.0,
                         help="observer heartbeat interval in seconds (0: none)")
-    parser.add_argument("--timeout", type=float, default=300.0,
+    parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds to wait for a reply and for convergence")
 
 

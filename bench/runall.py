@@ -81,6 +81,7 @@ def run_one(scenario: str, argv: list[str], seconds: float) -> dict[str, Any]:
     printable = " ".join(["python -m bench", scenario, *argv])
     print(f"\n>>> {printable}", flush=True)
     started = time.monotonic()
+    load = round(os.getloadavg()[0], 2)     # the machine may be shared: say how busy it was
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -108,6 +109,7 @@ def run_one(scenario: str, argv: list[str], seconds: float) -> dict[str, Any]:
         result = {"not_run": f"exit status {proc.returncode}: {tail}", "command": printable}
     result["command"] = printable
     result["wall_s"] = round(time.monotonic() - started, 1)
+    result["load_before"] = load
     if proc.returncode != 0:
         result.setdefault("not_run", f"exit status {proc.returncode}")
     return result

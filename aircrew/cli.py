@@ -292,9 +292,4 @@ def config_example() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def config_check(file: Path) -> None:
     """Parse and lint FILE; report every problem with its line."""
-    problems = configfile.check(main, file)
-    for problem in problems:
-        click.echo(f"{file}: {problem}", err=True)
-    if problems:
-        sys.exit(1)
-    click.echo(f"{file}: ok")
+    configfile.check_and_report(main, file)

@@ -115,3 +115,13 @@ def _line_of(text: str, key: str) -> int:
     pattern = re.compile(rf"^[ \t]*[\"']?{re.escape(key)}[\"']?[ \t]*=", re.MULTILINE)
     found = pattern.search(text)
     return text.count("\n", 0, found.start()) + 1 if found else 0
+
+
+def check_and_report(command: click.Command, path: Path) -> None:
+    """`config check`: print every problem with its line; exit 1 when there is one."""
+    problems = check(command, path)
+    for problem in problems:
+        click.echo(f"{path}: {problem}", err=True)
+    if problems:
+        raise SystemExit(1)
+    click.echo(f"{path}: ok")

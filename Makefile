@@ -8,7 +8,7 @@ APT_PACKAGES := redis-server redis-sentinel wireguard-go wireguard-tools iproute
                 iputils-ping iperf3 coturn procps curl systemd
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench deps apt venv clean
+.PHONY: test demo bench deps apt venv bench-deps clean
 
 deps: apt venv
 
@@ -36,8 +36,14 @@ test: deps
 demo: deps
 	$(PY) -m deploy.demo $(DEMO_ARGS)
 
-bench: deps
+# The plot of `make bench` needs matplotlib; py-spy is for the profiles in bench/results/profiles.
+bench-deps: .stamp-bench
+.stamp-bench: .stamp-venv
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $@
+
+bench: deps bench-deps
 	$(PY) -m bench all
 
 clean:
-	rm -rf $(VENV) .stamp-apt .stamp-venv *.egg-info
+	rm -rf $(VENV) .stamp-apt .stamp-venv .stamp-bench *.egg-info

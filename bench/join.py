@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from .report import Target, percentile
 from .simagent import full_reconcile_ms
 
 log = logging.getLogger(__name__)
+
+REVISION = re.compile(r'"since":\d+,"rev":(\d+)')    # the head of a delta message
 
 TARGETS = [
     Target("p99_ms", "<=", 100, lambda r: r.get("mode") == "delta" and r["agents"] <= 1000),
@@ -95,6 +98,7 @@ class ChannelCounter:
         self.bytes = 0
         self.messages = 0
         self.arrivals: list[float] = []
+        self.revisions: list[int] = []      # the revision each update leads to
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="channel-counter")
 
@@ -115,9 +119,15 @@ class ChannelCounter:
                 self.arrivals.append(time.monotonic())
                 self.bytes += len(msg["data"])
                 self.messages += 1
+                found = REVISION.search(msg["data"][:200])
+                self.revisions.append(int(found.group(1)) if found else -1)
 
     def first_after(self, moment: float) -> float | None:
         return next((t for t in self.arrivals if t >= moment), None)
+
+    def published_at(self, rev: int) -> float | None:
+        """When the first update reaching revision ``rev`` arrived."""
+        return next((t for t, r in zip(self.arrivals, self.revisions) if r >= rev), None)
 
 
 async def _join_once(url: str, zone: str, index: int) -> tuple[str, float, float | None]:

@@ -6,14 +6,16 @@ with a ``ZoneMirror`` (gap -> resync from a snapshot), sends heartbeats and chec
 revision on the agent's schedule, and applies every change with ``desired`` + ``diff``
 + ``apply_ops`` to a ``RecordingDevice``. Only the WireGuard device is replaced.
 
-Two things are done once per simulator process instead of once per agent, because
+Three things are done once per simulator process instead of once per agent, because
 repeating them thousands of times on one 2-core machine measures the machine, not the
 control plane (on real nodes each agent does them once, in parallel with the others):
 
 * parsing: identical bytes reach every agent of a process; they are parsed once and the
   immutable result (frozen dataclasses) is shared (``--parse per-agent`` turns this off);
 * the start-up snapshot: one ``TowerSession.snapshot()`` per process, read after every
-  agent of the process has subscribed, so the subscribe-then-snapshot rule still holds.
+  agent of the process has subscribed, so the subscribe-then-snapshot rule still holds;
+* a peer's device configuration (``reconcile.desired`` of one record): it depends only
+  on the shared record, so it is computed once per record and reused by every agent.
 
 Deltas are reconciled incrementally: ``desired``/``diff`` over the peers an update
 touched, against the device's entries for them. The real agent (``Agent._reconcile``)
@@ -48,6 +50,7 @@ REQUEST_TIMEOUT = 5.0
 TICK_MAX = 15.0               # the follow loop looks at the connection at least this often
 TICK_MIN = 0.05
 _TICK = object()              # queued by the timer: periodic work is due
+CONFIG_CACHE = 200_000        # peer configs kept per process (ProcessShared.desired)
 
 
 class RecordingLinks:
@@ -87,6 +90,7 @@ class ProcessShared:
         self.applied: dict[str, list[float]] = {}     # peer key -> [agents, last, first]
         # The start-up snapshot's peers: rev-only agents keep only records that differ.
         self.initial: dict[str, Any] = {}
+        self._configs: dict[int, tuple[messages.Peer, PeerConfig, frozenset[str]]] = {}
 
     def parse(self, data: str, parser: Callable[[str], Any]) -> Any:
         if not self.parse_shared:
@@ -99,6 +103,29 @@ class ProcessShared:
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return found
+
+    def desired(self, own_key: str, peers: Iterable[messages.Peer]) -> Desired:
+        """``reconcile.desired``, with each peer's config computed once per process.
+
+        The config of a peer depends only on its (immutable, shared) record, so every
+        agent of the process would compute the same one; the agent's own ``desired`` runs
+        once per record and its result is reused.
+        """
+        configs: dict[str, PeerConfig] = {}
+        routes: set[str] = set()
+        for peer in peers:
+            if peer.key == own_key:
+                continue
+            entry = self._configs.get(id(peer))
+            if entry is None or entry[0] is not peer:
+                one = desired(own_key, (peer,))
+                entry = (peer, one.peers[peer.key], one.routes)
+                if len(self._configs) >= CONFIG_CACHE:
+                    self._configs.clear()
+                self._configs[id(peer)] = entry
+            configs[peer.key] = entry[1]
+            routes |= entry[2]
+        return Desired(configs, frozenset(routes))
 
     def note(self, keys: Iterable[str], now: float) -> None:
         """Record that one agent has applied the changes of these peers at ``now``."""
@@ -352,7 +379,7 @@ class SimAgent:
     def _reconcile(self, keys: set[str]) -> None:
         """desired/diff/apply_ops over the peers in ``keys`` only."""
         peers = [self.mirror.peers[k] for k in keys if k in self.mirror.peers]
-        want = desired(self.public_key, peers)
+        want = self.shared.desired(self.public_key, peers)
         previous = Desired({k: self.applied[k] for k in keys if k in self.applied})
         on_device = self.device.state.peers
         have = DeviceState(peers={k: on_device[k] for k in keys if k in on_device})
@@ -371,7 +398,7 @@ class SimAgent:
 
     def _reconcile_all(self) -> None:
         """What the real agent does after every update: the whole zone."""
-        want = desired(self.public_key, self.mirror.peers.values())
+        want = self.shared.desired(self.public_key, self.mirror.peers.values())
         ops = diff(want, Desired(self.applied), self.device.read(), self.links.routes())
         if ops:
             apply_ops(self.device, self.links, ops)

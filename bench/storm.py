@@ -6,6 +6,10 @@ The M observers are simulated agents of the zone (see bench.simagent).
 
 registrations_per_s: answered registrations / (last reply - first request).
 converged_s: from the first request until every observer's mirror holds all N new peers.
+published_s: from the first request until the update completing the storm was published
+  (a raw subscriber of the zone's channel saw it): the control plane's share of
+  converged_s; the rest is the observers applying 10,000 peers each, which on this
+  machine run M-to-2-cores instead of on their own nodes.
 duplicates: addresses held by more than one node, in the replies or in the store.
 unanswered: requests with no reply within ``--timeout``.
 """
@@ -19,10 +23,11 @@ from collections import defaultdict
 from typing import Any
 
 from wire import messages
+from wire.keys import Keys
 
 from .fleet import Fleet, split
 from .harness import Stack, add_stack_arguments, make_identities, stack_for, stack_options
-from .join import auto_processes
+from .join import ChannelCounter, auto_processes
 from .report import Target
 
 log = logging.getLogger(__name__)
@@ -78,25 +83,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             calls_before = stack.command_stats()
             start_at = time.monotonic() + 1.0
             per_proc = math.ceil(args.concurrency / registrars)
-            replies = registering.call("register_many", [
-                {"redis_url": stack.redis_url, "zone": stack.zone,
-                 "nodes": [(i.private_key, i.body) for i in part], "concurrency": per_proc,
-                 "timeout": args.timeout, "start_at": start_at}
-                for part in split(nodes, registrars)], timeout=args.timeout * 2 + 60)
-            rows = [row for reply in replies for row in reply["rows"]]
-            cpu_after = stack.cpu_seconds()
-            calls_after = stack.command_stats()
-            first = min(row[3] for row in rows)
-            remaining = max(10.0, args.timeout - (time.monotonic() - first))
-            if any(row[2] != "ok" for row in rows):
-                remaining = 5.0     # some nodes are missing: no observer can hold them all
-            converged = watchers.call("await_converged", {
-                "timeout": remaining, "check_keys": [n.public_key for n in nodes]},
-                timeout=remaining + 60)
+            client = stack.client()
+            with ChannelCounter(client, Keys().updates(stack.zone)) as channel:
+                replies = registering.call("register_many", [
+                    {"redis_url": stack.redis_url, "zone": stack.zone,
+                     "nodes": [(i.private_key, i.body) for i in part], "concurrency": per_proc,
+                     "timeout": args.timeout, "start_at": start_at}
+                    for part in split(nodes, registrars)], timeout=args.timeout * 2 + 60)
+                rows = [row for reply in replies for row in reply["rows"]]
+                cpu_after = stack.cpu_seconds()
+                calls_after = stack.command_stats()
+                final_rev = int(client.get(Keys().rev(stack.zone)) or 0)
+                first = min(row[3] for row in rows)
+                remaining = max(10.0, args.timeout - (time.monotonic() - first))
+                if any(row[2] != "ok" for row in rows):
+                    remaining = 5.0     # some nodes are missing: no observer can hold them all
+                converged = watchers.call("await_converged", {
+                    "timeout": remaining, "check_keys": [n.public_key for n in nodes]},
+                    timeout=remaining + 60)
+                published = channel.published_at(final_rev)
+            client.close()
             after = watchers.call("stats", {}, timeout=30)
             store_addresses = _store_addresses(stack)
     result = _result(args, rows, converged, before, after, store_addresses, first,
                      registrars, processes)
+    result["published_s"] = round(published - first, 2) if published is not None else None
+    observer_cpu = sum(a["cpu_s"] for a in after) - sum(b["cpu_s"] for b in before)
+    result["observer_cpu_s"] = round(observer_cpu, 1)
+    result["observer_us_per_peer"] = round(observer_cpu / (args.observers * args.nodes) * 1e6, 2)
     span = result["registration_span_s"] or 1.0
     result["tower_cpu_pct"] = round((cpu_after["tower"] - cpu_before["tower"]) / span * 100)
     result["redis_cpu_pct"] = round((cpu_after["redis"] - cpu_before["redis"]) / span * 100)

@@ -66,6 +66,8 @@ def _row(scenario: str, run: dict[str, Any]) -> tuple[str, str]:
         figures = (f"{_n(run.get('registrations_per_s'), ' reg/s')}, converged "
                    f"{_n(run.get('converged_s'), ' s', 1)}, {run.get('duplicates')} duplicates, "
                    f"{run.get('unanswered')} unanswered")
+        if run.get("published_s") is not None:
+            figures += f"; all published after {_n(run['published_s'], ' s', 1)}"
         return what, figures
     if scenario == "api":
         what = f"api, GET /peers, {_n(run.get('peers'))} peers"

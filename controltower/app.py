@@ -16,6 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "KEY_PREFIX": DEFAULT_PREFIX,
     "OFFLINE_AFTER": 30.0,
+    "PEERS_CACHE_SECONDS": 1.0,  # GET /peers: LastSeen/Online at most this old (peercache)
     "EXPIRY": 86400.0,
     "AGENT_ACL": False,          # manage zone-scoped Redis users for agents
     "ADMIN_TOKEN": None,         # or ADMIN_TOKEN_FILE: a file holding it

@@ -7,6 +7,7 @@ from ipam.store import ZoneStore
 from wire.keys import Keys
 
 from .acl import AgentCredentials
+from .api.peercache import PeerCache
 from .redisconn import RedisTLS, connect
 
 
@@ -15,13 +16,21 @@ def init_app(app: Flask) -> None:
                    app.config.get("REDIS_TLS_KEY"))
     client = connect(app.config["REDIS_URL"], tls)
     keys = Keys(app.config["KEY_PREFIX"])
-    app.extensions["zone_store"] = ZoneStore(client, keys, expiry=app.config["EXPIRY"])
+    zone_store = ZoneStore(client, keys, expiry=app.config["EXPIRY"])
+    app.extensions["zone_store"] = zone_store
+    app.extensions["peer_cache"] = PeerCache(zone_store, app.config["OFFLINE_AFTER"],
+                                             max_age=app.config["PEERS_CACHE_SECONDS"])
     app.extensions["agent_credentials"] = (AgentCredentials(client, keys)
                                            if app.config["AGENT_ACL"] else None)
 
 
 def store() -> ZoneStore:
     return current_app.extensions["zone_store"]
+
+
+def peer_cache() -> PeerCache:
+    """This process's cache of the zones' peer lists (GET /peers)."""
+    return current_app.extensions["peer_cache"]
 
 
 def credentials() -> AgentCredentials | None:

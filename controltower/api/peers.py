@@ -7,25 +7,43 @@ from flask import Blueprint, current_app, jsonify, request
 
 from wire import messages
 
-from ..db import store
+from wire.errors import NotFound
+
+from ..db import peer_cache, store
 from . import render
+from .peercache import Answer, combined_etag
 
 bp = Blueprint("peers", __name__)
 
 
 @bp.get("/peers")
 def list_peers():
-    s = store()
+    """Served from the per-process cache (see peercache): exact peer set, heartbeat
+    fields at most PEERS_CACHE_SECONDS old; ETag / If-None-Match give 304."""
     zone = request.args.get("zone")
-    names = [s.get_zone(zone).name] if zone else s.zone_names()
-    offline_after = current_app.config["OFFLINE_AFTER"]
-    now = time.time()
-    out = []
-    for name in names:
-        seen = s.last_seen(name)
-        for p in sorted(s.peers(name), key=lambda p: p.key):
-            out.append(render.peer(name, p, seen.get(p.key), offline_after, now))
-    return jsonify(out)
+    if zone:
+        answer = peer_cache().answer(zone)
+        return _json_bytes(answer.body, answer.etag)
+    answers = _every_zone()
+    return _json_bytes(render.concat_lists([a.body for a in answers]), combined_etag(answers))
+
+
+def _every_zone() -> list[Answer]:
+    cache = peer_cache()
+    answers = []
+    for name in store().zone_names():
+        try:
+            answers.append(cache.answer(name))
+        except NotFound:
+            pass                    # deleted since it was listed
+    return answers
+
+
+def _json_bytes(body: bytes, etag: str):
+    response = current_app.response_class(body, mimetype="application/json")
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "no-cache"
+    return response.make_conditional(request)
 
 
 @bp.get("/peers/<wgkey:key>")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,6 +31,20 @@ def peer(zone_name: str, p: Peer, last_seen: float | None, offline_after: float,
         "NatType": p.nat_type or "unknown",
         "Hostname": p.hostname or "",
     }
+
+
+def peer_list(zone_name: str, peers: list[Peer], seen: dict[str, float],
+              offline_after: float, now: float) -> bytes:
+    """A JSON peer list body, byte for byte what Flask's jsonify makes of the list
+    (compact, ASCII, newline-terminated)."""
+    rows = [peer(zone_name, p, seen.get(p.key), offline_after, now) for p in peers]
+    return json.dumps(rows, separators=(",", ":")).encode() + b"\n"
+
+
+def concat_lists(bodies: list[bytes]) -> bytes:
+    """One JSON list body of the items of several ``peer_list`` bodies."""
+    items = [body[1:-2] for body in bodies if body != b"[]\n"]
+    return b"[" + b",".join(items) + b"]\n"
 
 
 def leases(z: Zone, held: dict[str, str]) -> list[dict[str, Any]]:

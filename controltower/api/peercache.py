@@ -1,0 +1,146 @@
+"""Per-process cache of each zone's ``GET /peers`` answer, exact for its peer set.
+
+Every request reads the zone's state, ``(created, rev)``, in one round trip: ``rev`` is
+bumped by every write to the zone's peer records (register, endpoint change, removal,
+expiry) and ``created`` tells a zone recreated under the same name (its ``rev`` starts
+again at 0). A cached answer is served only while that state is unchanged, so the peer
+set and every record field are always those of the moment of the request.
+
+``LastSeen`` and ``Online`` come from the heartbeat set, which changes all the time
+without a revision: the cached answer is also reloaded once it is ``max_age`` seconds
+old. A reload reads the records, the revision and the heartbeats in one transaction and
+parses only records that changed since the last load (parsing dominates otherwise).
+While one thread reloads an expired answer of an unchanged revision, the others keep
+serving the previous one; after a change they wait for the new one.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ipam.store import ZoneStore
+from wire import messages
+from wire.errors import NotFound
+from wire.messages import Peer
+
+from . import render
+
+State = tuple[str, int]       # (zone created, zone revision)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One zone's encoded peer list as of ``state``, read at ``loaded`` (monotonic)."""
+    zone: str
+    state: State
+    loaded: float
+    body: bytes                        # the encoded JSON list
+    etag: str
+    records: dict[str, tuple[str, Peer]] = field(repr=False)   # key -> (raw record, parsed)
+
+
+@dataclass
+class _Slot:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    answer: Answer | None = None
+
+
+class PeerCache:
+    def __init__(self, store: ZoneStore, offline_after: float, max_age: float = 1.0,
+                 max_zones: int = 256, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.offline_after = offline_after
+        self.max_age = max_age
+        self.max_zones = max_zones
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._slots: dict[str, _Slot] = {}
+
+    def answer(self, zone: str) -> Answer:
+        """The zone's peer list; NotFound when the zone does not exist."""
+        zone = messages.zone_name(zone)
+        began = self.clock()
+        try:
+            state = self._state(zone)
+        except NotFound:
+            self._slots.pop(zone, None)
+            raise
+        slot = self._slot(zone)
+        cached = slot.answer
+        if cached is not None and cached.state == state:
+            if began - cached.loaded < self.max_age:
+                return cached
+            if not slot.lock.acquire(blocking=False):
+                return cached            # another thread is reloading it
+        else:
+            slot.lock.acquire()
+        try:
+            cached = slot.answer
+            if cached is not None and cached.loaded >= began:
+                return cached            # loaded by another thread while we waited
+            slot.answer = self._load(zone, cached)
+            return slot.answer
+        except NotFound:
+            self._slots.pop(zone, None)
+            raise
+        finally:
+            slot.lock.release()
+
+    def _slot(self, zone: str) -> _Slot:
+        slot = self._slots.get(zone)
+        if slot is None:
+            while len(self._slots) >= self.max_zones:
+                self._slots.pop(next(iter(self._slots)), None)
+            slot = self._slots.setdefault(zone, _Slot())
+        return slot
+
+    def _state(self, zone: str) -> State:
+        k = self.store.keys
+        with self.store.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(k.zone(zone), "name", "created")
+            pipe.get(k.rev(zone))
+            (name, created), rev = pipe.execute()
+        return _state_of(zone, name, created, rev)
+
+    def _load(self, zone: str, previous: Answer | None) -> Answer:
+        k = self.store.keys
+        loaded = self.clock()
+        with self.store.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(k.zone(zone), "name", "created")
+            pipe.get(k.rev(zone))
+            pipe.hgetall(k.peers(zone))
+            pipe.zrange(k.seen(zone), 0, -1, withscores=True)
+            (name, created), rev, raw, seen = pipe.execute()
+        state = _state_of(zone, name, created, rev)
+        records = _parse(raw, previous.records if previous is not None else {})
+        peers = [records[key][1] for key in sorted(records)]
+        body = render.peer_list(zone, peers, dict(seen), self.offline_after, self.wall_clock())
+        return Answer(zone, state, loaded, body, _etag(body), records)
+
+
+def _state_of(zone: str, name: str | None, created: str | None, rev: str | None) -> State:
+    if name is None:
+        raise NotFound(f"zone {zone} does not exist")
+    return (created or "", int(rev or 0))
+
+
+def _parse(raw: dict[str, str], known: dict[str, tuple[str, Peer]]) -> dict[str, tuple[str, Peer]]:
+    """Parsed records; those whose raw text is unchanged since the last load are reused."""
+    out = {}
+    for key, record in raw.items():
+        old = known.get(key)
+        out[key] = old if old is not None and old[0] == record else (record, messages.parse_peer(record))
+    return out
+
+
+def _etag(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def combined_etag(answers: list[Answer]) -> str:
+    """The ETag of several zones' lists in one answer."""
+    return _etag(" ".join(f"{a.zone}:{a.etag}" for a in answers).encode())

@@ -4,7 +4,9 @@ N peers are registered straight into the store (ipam.store.ZoneStore). A load ge
 on loopback (``--clients`` processes x ``--threads`` threads, each thread one keep-alive
 ``http.client`` connection, closed loop) requests the zone's peer list for
 ``--duration`` seconds after ``--warmup`` seconds. rps counts the answers (HTTP 200 with
-the whole list) in the measured window; p99 is over their latencies.
+the whole list) in the measured window; p99 is over their latencies. ``server_cpu_pct``
+(the tower and its gunicorn workers) and ``client_cpu_pct`` (the load generator) are
+their CPU use in that window, in % of one core: both share the machine's cores.
 """
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ import argparse
 import http.client
 import json
 import multiprocessing as mp
+import resource
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from .harness import add_stack_arguments, make_identities, stack_for, stack_options
+from .harness import (add_stack_arguments, make_identities, process_cpu, stack_for,
+                      stack_options)
 from .report import Target, percentile
 
 TARGETS = [Target("rps", ">=", 500), Target("p99_ms", "<=", 50)]
@@ -81,9 +86,34 @@ def _client(port: int, path: str, peers: int, threads: int, start: float, stop: 
     pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
     for t in pool:
         t.start()
+    time.sleep(max(0.0, start - time.monotonic()))
+    cpu_start = _own_cpu()
+    time.sleep(max(0.0, stop - time.monotonic()))
+    cpu = _own_cpu() - cpu_start
     for t in pool:
         t.join(stop - time.monotonic() + 60)
-    out.put({"latencies": latencies, "errors": errors[:20], "error_count": len(errors)})
+    out.put({"latencies": latencies, "errors": errors[:20], "error_count": len(errors),
+             "cpu_s": cpu})
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by a process and its descendants alive now (Linux)."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += process_cpu(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,9 +131,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         procs = [ctx.Process(target=_client, daemon=True,
                              args=(port, path, args.peers, args.threads, start, stop, out))
                  for _ in range(args.clients)]
+        tower_pid = stack.tower.proc.pid
         try:
             for proc in procs:
                 proc.start()
+            time.sleep(max(0.0, start - time.monotonic()))
+            server_cpu = _tree_cpu(tower_pid)
+            time.sleep(max(0.0, stop - time.monotonic()))
+            server_cpu = _tree_cpu(tower_pid) - server_cpu
             parts = [out.get(timeout=stop - time.monotonic() + 90) for _ in procs]
         finally:
             for proc in procs:
@@ -122,6 +157,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "errors": sum(part["error_count"] for part in parts),
         "first_errors": errors[:5],
         "connections": args.clients * args.threads,
+        # CPU use in the measured window, in % of one core (the machine has 2 cores)
+        "server_cpu_pct": round(100 * server_cpu / args.duration, 1),
+        "client_cpu_pct": round(100 * sum(p["cpu_s"] for p in parts) / args.duration, 1),
         "duration_s": args.duration,
         "command": command_of(args),
     }

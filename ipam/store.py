@@ -3,6 +3,14 @@
 Every write that must stay consistent runs as one Lua script (see ipam/lua/), so
 several ControlTower replicas on one Redis never hand one address or one prefix to
 two nodes and never leave state half-written.
+
+The writes the request worker makes are also available as ``Call`` objects
+(``register_call``, ``heartbeat_call``, ``remove_call``), which ``run_many`` sends in one
+pipeline: one round trip for a whole batch of requests.
+
+Requests from the request stream carry their *order* (their stream entry id): a request
+older than the last one applied for the same key (one handled again after a replica died
+before acknowledging it) changes nothing (see ``order_score``).
 """
 from __future__ import annotations
 
@@ -11,9 +19,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, Callable
 
+import redis
 from redis import Redis
+from redis.commands.core import Script
 
 from wire import messages
 from wire.errors import Conflict, InvalidInput, NotFound
@@ -39,7 +50,7 @@ class Zone:
     cidr: str
     created: float
 
-    @property
+    @cached_property
     def network(self) -> cidrs.Network:
         return ipaddress.ip_network(self.cidr)
 
@@ -50,6 +61,29 @@ class Assignment:
     prefix_len: int
     cidr: str
     rev: int
+
+
+@dataclass
+class Call:
+    """One script call of the store: run it alone (``ZoneStore.run``) or with others in
+    one pipeline (``ZoneStore.run_many``). ``done`` turns the script's reply into the
+    result, raising a MeshError for a refusal (it may call Redis again, rarely)."""
+    script: Script
+    keys: list[str]
+    args: list[Any]
+    done: Callable[[Any], Any]
+
+
+def order_score(entry_id: str) -> str:
+    """A request stream entry id ``<ms>-<seq>`` as one exactly comparable number: the
+    milliseconds plus the sequence number in 1/4096ths (capped there, which only makes
+    two requests of one key within one millisecond count as simultaneous)."""
+    ms, _, seq = entry_id.partition("-")
+    return repr(int(ms) + min(int(seq or 0), 4095) / 4096)
+
+
+def _score(order: str | None) -> str:
+    return "" if order is None else order_score(order)
 
 
 @dataclass(frozen=True)
@@ -124,7 +158,7 @@ class ZoneStore:
         k = self.keys
         zone_keys = [k.zone(name), k.peers(name), k.rev(name), k.leases(name), k.prefixes(name),
                      k.free(name), k.cursor(name), k.published(name), k.changes(name),
-                     k.seen(name), k.requests(name)]
+                     k.seen(name), applied_key(k, name), k.requests(name)]
         result = self.scripts.delete_zone(keys=zone_keys, args=[int(force), k.updates(name), name])
         if result[0] == "missing":
             raise NotFound(f"zone {name} does not exist")
@@ -137,10 +171,17 @@ class ZoneStore:
 
     # -- registration ------------------------------------------------------------------
 
-    def register(self, zone_name: str, key: str, *, listen_port: int, session: str,
-                 endpoint: str | None = None, request_ip: str | None = None,
-                 child_prefixes: list[str] | tuple[str, ...] = (), nat_type: str | None = None,
-                 hostname: str | None = None, now: float | None = None) -> Assignment:
+    def register(self, zone_name: str, key: str, **kwargs: Any) -> Assignment:
+        """Register a node; see ``register_call`` for the arguments."""
+        return self.run(self.register_call(zone_name, key, **kwargs))
+
+    def register_call(self, zone_name: str, key: str, *, listen_port: int, session: str,
+                      endpoint: str | None = None, request_ip: str | None = None,
+                      child_prefixes: list[str] | tuple[str, ...] = (),
+                      nat_type: str | None = None, hostname: str | None = None,
+                      now: float | None = None, order: str | None = None) -> Call:
+        """The register script call; its result is an Assignment. ``order``: the request's
+        stream entry id (None: not from the request stream, no order check)."""
         zone = self.cached_zone(zone_name)
         network = zone.network
         requested = cidrs.host_address(network, request_ip) if request_ip else ""
@@ -152,16 +193,32 @@ class ZoneStore:
         del record["address"], record["registered"]
         head = json.dumps(record, separators=(",", ":"))[:-1]
         now = time.time() if now is None else now
+        # An IPv4 zone's script takes new addresses itself; an IPv6 zone's gets a
+        # candidate computed here (see _registered).
+        base = str(int(network.network_address)) if network.version == 4 else ""
         k = self.keys
         keys = [k.zone(zone.name), k.peers(zone.name), k.leases(zone.name), k.prefixes(zone.name),
-                k.free(zone.name), k.rev(zone.name), k.changes(zone.name), k.seen(zone.name)]
-        candidate = ""
+                k.free(zone.name), k.rev(zone.name), k.changes(zone.name), k.seen(zone.name),
+                k.cursor(zone.name), applied_key(k, zone.name)]
+        args = [key, head, now, self.expiry, requested, "", wanted, self.change_log_length,
+                _score(order), base, cidrs.pool_size(network)]
+        return Call(self.scripts.register, keys, args,
+                    lambda result: self._registered(zone, key, keys, args, result, order))
+
+    def _registered(self, zone: Zone, key: str, keys: list[str], args: list[Any],
+                    result: list[Any], order: str | None) -> Assignment:
+        now, requested = args[2], args[4]
+        prefix_len = zone.network.prefixlen
         for _ in range(64):
-            result = self.scripts.register(keys=keys, args=[
-                key, head, now, self.expiry, requested, candidate, wanted, self.change_log_length])
             status = result[0]
             if status == "ok":
-                return Assignment(result[1], network.prefixlen, zone.cidr, int(result[2]))
+                return Assignment(result[1], prefix_len, zone.cidr, int(result[2]))
+            if status == "stale":
+                log.info("ignored a register of %s in zone %s: its request (%s) is older than "
+                         "one applied since", key, zone.name, order)
+                if not result[1]:
+                    raise Conflict("a newer request of this node was handled already")
+                return Assignment(result[1], prefix_len, zone.cidr, int(result[2]))
             if status == "nozone":
                 self._zone_cache.pop(zone.name, None)
                 raise NotFound(f"zone {zone.name} does not exist")
@@ -171,8 +228,13 @@ class ZoneStore:
             if status == "prefix":
                 raise Conflict(f"child prefix {result[1]} overlaps {result[2]}, "
                                "already used by another node in this zone")
-            # 'need' or 'retry': fetch a (new) candidate address.
-            candidate = self._candidate(zone)
+            if status == "full":
+                raise Conflict(f"zone {zone.name} has no free address left in {zone.cidr}")
+            # 'need' or 'retry': an IPv6 zone's script wants a (new) candidate address;
+            # an IPv4 zone's found only leased ones and tries on.
+            if not args[9]:
+                args[5] = self._candidate(zone)
+            result = self.scripts.register(keys=keys, args=args)
         raise Conflict(f"could not find a free address in zone {zone.name}")
 
     def _candidate(self, zone: Zone) -> str:
@@ -186,15 +248,30 @@ class ZoneStore:
         raise Conflict(f"zone {zone.name} has no free address left in {zone.cidr}")
 
     def heartbeat(self, zone: str, key: str, session: str, now: float | None = None) -> None:
-        result = self.scripts.heartbeat(keys=[self.keys.peers(zone), self.keys.seen(zone)],
-                                        args=[key, session, time.time() if now is None else now])
-        self._check_session(result[0], zone)
+        self.run(self.heartbeat_call(zone, key, session, now))
+
+    def heartbeat_call(self, zone: str, key: str, session: str, now: float | None = None) -> Call:
+        return Call(self.scripts.heartbeat, [self.keys.peers(zone), self.keys.seen(zone)],
+                    [key, session, time.time() if now is None else now],
+                    lambda result: self._check_session(result[0], zone))
 
     def update_endpoint(self, zone: str, key: str, session: str, endpoint: str,
-                        nat_type: str | None, now: float | None = None) -> int:
+                        nat_type: str | None, now: float | None = None,
+                        order: str | None = None) -> int:
+        """Set a node's endpoint; returns the revision. Reads the record first (one round
+        trip) and writes it back if unchanged meanwhile (compare and set)."""
         k = self.keys
+        score = _score(order)
         for _ in range(16):
-            current = self.redis.hget(k.peers(zone), key)
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hget(k.peers(zone), key)
+                pipe.zscore(applied_key(k, zone), key)
+                pipe.get(k.rev(zone))
+                current, last, rev = pipe.execute()
+            if score and last is not None and float(last) > float(score):
+                log.info("ignored an endpoint update of %s in zone %s: its request (%s) is "
+                         "older than one applied since", key, zone, order)
+                return int(rev or 0)
             if current is None:
                 self._check_session("missing", zone)
             peer = messages.parse_peer(current)
@@ -203,10 +280,11 @@ class ZoneStore:
             record = json.loads(current)
             record.update(endpoint=endpoint, nat_type=nat_type)
             result = self.scripts.replace_peer(
-                keys=[k.peers(zone), k.rev(zone), k.changes(zone), k.seen(zone)],
+                keys=[k.peers(zone), k.rev(zone), k.changes(zone), k.seen(zone),
+                      applied_key(k, zone)],
                 args=[key, current, json.dumps(record, separators=(",", ":")),
-                      time.time() if now is None else now, self.change_log_length])
-            if result[0] == "ok":
+                      time.time() if now is None else now, self.change_log_length, score])
+            if result[0] in ("ok", "stale"):
                 return int(result[1])
             self._check_session(result[0], zone)
         raise Conflict("the peer record kept changing; try again")
@@ -219,21 +297,29 @@ class ZoneStore:
             raise Conflict("this key was registered again from another host (superseded)")
 
     def remove_peer(self, zone: str, key: str, reason: str, session: str = "",
-                    seen_before: float | None = None) -> int | None:
+                    seen_before: float | None = None, order: str | None = None) -> int | None:
         """Remove a node; returns the new revision, or None when it was not removed."""
+        return self.run(self.remove_call(zone, key, reason, session, seen_before, order))
+
+    def remove_call(self, zone: str, key: str, reason: str, session: str = "",
+                    seen_before: float | None = None, order: str | None = None) -> Call:
+        """The remove script call; its result is the new revision (the current one for a
+        stale request), or None when the node was not removed (``seen_before``)."""
         k = self.keys
-        result = self.scripts.remove_peer(
-            keys=[k.peers(zone), k.leases(zone), k.prefixes(zone), k.free(zone), k.rev(zone),
-                  k.changes(zone), k.seen(zone)],
-            args=[key, reason, session, "" if seen_before is None else seen_before,
-                  self.change_log_length])
-        if result[0] == "ok":
-            return int(result[1])
-        if result[0] == "missing":
-            raise NotFound(f"peer {key} is not in zone {zone}")
-        if result[0] == "superseded":
-            self._check_session("superseded", zone)
-        return None
+        keys = [k.peers(zone), k.leases(zone), k.prefixes(zone), k.free(zone), k.rev(zone),
+                k.changes(zone), k.seen(zone), applied_key(k, zone)]
+        args = [key, reason, session, "" if seen_before is None else seen_before,
+                self.change_log_length, _score(order)]
+
+        def done(result: list[Any]) -> int | None:
+            if result[0] in ("ok", "stale"):
+                return int(result[1])
+            if result[0] == "missing":
+                raise NotFound(f"peer {key} is not in zone {zone}")
+            if result[0] == "superseded":
+                self._check_session("superseded", zone)
+            return None
+        return Call(self.scripts.remove_peer, keys, args, done)
 
     def expire(self, zone: str, now: float | None = None) -> list[str]:
         """Remove nodes silent for longer than the expiry; returns their keys."""
@@ -248,13 +334,55 @@ class ZoneStore:
                 pass
         return removed
 
+    def forget_orders(self, zone: str, before: float) -> int:
+        """Drop the request order of keys whose last applied request came before
+        ``before`` (unix time): a request that old is refused for its timestamp anyway.
+        Returns how many were dropped."""
+        return int(self.redis.zremrangebyscore(applied_key(self.keys, zone), "-inf",
+                                               f"({before * 1000!r}"))
+
+    # -- running calls ---------------------------------------------------------------------
+
+    def run(self, call: Call) -> Any:
+        return call.done(call.script(keys=call.keys, args=call.args))
+
+    def run_many(self, calls: list[Call]) -> list[Any]:
+        """Run calls in one pipeline (one round trip, in order, not atomically as a whole).
+        Returns each call's result, or the exception it raised (a MeshError for a refusal,
+        a ResponseError for a script error), so that one call's failure is its own only.
+        Connection errors are raised: the calls may then have run or not."""
+        if not calls:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            replies = pipe.execute(raise_on_error=False)
+        results: list[Any] = []
+        for call, reply in zip(calls, replies):
+            try:
+                if isinstance(reply, redis.exceptions.NoScriptError):
+                    # Redis lost its scripts (restart, SCRIPT FLUSH): this call did not
+                    # run; Script.__call__ loads the script and runs it.
+                    reply = call.script(keys=call.keys, args=call.args)
+                if isinstance(reply, Exception):
+                    raise reply
+                results.append(call.done(reply))
+            except redis.exceptions.ConnectionError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - returned: the caller answers it
+                results.append(exc)
+        return results
+
     # -- publishing ------------------------------------------------------------------------
 
     def flush(self, zone: str, max_changes: int = 1000) -> int:
         """Publish unpublished changes of a zone; returns the number of messages."""
+        return self.run(self.flush_call(zone, max_changes))
+
+    def flush_call(self, zone: str, max_changes: int = 1000) -> Call:
         k = self.keys
-        return int(self.scripts.flush(keys=[k.changes(zone), k.published(zone)],
-                                      args=[k.updates(zone), zone, max_changes]))
+        return Call(self.scripts.flush, [k.changes(zone), k.published(zone)],
+                    [k.updates(zone), zone, max_changes], int)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -291,6 +419,13 @@ class ZoneStore:
     def last_seen(self, zone: str) -> dict[str, float]:
         return {key: score for key, score in
                 self.redis.zrange(self.keys.seen(zone), 0, -1, withscores=True)}
+
+
+def applied_key(keys: Keys, zone: str) -> str:
+    """Sorted set: public key -> order (``order_score``) of its last applied request.
+
+    (Belongs in wire.keys.Keys as ``applied(zone)``; kept here until it moves there.)"""
+    return f"{keys.prefix}{{{zone}}}:applied"
 
 
 def _zone(data: dict[str, Any]) -> Zone:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 
 import pytest
 
-from ipam.store import ZoneStore
+from ipam.store import ZoneStore, applied_key, order_score
 from wire.errors import Conflict, InvalidInput, NotFound
 from wire.proof import generate_private_key, public_key_of
 
@@ -173,3 +174,106 @@ def test_addresses_never_collide_across_free_and_cursor(store):
     assert len(set(addrs)) == 15
     assert len(leases) == len(set(leases)) == 10 + 1 + 15
     assert all(ipaddress.ip_address(a) in ipaddress.ip_network("10.1.0.0/24") for a in leases)
+
+
+# -- request order: a request older than the last applied one of its key changes nothing --
+
+def test_order_score_compares_stream_entry_ids():
+    assert float(order_score("1763781234567-0")) < float(order_score("1763781234567-1"))
+    assert float(order_score("1763781234567-4095")) < float(order_score("1763781234568-0"))
+    assert order_score("1763781234567-5000") == order_score("1763781234567-4095")  # capped
+
+
+def test_older_register_is_ignored_and_answered_with_the_current_address(store):
+    key = new_key()
+    first = register(store, key=key, endpoint="203.0.113.5:51820", session="old",
+                     order="1000-0")
+    newer = register(store, key=key, endpoint="198.51.100.7:4000", session="new",
+                     order="2000-0")
+    again = register(store, key=key, endpoint="203.0.113.5:51820", session="old",
+                     order="1000-0")
+    assert again == newer and newer.address == first.address
+    _, peer = store.find_peer(key)
+    assert (peer.session, peer.endpoint) == ("new", "198.51.100.7:4000")
+    # The same request again (a redelivery with nothing newer) is applied again: no change.
+    assert register(store, key=key, endpoint="198.51.100.7:4000", session="new",
+                    order="2000-0") == newer
+    # Requests without an order (not from the request stream) are never ignored.
+    assert register(store, key=key, session="admin").rev == newer.rev + 1
+
+
+def test_older_endpoint_update_and_leave_are_ignored(store):
+    key = new_key()
+    register(store, key=key, session="s", order="1000-0")
+    rev = store.update_endpoint("default", key, "s", "192.0.2.9:5000", None, order="3000-0")
+    assert store.update_endpoint("default", key, "s", "192.0.2.1:1", None, order="2000-0") == rev
+    assert store.remove_peer("default", key, "left", session="s", order="2500-0") == rev
+    _, peer = store.find_peer(key)
+    assert peer.endpoint == "192.0.2.9:5000"
+    # An older request of a superseded session is ignored too, not refused.
+    register(store, key=key, session="moved", order="4000-0")
+    assert store.update_endpoint("default", key, "s", "192.0.2.1:1", None, order="3500-0") > rev
+    with pytest.raises(Conflict, match="superseded"):
+        store.update_endpoint("default", key, "s", "192.0.2.1:1", None, order="5000-0")
+
+
+def test_register_older_than_a_leave_does_not_bring_the_node_back(store):
+    key, other = new_key(), new_key()
+    got = register(store, key=key, session="s", order="1000-0")
+    store.remove_peer("default", key, "left", session="s", order="2000-0")
+    with pytest.raises(Conflict, match="a newer request of this node was handled already"):
+        register(store, key=key, session="s", order="1000-0")
+    assert key not in {p.key for p in store.peers("default")}
+    assert register(store, key=other).address == got.address   # the address went back
+    # A request after the leave registers the node again.
+    assert register(store, key=key, session="s2", order="3000-0").address != got.address
+
+
+def test_forget_orders_drops_only_old_ones(store, redis_client):
+    old, recent = new_key(), new_key()
+    register(store, key=old, order="1000-0")           # 1 s after the epoch
+    register(store, key=recent, order=f"{int(time.time() * 1000)}-0")
+    assert store.forget_orders("default", time.time() - 600) == 1
+    assert redis_client.zrange(applied_key(store.keys, "default"), 0, -1) == [recent]
+    # Forgotten: an old request of that key is applied again (it would be refused for
+    # its timestamp long before reaching the store).
+    assert register(store, key=old, session="x", order="999-0").address
+
+
+def test_delete_zone_removes_the_request_orders(store, redis_client):
+    store.create_zone("zone-red", "172.20.0.0/20")
+    register(store, "zone-red", order="1000-0")
+    store.delete_zone("zone-red", force=True)
+    assert not redis_client.exists(applied_key(store.keys, "zone-red"))
+
+
+# -- calls in one pipeline ------------------------------------------------------------------
+
+def test_run_many_isolates_each_call(store):
+    keys = [new_key() for _ in range(3)]
+    calls = [store.register_call("default", keys[0], listen_port=51820, session="s"),
+             store.register_call("default", keys[1], listen_port=51820, session="s",
+                                 request_ip="10.200.0.1"),     # taken by the first
+             store.heartbeat_call("default", keys[2], "s"),    # not registered
+             store.register_call("default", keys[2], listen_port=51820, session="s")]
+    first, held, missing, last = store.run_many(calls)
+    assert first.address == "10.200.0.1" and last.address == "10.200.0.2"
+    assert isinstance(held, Conflict) and "is held by another node" in str(held)
+    assert isinstance(missing, NotFound)
+    assert store.run_many([]) == []
+
+
+def test_run_many_reloads_scripts_redis_lost(store, redis_client):
+    redis_client.script_flush()
+    calls = [store.register_call("default", new_key(), listen_port=51820, session="s")
+             for _ in range(3)]
+    assert [a.address for a in store.run_many(calls)] == [f"10.200.0.{i}" for i in (1, 2, 3)]
+
+
+def test_ipv4_addresses_come_from_the_script_itself(store, redis_client):
+    store.create_zone("tiny", "10.9.0.0/30")           # 2 usable addresses
+    a, b = register(store, "tiny"), register(store, "tiny", request_ip="10.9.0.2")
+    assert (a.address, b.address) == ("10.9.0.1", "10.9.0.2")
+    with pytest.raises(Conflict, match="no free address left"):
+        register(store, "tiny")
+    assert redis_client.get(store.keys.cursor("tiny")) == "2"   # skipped .2, not past the pool

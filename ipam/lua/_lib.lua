@@ -33,3 +33,23 @@ local function drop_peer(k, key, record, reason, maxlen)
   return log_change(k.rev, k.changes, maxlen,
     '"op":"remove","key":' .. cjson.encode(key) .. ',"reason":' .. cjson.encode(reason))
 end
+
+-- Requests carry their order (a number made of their request-stream entry id, see
+-- ipam/store.py order_score); `applied` (a sorted set: key -> order of the last request
+-- applied for that key) lets a request handled again after a replica died (claimed and
+-- redelivered) be recognised as older than one applied since, and be ignored.
+local function is_stale(applied_key, key, order)
+  if not applied_key or order == nil or order == '' then return false end
+  local last = redis.call('ZSCORE', applied_key, key)
+  return last ~= false and tonumber(last) > tonumber(order)
+end
+
+local function mark_applied(applied_key, key, order)
+  if applied_key and order ~= nil and order ~= '' then
+    redis.call('ZADD', applied_key, 'GT', order, key)
+  end
+end
+
+local function current_rev(rev_key)
+  return tonumber(redis.call('GET', rev_key) or '0')
+end

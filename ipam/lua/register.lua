@@ -1,20 +1,51 @@
 -- Register (or re-register) a node: address, child prefixes and peer record, atomically.
--- KEYS: 1 zone, 2 peers, 3 leases, 4 prefixes, 5 free, 6 rev, 7 changes, 8 seen
+-- KEYS: 1 zone, 2 peers, 3 leases, 4 prefixes, 5 free, 6 rev, 7 changes, 8 seen,
+--       9 cursor, 10 applied
 -- ARGV: 1 public key, 2 peer record JSON without its closing '}' and without "address",
 --       3 now, 4 expiry seconds, 5 requested address or '', 6 candidate address or '',
---       7 child prefixes JSON [[prefix, first hex, last hex], ...], 8 change log length
--- Returns {'ok', address, rev} | {'nozone'} | {'need'} | {'retry'}
+--       7 child prefixes JSON [[prefix, first hex, last hex], ...], 8 change log length,
+--       9 request order or '', 10 IPv4 zone: its network address as an integer, so the
+--       script takes a new address from the pool itself; '' (IPv6): the caller passes
+--       a candidate (answer 'need'), 11 pool size (highest usable host offset)
+-- Returns {'ok', address, rev} | {'stale', current address or '', rev} | {'nozone'}
+--       | {'need'} | {'retry'} | {'full'}
 --       | {'held', holder key, last seen} | {'prefix', wanted, held, holder key}
 local k = {zone = KEYS[1], peers = KEYS[2], leases = KEYS[3], prefixes = KEYS[4],
-           free = KEYS[5], rev = KEYS[6], changes = KEYS[7], seen = KEYS[8]}
+           free = KEYS[5], rev = KEYS[6], changes = KEYS[7], seen = KEYS[8],
+           cursor = KEYS[9], applied = KEYS[10]}
 local key, head, now, expiry = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local requested, candidate, maxlen = ARGV[5], ARGV[6], ARGV[8]
+local requested, candidate, maxlen, order = ARGV[5], ARGV[6], ARGV[8], ARGV[9]
+local base, pool = tonumber(ARGV[10]), tonumber(ARGV[11])
 local wanted = cjson.decode(ARGV[7])
 
 if redis.call('EXISTS', k.zone) == 0 then return {'nozone'} end
 
 local old = redis.call('HGET', k.peers, key)
 local old_addr = old and cjson.decode(old)['address'] or nil
+
+-- A request older than one already applied for this key changes nothing.
+if is_stale(k.applied, key, order) then
+  return {'stale', old_addr or '', current_rev(k.rev)}
+end
+
+local function ipv4(n)
+  return string.format('%d.%d.%d.%d', math.floor(n / 16777216) % 256,
+                       math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+end
+
+-- A new address: a released one, else the next offset; skips leased ones (requested
+-- addresses above the cursor). nil when the pool is used up, false after 64 leased.
+local function take_address()
+  for _ = 1, 64 do
+    local addr = redis.call('SPOP', k.free)
+    if not addr then
+      if tonumber(redis.call('GET', k.cursor) or '0') >= pool then return nil end
+      addr = ipv4(base + redis.call('INCR', k.cursor))
+    end
+    if redis.call('HEXISTS', k.leases, addr) == 0 then return addr end
+  end
+  return false
+end
 
 -- 1. Decide the address; nothing is written before every check has passed.
 local addr, evict = nil, nil
@@ -31,8 +62,11 @@ elseif old_addr then
 elseif candidate ~= '' then
   addr = candidate
   if redis.call('HEXISTS', k.leases, addr) == 1 then return {'retry'} end
-else
+elseif not base then
   return {'need'}
+elseif redis.call('SCARD', k.free) == 0
+    and tonumber(redis.call('GET', k.cursor) or '0') >= pool then
+  return {'full'}
 end
 
 -- 2. Child prefixes may not overlap another node's (an evicted holder's do not count).
@@ -55,7 +89,14 @@ if #wanted > 0 then
 end
 for _, w in ipairs(wanted) do mine[w[1]] = true end
 
--- 3. Write.
+-- 3. A new node takes its address from the pool only now that it passed every check.
+if not addr then
+  addr = take_address()
+  if addr == nil then return {'full'} end
+  if addr == false then return {'retry'} end
+end
+
+-- 4. Write.
 if evict then
   drop_peer(k, evict, redis.call('HGET', k.peers, evict), 'evicted', maxlen)
 end
@@ -73,9 +114,10 @@ for _, w in ipairs(wanted) do
   redis.call('HSET', k.prefixes, w[1], cjson.encode({key, w[2], w[3]}))
 end
 redis.call('ZADD', k.seen, now, key)
+mark_applied(k.applied, key, order)
 
 local record = head .. ',"address":' .. cjson.encode(addr) .. '}'
-local rev = tonumber(redis.call('GET', k.rev) or '0')
+local rev = current_rev(k.rev)
 if record ~= old then
   redis.call('HSET', k.peers, key, record)
   rev = log_change(k.rev, k.changes, maxlen, '"op":"upsert","peer":' .. record)

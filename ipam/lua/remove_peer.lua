@@ -1,11 +1,14 @@
 -- Remove a node: peer record, lease (back to the pool), prefixes, last-seen.
--- KEYS: 1 peers, 2 leases, 3 prefixes, 4 free, 5 rev, 6 changes, 7 seen
+-- KEYS: 1 peers, 2 leases, 3 prefixes, 4 free, 5 rev, 6 changes, 7 seen, 8 applied
+--       (optional: without it, no request order is checked)
 -- ARGV: 1 public key, 2 reason, 3 session that must match or '',
---       4 remove only if last seen is older than this or '', 5 change log length
--- Returns {'ok', rev} | {'missing'} | {'superseded'} | {'alive'}
+--       4 remove only if last seen is older than this or '', 5 change log length,
+--       6 request order or '' (optional)
+-- Returns {'ok', rev} | {'stale', rev} | {'missing'} | {'superseded'} | {'alive'}
 local k = {peers = KEYS[1], leases = KEYS[2], prefixes = KEYS[3], free = KEYS[4],
-           rev = KEYS[5], changes = KEYS[6], seen = KEYS[7]}
-local key = ARGV[1]
+           rev = KEYS[5], changes = KEYS[6], seen = KEYS[7], applied = KEYS[8]}
+local key, order = ARGV[1], ARGV[6]
+if is_stale(k.applied, key, order) then return {'stale', current_rev(k.rev)} end
 local record = redis.call('HGET', k.peers, key)
 if not record then return {'missing'} end
 if ARGV[3] ~= '' and cjson.decode(record)['session'] ~= ARGV[3] then return {'superseded'} end
@@ -13,4 +16,6 @@ if ARGV[4] ~= '' then
   local seen = tonumber(redis.call('ZSCORE', k.seen, key) or '0')
   if seen >= tonumber(ARGV[4]) then return {'alive'} end
 end
-return {'ok', drop_peer(k, key, record, ARGV[2], ARGV[5])}
+local rev = drop_peer(k, key, record, ARGV[2], ARGV[5])
+mark_applied(k.applied, key, order)
+return {'ok', rev}

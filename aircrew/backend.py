@@ -1,4 +1,8 @@
-"""Pick the WireGuard device backend for this machine."""
+"""Pick the WireGuard device backend for this machine.
+
+The kernel backend (``aircrew.netlink_device``) needs pyroute2, about 10 MB resident in
+the agent: it is imported only when the kernel backend is asked for or probed for.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,7 +11,6 @@ from wire.errors import InvalidInput
 
 from .device import Device
 from .device_errors import DeviceError
-from .netlink_device import KernelDevice, kernel_wireguard_available
 from .uapi import UserspaceDevice
 
 __all__ = ["open_device", "BACKENDS"]
@@ -31,6 +34,7 @@ def open_device(name: str, prefer: str = "auto") -> Device:
     if prefer == "userspace":
         return UserspaceDevice(name)
     if prefer == "kernel":
+        from .netlink_device import KernelDevice, kernel_wireguard_available
         if not kernel_wireguard_available():
             raise DeviceError("kernel WireGuard is not available here (no wireguard module); "
                               "use the userspace backend")
@@ -39,6 +43,7 @@ def open_device(name: str, prefer: str = "auto") -> Device:
     if userspace.exists():
         log.info("%s: a userspace WireGuard already runs it; using the UAPI", name)
         return userspace
+    from .netlink_device import KernelDevice, kernel_wireguard_available
     if kernel_wireguard_available():
         log.info("%s: using kernel WireGuard", name)
         return KernelDevice(name)

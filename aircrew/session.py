@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 
 from wire import messages, proof
@@ -190,4 +191,14 @@ class TowerSession:
         return ZoneSnapshot(cidr, int(rev or 0), peers)
 
     async def revision(self) -> int:
-        return int(await self.client.get(self.keys.rev(self.zone)) or 0)
+        """The highest revision published on the zone's update channel.
+
+        Not the zone's ``rev``: the tower publishes changes a moment after committing them
+        (coalesced), so a revision above ``published`` is not missed, only on its way.
+        """
+        try:
+            value = await self.client.get(self.keys.published(self.zone))
+        except redis.exceptions.NoPermissionError:
+            # A tower older than this agent: its agent user may read ``rev`` only.
+            value = await self.client.get(self.keys.rev(self.zone))
+        return int(value or 0)

@@ -2,7 +2,8 @@
 
 Each zone has a user ``ct:agent:<zone>`` whose secret is shown once when the zone is
 created. It may only add to its zone's request stream, subscribe to its zone's update
-and reply channels, and read its zone's snapshot keys and the tower's public key.
+and reply channels, and read its zone's snapshot keys, the highest revision published
+(for the periodic revision check) and the tower's public key.
 Only the secret's SHA-256 is kept (in the zone hash), so the tower can re-apply every
 user after a Redis restart or failover (ACLs are not replicated) without storing secrets.
 """
@@ -29,7 +30,8 @@ def agent_rules(keys: Keys, zone: str) -> list[str]:
     return [
         "reset", "on", "resetchannels", "-@all", *(f"+{c}" for c in COMMANDS),
         f"%W~{keys.requests(zone)}",
-        f"%R~{keys.zone(zone)}", f"%R~{keys.rev(zone)}", f"%R~{keys.peers(zone)}",
+        f"%R~{keys.zone(zone)}", f"%R~{keys.rev(zone)}", f"%R~{keys.published(zone)}",
+        f"%R~{keys.peers(zone)}",
         f"%R~{keys.tower_public}",
         f"&{keys.updates(zone)}", f"&{keys.reply_pattern(zone)}",
     ]

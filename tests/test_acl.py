@@ -1,12 +1,17 @@
 """Zone-scoped agent credentials against a real Redis: what they may and may not do."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis
+import redis.asyncio as aioredis
 
+from aircrew.session import TowerSession
 from controltower.acl import AgentCredentials, new_secret
 from ipam.store import ZoneStore
 from wire.keys import Keys
+from wire.proof import generate_private_key, public_key_of
 
 
 @pytest.fixture
@@ -56,14 +61,40 @@ def test_agent_may_do_its_job(zones, redis_proc):
     lambda c, k: c.execute_command("ACL", "LIST"),
     lambda c, k: c.publish(k.updates("zone-blue"), "forged"),
     lambda c, k: c.eval("return 1", 0),
+    lambda c, k: c.xadd(k.published("zone-blue"), {"m": "x"}),
+    lambda c, k: c.set(k.published("zone-blue"), "99"),
+    lambda c, k: c.get(k.published("zone-red")),
 ], ids=["write-lease", "write-peer", "read-other-zone", "read-leases", "tower-private-key",
-        "other-zone-stream", "read-requests", "flushall", "keys", "config", "acl", "publish", "eval"])
+        "other-zone-stream", "read-requests", "flushall", "keys", "config", "acl", "publish", "eval",
+        "stream-to-published", "set-published", "read-other-zone-published"])
 def test_agent_is_denied(zones, redis_proc, attempt):
     store, _, secrets = zones
     blue = agent(redis_proc, "zone-blue", secrets["zone-blue"])
     with pytest.raises(redis.exceptions.NoPermissionError):
         attempt(blue, store.keys)
     assert store.redis.hlen(store.keys.peers("zone-red")) == 1
+
+
+def test_agent_reads_the_published_revision(zones, redis_proc):
+    """The revision check reads ``published`` (not ``rev``, which runs ahead of it until
+    the changes are published), with the zone's agent credentials."""
+    store, _, secrets = zones
+    k = store.keys
+    store.register("zone-blue", public_key_of(generate_private_key()), listen_port=1, session="s")
+    assert store.flush("zone-blue") == 1
+    store.register("zone-blue", public_key_of(generate_private_key()), listen_port=2, session="t")
+    assert store.redis.get(k.rev("zone-blue")) == "2"       # committed, not yet published
+
+    async def check() -> int:
+        client = aioredis.Redis(port=redis_proc.port, username=k.agent_user("zone-blue"),
+                                password=secrets["zone-blue"], decode_responses=True)
+        try:
+            session = TowerSession(client, "zone-blue", generate_private_key(), keys=k)
+            return await session.revision()
+        finally:
+            await client.aclose()
+    assert asyncio.run(check()) == 1
+    assert store.redis.get(k.published("zone-blue")) == "1"
 
 
 def test_agent_cannot_subscribe_to_another_zone(zones, redis_proc):

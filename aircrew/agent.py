@@ -2,6 +2,12 @@
 
 Tower or Redis unreachable: every tunnel stays as it is; the agent retries with
 jittered backoff and resyncs (subscribe, snapshot, buffered updates) when back.
+
+An update is applied to the peers it touched only, against what was last applied
+(``reconcile.Applied``): no pass over the zone, no device read. The whole zone is diffed
+against the device read back at start, after a resync, on the drift check and after a
+failed device operation. The state files are written off that path, at most once per
+``SAVE_INTERVAL``, at once after a resync and on exit.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import redis
 import redis.asyncio as aioredis
@@ -23,9 +29,10 @@ from wire.errors import MeshError, Unavailable
 from wire.keys import Keys
 
 from .device import Device, DeviceState
+from .device_errors import DeviceError
 from .mirror import Outcome, ZoneMirror
-from .reconcile import (AddPeer, AddRoute, Desired, Op, RemovePeer, RemoveRoute, UpdatePeer,
-                        desired, diff)
+from .reconcile import (AddPeer, AddRoute, Applied, Op, RemovePeer, RemoveRoute, UpdatePeer,
+                        diff)
 from .session import NoReply, TowerRefused, TowerSession
 from .state import Cache, StateFiles
 
@@ -50,6 +57,10 @@ ENDED = 3
 # converges within seconds of its link coming back; a refused connection is cheap.
 RETRY_MIN = 0.5
 RETRY_MAX = 2.0
+SAVE_INTERVAL = 1.0     # seconds between two writes of the state files, at least
+# A published revision above ours is taken for a missed update only when a second look
+# this much later still finds it missing (it may have been in a socket buffer).
+REVISION_RECHECK = 2.0
 
 
 class _SentinelClient(aioredis.Redis):
@@ -106,6 +117,7 @@ class AgentSettings:
     heartbeat_interval: float = 10.0
     endpoint_interval: float = 60.0
     revision_interval: float = 30.0
+    drift_interval: float = 60.0        # whole zone against the device read back
     request_timeout: float = 5.0
     key_prefix: str = "ct:"
     hostname: str = field(default_factory=socket.gethostname)
@@ -125,7 +137,9 @@ class Agent:
             lambda url: controller_client(url, settings.controller_tls))
         self.urls = list(settings.controller_urls)
         self.mirror = ZoneMirror()
-        self.applied = Desired()
+        self.applied = Applied()
+        self._touched: set[str] = set()     # peers changed since the last reconcile
+        self._behind: int | None = None     # a published revision missing at the last check
         self.assignment: dict[str, Any] | None = None
         self.endpoint: str | None = None
         self.nat_type: str | None = None
@@ -134,6 +148,11 @@ class Agent:
         # Device and netlink calls run on one thread of their own: pyroute2's sync API
         # runs an event loop inside and cannot be used from within ours.
         self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
+        # State files are rendered and written on a thread of their own, in order.
+        self._state_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
+        self._state_dirty = asyncio.Event()
+        self._state_urgent = asyncio.Event()
+        self._saved_at = float("-inf")
         self.resyncs = 0
         self._authenticated = False   # the controller accepted our credentials once
         from wire.proof import public_key_of
@@ -143,6 +162,17 @@ class Agent:
 
     async def run(self) -> None:
         """Run until ``stop`` is set; raises AgentExit when the tower says to stop."""
+        writer = asyncio.create_task(self.write_state_files(), name="state-files")
+        try:
+            await self._run()
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            if self._state_dirty.is_set():
+                await self._save()
+            self._state_thread.shutdown(wait=False)
+
+    async def _run(self) -> None:
         cache = self.state.load()
         if cache is not None and cache.zone == self.s.zone:
             log.info("bringing the mesh up from the cached snapshot (revision %d)", cache.rev)
@@ -150,7 +180,7 @@ class Agent:
                                "cidr": cache.cidr}
             await self._on_device(self._ensure_device)
             self.mirror.load(cache.rev, cache.peer_map())
-            await self._on_device(self._reconcile)
+            await self._reconcile_all()
         exists = await self._on_device(self.device.exists)
         self.endpoint, self.nat_type = await asyncio.to_thread(self.endpoints.discover, exists)
         log.info("advertising endpoint %s (NAT type %s)", self.endpoint or "none", self.nat_type)
@@ -246,7 +276,8 @@ class Agent:
         while not self.session.updates.empty():  # buffered while the snapshot was read
             self._apply_update(self.session.updates.get_nowait())
         self._check_membership()
-        await self._on_device(self._reconcile)
+        await self._reconcile_all()
+        self._state_changed(urgent=True)
 
     def _apply_update(self, update) -> bool:
         """Apply one update; False when a resync is needed."""
@@ -257,6 +288,7 @@ class Agent:
             log.info("missed a zone update (have revision %d, got %d..%d): resyncing",
                      self.mirror.rev, update.since, update.rev)
             return False
+        self._touched |= self.mirror.touched
         return True
 
     def _check_membership(self) -> None:
@@ -274,10 +306,12 @@ class Agent:
         next_heartbeat = now + self.s.heartbeat_interval
         next_endpoint = now + self.s.endpoint_interval
         next_revision = now + self.s.revision_interval
+        next_drift = now + self.s.drift_interval
         while not self.stop.is_set():
             if session.lost.is_set():
                 raise Unavailable("lost the connection to the controller")
-            timeout = max(0.0, min(next_heartbeat, next_endpoint, next_revision) - time.monotonic())
+            due = min(next_heartbeat, next_endpoint, next_revision, next_drift)
+            timeout = max(0.0, due - time.monotonic())
             try:
                 update = await asyncio.wait_for(session.updates.get(), min(timeout, 1.0))
             except asyncio.TimeoutError:
@@ -299,7 +333,7 @@ class Agent:
                     await self._resync()
                     continue
                 self._check_membership()
-                await self._on_device(self._reconcile)
+                await self._reconcile_touched()
             now = time.monotonic()
             if now >= next_heartbeat:
                 next_heartbeat = now + self.s.heartbeat_interval
@@ -308,10 +342,27 @@ class Agent:
                 next_endpoint = now + self.s.endpoint_interval
                 await self._recheck_endpoint()
             if now >= next_revision:
-                next_revision = now + self.s.revision_interval
-                if await session.revision() > self.mirror.rev and session.updates.empty():
-                    log.info("zone revision moved on without an update reaching us: resyncing")
-                    await self._resync()
+                next_revision = now + await self._check_revision()
+            if now >= next_drift:
+                next_drift = now + self.s.drift_interval
+                if await self._reconcile_all():
+                    self._state_changed()
+
+    async def _check_revision(self) -> float:
+        """Resync when the tower published a revision that never reached us; returns the
+        seconds until the next check (sooner while one is suspected missing)."""
+        published = await self.session.revision()
+        if published <= self.mirror.rev or not self.session.updates.empty():
+            self._behind = None
+        elif self._behind is not None and self.mirror.rev < self._behind:
+            log.info("zone revision %d was published but never reached us: resyncing",
+                     self._behind)
+            self._behind = None
+            await self._resync()
+        else:
+            self._behind = published     # it may still be on its way: look again soon
+            return REVISION_RECHECK
+        return self.s.revision_interval
 
     async def _heartbeat(self) -> None:
         try:
@@ -348,29 +399,89 @@ class Agent:
         such as the metrics endpoint)."""
         return self._device_thread.submit(self.device.read).result(timeout)
 
-    def _reconcile(self) -> None:
-        want = desired(self.public_key, self.mirror.peers.values())
-        ops = diff(want, self.applied, self.device.read(), self.links.routes())
+    async def _reconcile_touched(self) -> None:
+        """Apply the peers the updates since the last reconcile touched, and only them."""
+        keys, self._touched = self._touched, set()
+        ops = self.applied.diff(self.public_key, keys, self.mirror.peers)
+        if ops:
+            try:
+                await self._on_device(apply_ops, self.device, self.links, ops)
+            except DeviceError as exc:
+                log.warning("a device operation failed (%s): reconciling the whole zone "
+                            "against the device", exc)
+                await self._reconcile_all()
+                self._state_changed()
+                return
+            log.info("zone revision %d applied with %d operations", self.mirror.rev, len(ops))
+        self.applied.record(self.public_key, keys, self.mirror.peers)
+        self._state_changed()
+
+    async def _reconcile_all(self) -> int:
+        """The whole zone against the device read back; returns the operations needed."""
+        self._touched = set()
+        return await self._on_device(self._reconcile_device)
+
+    def _reconcile_device(self) -> int:
+        after = Applied.of(self.public_key, self.mirror.peers)
+        ops = diff(after.desired(), self.applied.desired(), self.device.read(),
+                   self.links.routes())
         if ops:
             apply_ops(self.device, self.links, ops)
-            log.info("zone revision %d applied with %d operations", self.mirror.rev, len(ops))
-        self.applied = want
-        self._save()
+            log.info("zone revision %d applied with %d operations (whole zone against the "
+                     "device)", self.mirror.rev, len(ops))
+        self.applied = after
+        return len(ops)
 
-    def _save(self) -> None:
-        if self.assignment is None:
+    # -- the state files ---------------------------------------------------------------------
+
+    def _state_changed(self, urgent: bool = False) -> None:
+        self._state_dirty.set()
+        if urgent:
+            self._state_urgent.set()
+
+    async def write_state_files(self) -> None:
+        """Write the state files after changes: at most once per SAVE_INTERVAL unless urgent
+        (a resync). Runs until cancelled; ``run`` writes what is left on exit."""
+        while True:
+            await self._state_dirty.wait()
+            delay = self._saved_at + SAVE_INTERVAL - time.monotonic()
+            if delay > 0 and not self._state_urgent.is_set():
+                try:
+                    await asyncio.wait_for(self._state_urgent.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+            await self._save()
+
+    async def _save(self) -> None:
+        self._state_dirty.clear()
+        self._state_urgent.clear()
+        self._saved_at = time.monotonic()
+        write = self._state_writer()
+        if write is None:
             return
-        from .wgconf import WgQuickConfig, render
-        cache = Cache(zone=self.s.zone, cidr=self.assignment["cidr"],
-                      address=self.assignment["address"],
-                      prefix_len=int(self.assignment["prefix_len"]),
-                      listen_port=self.s.listen_port, rev=self.mirror.rev,
-                      peers=[p.to_dict() for p in self.mirror.peers.values()],
-                      session=self.session.session_id if self.session else "")
-        conf = render(WgQuickConfig(self.s.private_key, self.s.listen_port,
-                                    (f"{cache.address}/{cache.prefix_len}",),
-                                    tuple(self.applied.peers.values())))
-        self.state.save(cache, conf)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._state_thread, write)
+        except (OSError, ValueError, MeshError) as exc:
+            log.warning("cannot write the state files in %s: %s", self.state.directory, exc)
+
+    def _state_writer(self) -> Callable[[], None] | None:
+        """What to write, captured now (on the event loop); the call renders and writes it."""
+        if self.assignment is None:
+            return None
+        settings, assignment = self.s, dict(self.assignment)
+        rev, session = self.mirror.rev, self.session.session_id if self.session else ""
+        peers, configs = tuple(self.mirror.peers.values()), tuple(self.applied.peers.values())
+
+        def write() -> None:
+            from .wgconf import WgQuickConfig
+            cache = Cache(zone=settings.zone, cidr=assignment["cidr"],
+                          address=assignment["address"],
+                          prefix_len=int(assignment["prefix_len"]),
+                          listen_port=settings.listen_port, rev=rev, session=session)
+            self.state.save(cache, peers, WgQuickConfig(
+                settings.private_key, settings.listen_port,
+                (f"{cache.address}/{cache.prefix_len}",), configs))
+        return write
 
 
 def apply_ops(device: Device, links: Links, ops: list[Op]) -> None:

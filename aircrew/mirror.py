@@ -23,6 +23,7 @@ class ZoneMirror:
     rev: int = -1                                  # -1: no snapshot yet
     peers: dict[str, Peer] = field(default_factory=dict)
     removed: dict[str, str] = field(default_factory=dict)   # key -> reason, last update only
+    touched: set[str] = field(default_factory=set)          # keys the last update changed
 
     @property
     def loaded(self) -> bool:
@@ -32,9 +33,11 @@ class ZoneMirror:
         self.rev = rev
         self.peers = dict(peers)
         self.removed = {}
+        self.touched = set()
 
     def apply(self, update: ZoneUpdate) -> Outcome:
         self.removed = {}
+        self.touched = set()
         if not self.loaded:
             return Outcome.GAP
         if update.rev <= self.rev:
@@ -48,9 +51,11 @@ class ZoneMirror:
                 return Outcome.ZONE_DELETED
             if change.op == "upsert" and change.peer is not None:
                 self.peers[change.peer.key] = change.peer
+                self.touched.add(change.peer.key)
             elif change.op == "remove" and change.key is not None:
                 self.peers.pop(change.key, None)
                 self.removed[change.key] = change.reason or ""
+                self.touched.add(change.key)
             self.rev = change.rev
         self.rev = update.rev
         return Outcome.APPLIED

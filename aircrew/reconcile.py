@@ -2,11 +2,16 @@
 
 zone peers ──► desired(...) ──► diff(desired, previous, device, routes) ──► ops
 A one-peer change yields one op; an unchanged peer yields none, so it keeps its session.
+
+``Applied`` is what the agent last applied. A zone update names the peers it touched;
+``Applied.diff`` compares only those with what was applied, so one changed peer in a zone
+of thousands costs neither a pass over the zone nor a device read. The whole diff against
+the device read back (``diff``) runs at start, after a resync and on the drift check.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Union
+from typing import Iterable, Mapping, Union
 
 from wire.messages import Peer
 
@@ -54,10 +59,13 @@ def desired(own_key: str, peers: Iterable[Peer], keepalive: int = DEFAULT_KEEPAL
     for peer in peers:
         if peer.key == own_key:
             continue
-        allowed = tuple(sorted(peer.allowed_ips()))
-        configs[peer.key] = PeerConfig(peer.key, peer.endpoint, allowed, keepalive)
+        configs[peer.key] = peer_config(peer, keepalive)
         routes.update(peer.child_prefixes)
     return Desired(configs, frozenset(routes))
+
+
+def peer_config(peer: Peer, keepalive: int = DEFAULT_KEEPALIVE) -> PeerConfig:
+    return PeerConfig(peer.key, peer.endpoint, tuple(sorted(peer.allowed_ips())), keepalive)
 
 
 def diff(want: Desired, previous: Desired, device: DeviceState, routes: Iterable[str]) -> list[Op]:
@@ -88,3 +96,50 @@ def diff(want: Desired, previous: Desired, device: DeviceState, routes: Iterable
     ops.extend(RemoveRoute(p) for p in sorted(current - want.routes))
     ops.extend(AddRoute(p) for p in sorted(want.routes - current))
     return ops
+
+
+@dataclass
+class Applied:
+    """What the agent last applied: each peer's config and the prefixes routed to it."""
+    peers: dict[str, PeerConfig] = field(default_factory=dict)
+    routes_of: dict[str, frozenset[str]] = field(default_factory=dict)  # peers with routes only
+
+    @classmethod
+    def of(cls, own_key: str, zone: Mapping[str, Peer]) -> Applied:
+        """The state applying the whole zone leads to."""
+        applied = cls()
+        applied.record(own_key, zone.keys(), zone)
+        return applied
+
+    def desired(self) -> Desired:
+        return Desired(dict(self.peers), self.routes())
+
+    def routes(self) -> frozenset[str]:
+        return frozenset().union(*self.routes_of.values())
+
+    def diff(self, own_key: str, keys: Iterable[str], zone: Mapping[str, Peer]) -> list[Op]:
+        """The ops that bring the peers in ``keys`` to what ``zone`` holds for them.
+
+        The device is taken to hold what was applied, so a roamed endpoint is kept as in
+        ``diff``: it is only pushed when the zone changed it.
+        """
+        keys = set(keys)
+        want = desired(own_key, (zone[k] for k in keys if k in zone))
+        before = {k: self.peers[k] for k in keys if k in self.peers}
+        kept = frozenset().union(*(r for k, r in self.routes_of.items() if k not in keys))
+        return diff(Desired(want.peers, want.routes | kept), Desired(before),
+                    DeviceState(peers=dict(before)), self.routes())
+
+    def record(self, own_key: str, keys: Iterable[str], zone: Mapping[str, Peer]) -> None:
+        """Note that the peers in ``keys`` now are as ``zone`` holds them."""
+        for key in keys:
+            peer = zone.get(key)
+            if peer is None or key == own_key:
+                self.peers.pop(key, None)
+                self.routes_of.pop(key, None)
+                continue
+            self.peers[key] = peer_config(peer)
+            if peer.child_prefixes:
+                self.routes_of[key] = frozenset(peer.child_prefixes)
+            else:
+                self.routes_of.pop(key, None)

@@ -4,15 +4,19 @@
 - ``<if>-latest-rev.conf``  the zone and revision that config reflects
 - ``<if>-cache.json``       the cached zone snapshot and assignment, to rebuild the mesh
                            without the tower
+
+The agent writes them off its update path, at most about once a second; the text of each
+peer is kept and reused while the peer is unchanged, so a write after one change costs a
+join over the peers rather than rendering each (``PeerTexts``).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from wire import messages
 from wire.errors import InvalidInput
@@ -20,7 +24,14 @@ from wire.messages import Peer
 
 from wire.secretfile import write_secret
 
+if TYPE_CHECKING:
+    from .device import PeerConfig
+    from .wgconf import WgQuickConfig
+
 log = logging.getLogger(__name__)
+
+# Any valid key: peer blocks are rendered with it and cut off the [Interface] part.
+_PLACEHOLDER_KEY = "A" * 43 + "="
 
 
 @dataclass
@@ -42,10 +53,39 @@ class Cache:
         return out
 
 
+class PeerTexts:
+    """Each peer's text in the two files, reused while the peer is unchanged."""
+
+    def __init__(self) -> None:
+        self._records: dict[Peer, str] = {}
+        self._blocks: dict[PeerConfig, str] = {}
+
+    def cache_json(self, cache: Cache, records: Iterable[Peer]) -> str:
+        """``cache`` as JSON, with ``records`` as its peers (``cache.peers`` is not used)."""
+        old = self._records
+        self._records = {p: old.get(p) or p.to_json() for p in records}
+        head = json.dumps({f.name: getattr(cache, f.name) for f in fields(cache)
+                           if f.name != "peers"}, separators=(",", ":"))
+        return f'{head[:-1]},"peers":[{",".join(self._records.values())}]}}'
+
+    def wg_quick(self, config: WgQuickConfig) -> str:
+        """``wgconf.render(config)``, from the kept text of every unchanged peer."""
+        from .wgconf import WgQuickConfig, render
+        bare = len(render(WgQuickConfig(_PLACEHOLDER_KEY)))
+
+        def block(peer: PeerConfig) -> str:      # what render appends for one peer
+            return render(WgQuickConfig(_PLACEHOLDER_KEY, peers=(peer,)))[bare:]
+        old = self._blocks
+        self._blocks = {c: old.get(c) or block(c) for c in config.peers}
+        head = render(WgQuickConfig(config.private_key, config.listen_port, config.addresses))
+        return head + "".join(self._blocks.values())
+
+
 class StateFiles:
     def __init__(self, directory: Path, interface: str) -> None:
         self.directory = directory
         self.interface = interface
+        self._texts = PeerTexts()
 
     @property
     def config(self) -> Path:
@@ -62,11 +102,14 @@ class StateFiles:
     def all(self) -> list[Path]:
         return [self.config, self.latest_rev, self.cache]
 
-    def save(self, cache: Cache, wg_quick: str) -> None:
-        write_secret(self.config, wg_quick)
+    def save(self, cache: Cache, records: Iterable[Peer], wg_quick: WgQuickConfig) -> None:
+        """Write the three files: ``cache`` with ``records`` as its peers, and ``wg_quick``.
+
+        Not thread-safe: one writer at a time (the agent has one thread for it)."""
+        write_secret(self.config, self._texts.wg_quick(wg_quick))
         write_secret(self.latest_rev, f"# written by aircrew\nzone = {cache.zone}\n"
                                       f"revision = {cache.rev}\n")
-        write_secret(self.cache, json.dumps(asdict(cache), separators=(",", ":")))
+        write_secret(self.cache, self._texts.cache_json(cache, records))
 
     def load(self) -> Cache | None:
         """The cached snapshot, or None when there is none or it is unusable."""

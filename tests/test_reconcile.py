@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from aircrew.agent import apply_ops
 from aircrew.device import PeerConfig, RecordingDevice
-from aircrew.reconcile import (AddPeer, AddRoute, Desired, RemovePeer, RemoveRoute, UpdatePeer,
-                               desired, diff)
+from aircrew.reconcile import (AddPeer, AddRoute, Applied, Desired, RemovePeer, RemoveRoute,
+                               UpdatePeer, desired, diff)
 from wire.messages import Peer
 from wire.proof import generate_private_key, public_key_of
 
@@ -129,3 +129,102 @@ def test_routes_we_did_not_add_are_not_ours():
     # never appears there, so the diff can never remove it.
     ops = diff(applied, applied, device.read(), links.routes())
     assert ops == []
+
+
+# -- one update at a time: Applied.diff over the touched peers only -----------------------
+
+def zone_of(peers):
+    return {p.key: p for p in peers}
+
+
+def test_applied_diff_touches_only_the_changed_peer():
+    others = [peer(public_key_of(generate_private_key()), f"10.1.{i // 250}.{i % 250 + 1}")
+              for i in range(300)]
+    zone = zone_of(BASE + others)
+    applied = Applied.of(ME, zone)
+    assert applied.peers == desired(ME, zone.values()).peers
+    assert applied.routes() == {"172.24.0.0/24"}
+    moved = peer(A, "10.0.0.2", "192.0.2.77:40000")
+    zone[A] = moved
+    assert applied.diff(ME, {A}, zone) == [UpdatePeer(PeerConfig(A, "192.0.2.77:40000",
+                                                                 ("10.0.0.2/32",)))]
+    applied.record(ME, {A}, zone)
+    assert applied.peers[A].endpoint == "192.0.2.77:40000"
+    assert applied.diff(ME, {A}, zone) == []            # recorded: nothing left to do
+
+
+def test_applied_diff_join_leave_and_routes():
+    zone = zone_of(BASE)
+    applied = Applied.of(ME, zone)
+    zone[C] = peer(C, "10.0.0.4", "198.51.100.4:4000", ["172.25.0.0/24"])
+    assert applied.diff(ME, {C}, zone) == [
+        AddPeer(PeerConfig(C, "198.51.100.4:4000", ("10.0.0.4/32", "172.25.0.0/24"))),
+        AddRoute("172.25.0.0/24")]
+    applied.record(ME, {C}, zone)
+    del zone[B]
+    assert applied.diff(ME, {B}, zone) == [RemovePeer(B), RemoveRoute("172.24.0.0/24")]
+    applied.record(ME, {B}, zone)
+    assert set(applied.peers) == {A, C} and applied.routes() == {"172.25.0.0/24"}
+    # A prefix moving from one peer to another in one update: the route stays.
+    zone[A] = peer(A, "10.0.0.2", "203.0.113.2:51820", ["172.25.0.0/24"])
+    zone[C] = peer(C, "10.0.0.4", "198.51.100.4:4000")
+    ops = applied.diff(ME, {A, C}, zone)
+    assert not any(isinstance(op, (AddRoute, RemoveRoute)) for op in ops)
+    assert [type(op) for op in ops] == [UpdatePeer, UpdatePeer]
+
+
+def test_applied_diff_ignores_our_own_record():
+    zone = zone_of(BASE)
+    applied = Applied.of(ME, zone)
+    zone[ME] = peer(ME, "10.0.0.1", "192.0.2.1:1")
+    assert applied.diff(ME, {ME}, zone) == []
+    applied.record(ME, {ME}, zone)
+    assert ME not in applied.peers
+
+
+def test_incremental_and_whole_zone_reconcile_agree():
+    """A run of zone changes applied one at a time over the touched peers leaves the
+    device exactly as the whole-zone diff against the device would, with the same ops."""
+    import random
+    rng = random.Random(6)
+    keys = [public_key_of(generate_private_key()) for _ in range(40)]
+    zone = zone_of([peer(k, f"10.2.0.{i + 1}", f"203.0.113.{i + 1}:51820",
+                         [f"172.30.{i}.0/24"] if i % 4 == 0 else [])
+                    for i, k in enumerate(keys[:20])])
+    device, links, _ = converge(zone.values())
+    applied = Applied.of(ME, zone)
+    spare = keys[20:]
+    for step_no in range(60):
+        kind = rng.choice(["join", "leave", "move", "prefix"])
+        if kind == "join" and spare:
+            key = spare.pop()
+            zone[key] = peer(key, f"10.2.1.{step_no + 1}", f"198.51.100.{step_no + 1}:4000")
+        elif kind == "leave" and len(zone) > 2:
+            key = rng.choice(sorted(zone))
+            del zone[key]
+        else:
+            key = rng.choice(sorted(zone))
+            old = zone[key]
+            prefixes = () if old.child_prefixes else (f"172.31.{step_no}.0/24",)
+            zone[key] = peer(key, old.address, f"192.0.2.{step_no + 1}:{step_no + 1000}"
+                             if kind == "move" else old.endpoint, prefixes)
+        whole = diff(desired(ME, zone.values()), applied.desired(), device.read(), links.routes())
+        ops = applied.diff(ME, {key}, zone)
+        assert ops == whole
+        apply_ops(device, links, ops)
+        applied.record(ME, {key}, zone)
+        want = desired(ME, zone.values())
+        assert device.read().peers == want.peers and links.routes() == want.routes
+
+
+def test_mirror_names_the_peers_an_update_touched():
+    from aircrew.mirror import ZoneMirror
+    from wire.messages import Change, ZoneUpdate
+    mirror = ZoneMirror()
+    mirror.load(3, zone_of(BASE))
+    update = ZoneUpdate("z", 2, 5, (Change(3, "remove", key=A), Change(4, "remove", key=B),
+                                    Change(5, "upsert", peer=peer(C, "10.0.0.4"))))
+    mirror.apply(update)
+    assert mirror.touched == {B, C}        # revision 3 was already in the snapshot
+    mirror.apply(ZoneUpdate("z", 4, 5, ()))
+    assert mirror.touched == set()

@@ -64,15 +64,24 @@ def test_body_is_byte_for_byte_what_jsonify_made(app, client, store):
     store.create_zone("zone-blue", "10.140.0.0/20", "blue")
     add_node(store, "zone-blue", endpoint="203.0.113.4:51820", child_prefixes=["172.24.0.0/24"],
              nat_type="cone", hostname="node1")
-    add_node(store, "zone-blue")
+    add_node(store, "zone-blue", now=time.time() - 100)            # offline
+    silent = add_node(store, "zone-blue")
+    store.redis.zrem(store.keys.seen("zone-blue"), silent)        # never seen: null
     add_node(store, "default", endpoint="[2001:db8::1]:51820")
+    store.create_zone("six", "fd00:1::/64")
+    add_node(store, "six", child_prefixes=["fd00:2::/64"], hostname="v6-node")
     for path, zones in (("/peers?zone=zone-blue", ["zone-blue"]),
                         ("/peers?zone=default", ["default"]),
-                        ("/peers", ["default", "zone-blue"])):
+                        ("/peers?zone=six", ["six"]),
+                        ("/peers", ["default", "six", "zone-blue"])):
         r = client.get(path)
         assert r.status_code == 200 and r.mimetype == "application/json"
         assert r.get_data() == uncached_body(app, store, zones), path
-    assert [p["Zone"] for p in client.get("/peers").json] == ["default", "zone-blue", "zone-blue"]
+    rows = client.get("/peers").json
+    assert [p["Zone"] for p in rows] == ["default", "six"] + ["zone-blue"] * 3
+    assert rows[1]["AllowedIPs"] == "fd00:1::1/128,fd00:2::/64"
+    assert sorted((p["Online"], p["LastSeen"] is None) for p in rows) == [
+        (False, False), (False, True), (True, False), (True, False), (True, False)]
 
 
 def test_empty_zones_and_no_zones(app, client, store):
@@ -176,7 +185,7 @@ def test_unchanged_records_are_not_parsed_again(store, monkeypatch):
     monkeypatch.setattr(peercache.messages, "parse_peer", lambda r: parsed.append(r) or real(r))
     second = cache.answer("default")
     assert len(parsed) == 1 and keys[2] in parsed[0]
-    assert second.records[keys[0]][1] is first.records[keys[0]][1]
+    assert second.records[keys[0]] is first.records[keys[0]]
     assert b"192.0.2.9:1" in second.body
 
 

@@ -8,10 +8,11 @@ set and every record field are always those of the moment of the request.
 
 ``LastSeen`` and ``Online`` come from the heartbeat set, which changes all the time
 without a revision: the cached answer is also reloaded once it is ``max_age`` seconds
-old. A reload reads the records, the revision and the heartbeats in one transaction and
-parses only records that changed since the last load (parsing dominates otherwise).
-While one thread reloads an expired answer of an unchanged revision, the others keep
-serving the previous one; after a change they wait for the new one.
+old (which also bounds what any unforeseen path to a stale state could show). A reload
+reads the records, the revision and the heartbeats in one transaction, and parses and
+renders only the records that changed since the last load. While one thread reloads an
+expired answer of an unchanged revision, the others keep serving the previous one;
+after a change they wait for the new one.
 """
 from __future__ import annotations
 
@@ -24,11 +25,17 @@ from typing import Callable
 from ipam.store import ZoneStore
 from wire import messages
 from wire.errors import NotFound
-from wire.messages import Peer
 
 from . import render
 
 State = tuple[str, int]       # (zone created, zone revision)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A peer record as read from Redis, and encoded for the API."""
+    raw: str
+    encoded: render.EncodedPeer
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class Answer:
     loaded: float
     body: bytes                        # the encoded JSON list
     etag: str
-    records: dict[str, tuple[str, Peer]] = field(repr=False)   # key -> (raw record, parsed)
+    records: dict[str, Record] = field(repr=False)
 
 
 @dataclass
@@ -71,16 +78,16 @@ class PeerCache:
             raise
         slot = self._slot(zone)
         cached = slot.answer
-        if cached is not None and cached.state == state:
-            if began - cached.loaded < self.max_age:
-                return cached
+        if self._usable(cached, state, began):
+            return cached
+        if _not_older(cached, state):
             if not slot.lock.acquire(blocking=False):
-                return cached            # another thread is reloading it
+                return cached            # expired, and another thread is reloading it
         else:
             slot.lock.acquire()
         try:
             cached = slot.answer
-            if cached is not None and cached.loaded >= began:
+            if self._usable(cached, state, began):
                 return cached            # loaded by another thread while we waited
             slot.answer = self._load(zone, cached)
             return slot.answer
@@ -89,6 +96,11 @@ class PeerCache:
             raise
         finally:
             slot.lock.release()
+
+    def _usable(self, answer: Answer | None, state: State, began: float) -> bool:
+        """Not older than ``state``, and read after the request began or within max_age."""
+        return _not_older(answer, state) and (answer.loaded >= began
+                                              or began - answer.loaded < self.max_age)
 
     def _slot(self, zone: str) -> _Slot:
         slot = self._slots.get(zone)
@@ -116,10 +128,16 @@ class PeerCache:
             pipe.zrange(k.seen(zone), 0, -1, withscores=True)
             (name, created), rev, raw, seen = pipe.execute()
         state = _state_of(zone, name, created, rev)
-        records = _parse(raw, previous.records if previous is not None else {})
-        peers = [records[key][1] for key in sorted(records)]
-        body = render.peer_list(zone, peers, dict(seen), self.offline_after, self.wall_clock())
+        records = _parse(zone, raw, previous.records if previous is not None else {})
+        peers = [records[key].encoded for key in sorted(records)]
+        body = render.peer_list(peers, dict(seen), self.offline_after, self.wall_clock())
         return Answer(zone, state, loaded, body, _etag(body), records)
+
+
+def _not_older(answer: Answer | None, state: State) -> bool:
+    """Whether an answer holds the zone's peers as of ``state`` or later. Revisions only
+    grow within one zone's life, so a higher one was read after ``state`` was."""
+    return answer is not None and answer.state[0] == state[0] and answer.state[1] >= state[1]
 
 
 def _state_of(zone: str, name: str | None, created: str | None, rev: str | None) -> State:
@@ -128,12 +146,15 @@ def _state_of(zone: str, name: str | None, created: str | None, rev: str | None)
     return (created or "", int(rev or 0))
 
 
-def _parse(raw: dict[str, str], known: dict[str, tuple[str, Peer]]) -> dict[str, tuple[str, Peer]]:
-    """Parsed records; those whose raw text is unchanged since the last load are reused."""
+def _parse(zone: str, raw: dict[str, str], known: dict[str, Record]) -> dict[str, Record]:
+    """The records; those whose raw text is unchanged since the last load are reused."""
     out = {}
-    for key, record in raw.items():
+    for key, text in raw.items():
         old = known.get(key)
-        out[key] = old if old is not None and old[0] == record else (record, messages.parse_peer(record))
+        if old is not None and old.raw == text:
+            out[key] = old
+        else:
+            out[key] = Record(text, render.encoded_peer(zone, messages.parse_peer(text)))
     return out
 
 

@@ -6,7 +6,6 @@ import time
 from flask import Blueprint, current_app, jsonify, request
 
 from wire import messages
-
 from wire.errors import NotFound
 
 from ..db import peer_cache, store

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 from ipam.store import Zone
@@ -19,26 +21,51 @@ def zone(z: Zone, nodes: int | None = None) -> dict[str, Any]:
 
 def peer(zone_name: str, p: Peer, last_seen: float | None, offline_after: float,
          now: float) -> dict[str, Any]:
-    return {
+    before, after = _peer_parts(zone_name, p)
+    return {**before,
+            "LastSeen": _iso(last_seen),
+            "Online": _online(last_seen, offline_after, now),
+            **after}
+
+
+def _peer_parts(zone_name: str, p: Peer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A peer's fields from its record: those before the heartbeat fields, those after."""
+    return ({
         "PublicKey": p.key,
         "EndpointIP": p.endpoint or "",
         "AllowedIPs": ",".join(p.allowed_ips()),
         "Zone": zone_name,
         "NodeAddress": p.address,
         "ChildPrefix": list(p.child_prefixes),
-        "LastSeen": _iso(last_seen),
-        "Online": last_seen is not None and now - last_seen <= offline_after,
+    }, {
         "NatType": p.nat_type or "unknown",
         "Hostname": p.hostname or "",
-    }
+    })
 
 
-def peer_list(zone_name: str, peers: list[Peer], seen: dict[str, float],
-              offline_after: float, now: float) -> bytes:
-    """A JSON peer list body, byte for byte what Flask's jsonify makes of the list
-    (compact, ASCII, newline-terminated)."""
-    rows = [peer(zone_name, p, seen.get(p.key), offline_after, now) for p in peers]
-    return json.dumps(rows, separators=(",", ":")).encode() + b"\n"
+@dataclass(frozen=True)
+class EncodedPeer:
+    """A peer's JSON object, encoded once per record, open where the heartbeat fields go."""
+    key: str
+    head: str          # '{"PublicKey":...,"ChildPrefix":[...],'
+    tail: str          # ',"NatType":...,"Hostname":...}'
+
+
+def encoded_peer(zone_name: str, p: Peer) -> EncodedPeer:
+    before, after = _peer_parts(zone_name, p)
+    return EncodedPeer(p.key, _compact(before)[:-1] + ",", "," + _compact(after)[1:])
+
+
+def peer_list(peers: list[EncodedPeer], seen: dict[str, float], offline_after: float,
+              now: float) -> bytes:
+    """A JSON list body of peers with their last heartbeat: byte for byte what Flask's
+    jsonify makes of their ``peer`` rows (compact, ASCII, newline-terminated)."""
+    items = []
+    for p in peers:
+        last = seen.get(p.key)
+        online = "true" if _online(last, offline_after, now) else "false"
+        items.append(f'{p.head}"LastSeen":{_iso_json(last)},"Online":{online}{p.tail}')
+    return ("[" + ",".join(items) + "]\n").encode()
 
 
 def concat_lists(bodies: list[bytes]) -> bytes:
@@ -56,6 +83,20 @@ def leases(z: Zone, held: dict[str, str]) -> list[dict[str, Any]]:
         ips[str(net.broadcast_address)] = True
     ordered = dict(sorted(ips.items(), key=lambda item: ipaddress.ip_address(item[0])))
     return [{"Cidr": z.cidr, "IPs": ordered}]
+
+
+def _compact(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _online(last_seen: float | None, offline_after: float, now: float) -> bool:
+    return last_seen is not None and now - last_seen <= offline_after
+
+
+@lru_cache(maxsize=65536)
+def _iso_json(ts: float | None) -> str:
+    """``_iso`` as JSON; cached: most peers' last heartbeat is the same as a second ago."""
+    return _compact(_iso(ts))
 
 
 def _iso(ts: float | None) -> str | None:

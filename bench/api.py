@@ -35,10 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
     parser.add_argument("--clients", type=int, default=2, help="load generator processes")
     parser.add_argument("--threads", type=int, default=4, help="connections per process")
+    parser.add_argument("--changes-per-s", type=float, default=0.0,
+                        help="endpoint changes per second into the zone during the run "
+                             "(0: a quiet zone, the issue's scenario)")
 
 
 def command_of(args: argparse.Namespace) -> str:
     extra = f" --duration {args.duration:g}" if args.duration != 10.0 else ""
+    if args.changes_per_s:
+        extra += f" --changes-per-s {args.changes_per_s:g}"
     return f"python -m bench api --peers {args.peers}{extra}" + stack_options(args)
 
 
@@ -96,6 +101,24 @@ def _client(port: int, path: str, peers: int, threads: int, start: float, stop: 
              "cpu_s": cpu})
 
 
+def _changer(stack: Any, identities: list[Any], rate: float, stop: float,
+             done: list[int]) -> None:
+    """Endpoint changes at ``rate`` per second until ``stop``; each bumps the zone's
+    revision, so the API's cached answer is reloaded. ``done[0]``: changes made."""
+    store = stack.store()
+    began = time.monotonic()
+    try:
+        while time.monotonic() < stop:
+            n = done[0]
+            ident = identities[n % len(identities)]
+            store.update_endpoint(stack.zone, ident.public_key, ident.session,
+                                  f"198.51.100.{n % 250 + 1}:{20000 + n % 1000}", "cone")
+            done[0] = n + 1
+            time.sleep(max(0.0, began + (n + 1) / rate - time.monotonic()))
+    finally:
+        store.redis.close()
+
+
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -132,15 +155,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              args=(port, path, args.peers, args.threads, start, stop, out))
                  for _ in range(args.clients)]
         tower_pid = stack.tower.proc.pid
+        changes = [0]
+        changer = threading.Thread(target=_changer, daemon=True,
+                                   args=(stack, identities, args.changes_per_s, stop, changes))
         try:
             for proc in procs:
                 proc.start()
+            if args.changes_per_s > 0:
+                changer.start()
             time.sleep(max(0.0, start - time.monotonic()))
             server_cpu = _tree_cpu(tower_pid)
             time.sleep(max(0.0, stop - time.monotonic()))
             server_cpu = _tree_cpu(tower_pid) - server_cpu
             parts = [out.get(timeout=stop - time.monotonic() + 90) for _ in procs]
         finally:
+            if changer.is_alive():
+                changer.join(10)
             for proc in procs:
                 proc.join(10)
                 if proc.is_alive():
@@ -157,6 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "errors": sum(part["error_count"] for part in parts),
         "first_errors": errors[:5],
         "connections": args.clients * args.threads,
+        "changes": changes[0],
         # CPU use in the measured window, in % of one core (the machine has 2 cores)
         "server_cpu_pct": round(100 * server_cpu / args.duration, 1),
         "client_cpu_pct": round(100 * sum(p["cpu_s"] for p in parts) / args.duration, 1),

@@ -223,3 +223,15 @@ def test_readers_never_see_a_set_older_than_the_last_write(app, store):
     stale = [step for step, got in seen if got not in history[step:]]
     assert len(seen) > 40 and not stale, f"{len(stale)} stale answers, after writes {stale[:5]}"
     assert keys_of(app.test_client()) == current
+
+
+def test_zones_beyond_the_bound_are_forgotten_not_wrong(store):
+    cache = PeerCache(store, offline_after=30.0, max_age=LONG, max_zones=2)
+    members = {}
+    for i in range(4):
+        store.create_zone(f"z{i}", f"10.{i}.0.0/24")
+        members[f"z{i}"] = add_node(store, f"z{i}")
+    for _ in range(2):
+        for name, key in members.items():
+            assert [p["PublicKey"] for p in json.loads(cache.answer(name).body)] == [key]
+    assert len(cache._slots) == 2

@@ -66,6 +66,7 @@ class PeerCache:
         self.clock = clock
         self.wall_clock = wall_clock
         self._slots: dict[str, _Slot] = {}
+        self._slots_lock = threading.Lock()
 
     def answer(self, zone: str) -> Answer:
         """The zone's peer list; NotFound when the zone does not exist."""
@@ -74,7 +75,7 @@ class PeerCache:
         try:
             state = self._state(zone)
         except NotFound:
-            self._slots.pop(zone, None)
+            self._forget(zone)
             raise
         slot = self._slot(zone)
         cached = slot.answer
@@ -92,7 +93,7 @@ class PeerCache:
             slot.answer = self._load(zone, cached)
             return slot.answer
         except NotFound:
-            self._slots.pop(zone, None)
+            self._forget(zone)
             raise
         finally:
             slot.lock.release()
@@ -102,12 +103,17 @@ class PeerCache:
         return _not_older(answer, state) and (answer.loaded >= began
                                               or began - answer.loaded < self.max_age)
 
+    def _forget(self, zone: str) -> None:
+        with self._slots_lock:
+            self._slots.pop(zone, None)
+
     def _slot(self, zone: str) -> _Slot:
         slot = self._slots.get(zone)
         if slot is None:
-            while len(self._slots) >= self.max_zones:
-                self._slots.pop(next(iter(self._slots)), None)
-            slot = self._slots.setdefault(zone, _Slot())
+            with self._slots_lock:
+                while len(self._slots) >= self.max_zones:       # forget the oldest zone
+                    self._slots.pop(next(iter(self._slots)), None)
+                slot = self._slots.setdefault(zone, _Slot())
         return slot
 
     def _state(self, zone: str) -> State:

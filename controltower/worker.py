@@ -2,7 +2,13 @@
 
 Each zone has one request stream read by the consumer group ``controltower``, so every
 request is handled by exactly one replica; entries left pending by a replica that died
-are claimed by another after ``claim_idle`` seconds. Handlers are idempotent.
+are claimed by another after ``claim_idle`` seconds. Handlers are idempotent, and a
+request handled again after a newer one of the same node changes nothing (the store
+orders requests by their stream entry id).
+
+Requests are handled in batches, a few Redis round trips per batch whatever its size
+(see ``_process``); zone changes are published when the publish window has elapsed,
+also between the chunks of one large batch.
 """
 from __future__ import annotations
 
@@ -13,29 +19,34 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from ipam.store import ZoneStore
+from ipam.store import Call, ZoneStore
 from wire import messages, proof
 from wire.errors import Conflict, Forbidden, InvalidInput, MeshError, NotFound
 from wire.keys import REQUEST_GROUP
 from wire.messages import Request
 
-from . import logs, metrics, towerkey
+from . import metrics, towerkey
 
 log = logging.getLogger(__name__)
 
 ERROR_CODES = {InvalidInput: "invalid", NotFound: "not-found", Conflict: "conflict",
                Forbidden: "forbidden"}
 
+# Request orders are kept this many clock-skew windows (see RequestWorker._reap).
+ORDER_MEMORY = 10
+
 
 class RequestWorker:
     def __init__(self, store: ZoneStore, *, consumer: str | None = None,
                  clock_skew: float = 60.0, publish_window: float = 0.02,
-                 claim_idle: float = 5.0, batch: int = 256, zone_refresh: float = 1.0,
-                 reap_interval: float = 5.0, heartbeat_ttl: float = 10.0) -> None:
+                 claim_idle: float = 5.0, batch: int = 256, chunk: int = 64,
+                 zone_refresh: float = 1.0, reap_interval: float = 5.0,
+                 heartbeat_ttl: float = 10.0) -> None:
         self.store = store
         self.redis = store.redis
         self.keys = store.keys
@@ -44,10 +55,12 @@ class RequestWorker:
         self.publish_window = publish_window
         self.claim_idle = claim_idle
         self.batch = batch
+        self.chunk = chunk
         self.zone_refresh = zone_refresh
         self.reap_interval = reap_interval
         self.heartbeat_ttl = heartbeat_ttl
         self.tower_private, self.tower_public = towerkey.load_or_create(self.redis, self.keys)
+        store.scripts.load()
         self._mac_keys: OrderedDict[str, bytes] = OrderedDict()
         self._zones: list[str] = []
         self._zones_at = 0.0
@@ -132,17 +145,6 @@ class RequestWorker:
         self._zones = self.store.zone_names()
         self._zones_at = time.monotonic()
 
-    def _handle_entries(self, zone: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
-        stream = self.keys.requests(zone)
-        for entry_id, fields in entries:
-            if fields:  # a claimed entry deleted meanwhile comes back empty
-                self.handle(zone, entry_id, fields)
-        with self.redis.pipeline(transaction=False) as pipe:
-            ids = [entry_id for entry_id, _ in entries]
-            pipe.xack(stream, REQUEST_GROUP, *ids)
-            pipe.xdel(stream, *ids)
-            pipe.execute()
-
     def _claim_abandoned(self) -> None:
         self._claimed_at = time.monotonic()
         for zone in self._zones:
@@ -163,73 +165,101 @@ class RequestWorker:
             for key in self.store.expire(zone):
                 log.info("node %s of zone %s expired and was removed", key, zone)
                 self._mark_dirty(zone)
+            # A request older than this is refused for its timestamp: no need to know
+            # any more whether it came before the last applied one of its node.
+            self.store.forget_orders(zone, time.time() - ORDER_MEMORY * self.clock_skew)
 
     def _mark_dirty(self, zone: str) -> None:
         self._dirty.setdefault(zone, time.monotonic())
 
-    def _flush_due(self) -> None:
+    def _due_flushes(self) -> list[tuple[str, Call]]:
+        """The flush calls of the zones with changes and an elapsed publish window."""
         now = time.monotonic()
-        for zone in list(self._dirty):
-            if now - self._last_flush.get(zone, 0.0) >= self.publish_window:
-                changed_at = self._dirty.pop(zone)
-                self._last_flush[zone] = now
-                if self.store.flush(zone):
-                    self.metrics.publish_latency.observe(time.monotonic() - changed_at)
+        return [(zone, self.store.flush_call(zone)) for zone in self._dirty
+                if now - self._last_flush.get(zone, 0.0) >= self.publish_window]
 
-    # -- one request ---------------------------------------------------------------------
+    def _flush_due(self) -> None:
+        flushes = self._due_flushes()
+        if flushes:
+            with self.redis.pipeline(transaction=False) as pipe:
+                self.store.queue(pipe, [call for _, call in flushes])
+                self._flushed(flushes, pipe.execute(raise_on_error=False))
+
+    def _flushed(self, flushes: list[tuple[str, Call]], results: list[Any]) -> None:
+        now = time.monotonic()
+        for (zone, call), result in zip(flushes, results):
+            if isinstance(result, redis.exceptions.NoScriptError):
+                result = self.store.run(call)  # Redis lost its scripts: loads it
+            if isinstance(result, Exception):
+                log.error("publishing the changes of zone %s failed (tried again at the "
+                          "next change): %s", zone, result)
+            changed_at = self._dirty.pop(zone)
+            self._last_flush[zone] = now
+            if result and not isinstance(result, Exception):
+                self.metrics.publish_latency.observe(now - changed_at)
+
+    # -- a batch of requests -------------------------------------------------------------
+    #
+    # A batch is parsed and authenticated first (no I/O), then every request's replay
+    # guard is recorded (one pipeline), then its requests go to the store in chunks: one
+    # pipeline per chunk carries the chunk's script calls, then the replies and the
+    # acknowledgements of the chunk before, then the flush of each zone whose publish
+    # window has elapsed; one last pipeline answers the last chunk. Every request is
+    # answered on its own: a refusal or a failure of one is that request's reply only; a
+    # connection error leaves the unacknowledged entries pending (handled again, here or
+    # by another replica).
 
     def handle(self, zone: str, entry_id: str, fields: dict[str, Any]) -> None:
-        """Handle one stream entry; never raises for bad input (it is acknowledged and
-        dropped, so a poison entry cannot stop this or any other replica)."""
-        try:
-            self._handle_entry(zone, entry_id, fields)
-        except redis.exceptions.ConnectionError:
-            raise
-        except Exception:  # noqa: BLE001
-            log.exception("dropped request entry %s of zone %s", entry_id, zone)
+        """Handle one stream entry without acknowledging it (tests: a replica that dies
+        after answering)."""
+        self._process(zone, [(entry_id, fields)], ack=False)
 
-    def _handle_entry(self, zone: str, entry_id: str, fields: dict[str, Any]) -> None:
+    def _handle_entries(self, zone: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        self._process(zone, entries, ack=True)
+
+    def _process(self, zone: str, entries: list[tuple[str, dict[str, Any]]], ack: bool) -> None:
+        # A claimed entry deleted meanwhile comes back without fields: acknowledged only.
+        jobs = [self._admit(zone, entry_id, fields) if fields else Job(entry_id)
+                for entry_id, fields in entries]
+        self._guard_replays([job for job in jobs if job.waiting])
+        todo = [job for job in jobs if job.waiting]
+        outbox = [job for job in jobs if not job.waiting]
+        for start in range(0, len(todo), self.chunk):
+            chunk = todo[start:start + self.chunk]
+            self._round_trip(zone, chunk, outbox, ack)
+            outbox = chunk
+        if outbox or self._due_flushes():
+            self._round_trip(zone, [], outbox, ack)
+
+    def _admit(self, zone: str, entry_id: str, fields: dict[str, Any]) -> "Job":
+        """Parse and authenticate one entry (no I/O). A refused entry is answered when it
+        names a key; one that breaks the parser is logged and dropped."""
         self.handled += 1
-        payload = fields.get("m", "")
-        payload = payload.encode() if isinstance(payload, str) else payload
+        job = Job(entry_id)
         try:
-            request = messages.parse_request(payload)
-        except InvalidInput as exc:
-            self._reply_unparsed(zone, payload, str(exc))
-            return
-        token = logs.request_id.set(request.id)
-        try:
-            self._handle(zone, entry_id, fields, request, payload)
-        finally:
-            logs.request_id.reset(token)
-
-    def _handle(self, zone: str, entry_id: str, fields: dict[str, Any], request: Request,
-                payload: bytes) -> None:
+            payload = fields.get("m", "")
+            payload = payload.encode() if isinstance(payload, str) else payload
+            try:
+                request = messages.parse_request(payload)
+            except InvalidInput as exc:
+                self._refuse_unparsed(job, zone, payload, str(exc))
+                return job
+        except Exception:  # noqa: BLE001 - a poison entry is dropped (acknowledged)
+            log.exception("dropped request entry %s of zone %s", entry_id, zone)
+            return job
+        job.request, job.channel = request, self.keys.reply(zone, request.key)
         try:
             if request.zone != zone:
-                raise Forbidden(f"request for zone {request.zone} sent on the stream of zone {zone}")
-            self._authenticate(request, payload, str(fields.get("mac", "")), entry_id)
-            result = self._dispatch(request)
-            self._reply(request, True, **result)
-            self._count(request, "ok")
+                raise Forbidden(f"request for zone {request.zone} sent on the stream of "
+                                f"zone {zone}")
+            self._authenticate(request, payload, str(fields.get("mac", "")))
         except MeshError as exc:
-            code = ERROR_CODES.get(type(exc), "error")
-            log.info("refused %s from %s in zone %s (request %s): %s", request.type,
-                     request.key, zone, request.id, exc)
-            self._reply(request, False, error=str(exc), code=code)
-            self._count(request, code)
-        except redis.exceptions.ConnectionError:
-            raise
-        except Exception:  # noqa: BLE001 - a worker must survive any single request
-            log.exception("failed to handle %s request %s", request.type, request.id)
-            self._reply(request, False, error="internal error in the tower", code="error")
-            self._count(request, "error")
+            self._refuse(job, exc)
+        except Exception as exc:  # noqa: BLE001 - that request's failure only
+            self._fail(job, exc)
+        return job
 
-    def _count(self, request: Request, result: str) -> None:
-        if request.type == "register":
-            self.metrics.registrations.labels(result).inc()
-
-    def _authenticate(self, request: Request, payload: bytes, mac: str, entry_id: str) -> None:
+    def _authenticate(self, request: Request, payload: bytes, mac: str) -> None:
         if not proof.verify(self._mac_key(request.key), payload, mac):
             raise Forbidden("bad proof of possession: the request is not signed by the "
                             "private key of this public key")
@@ -237,11 +267,123 @@ class RequestWorker:
         if abs(skew) > self.clock_skew:
             raise Forbidden(f"request timestamp is {skew:+.0f}s off the tower's clock "
                             f"(allowed: {self.clock_skew:.0f}s)")
-        nonce_key = self.keys.nonce(request.zone, request.key, request.nonce)
+
+    def _guard_replays(self, jobs: list["Job"]) -> None:
+        """Record every request's nonce (one pipeline) and refuse the replays. The nonce
+        keeps the entry id, so the same entry handled again (claimed after a replica
+        died) is no replay."""
+        if not jobs:
+            return
         ttl = int(self.clock_skew * 2) + 1
-        if not self.redis.set(nonce_key, entry_id, nx=True, ex=ttl):
-            if self.redis.get(nonce_key) != entry_id:  # same entry again = redelivery
-                raise Forbidden("replayed request refused")
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                r = job.request
+                pipe.set(self.keys.nonce(r.zone, r.key, r.nonce), job.entry_id, nx=True,
+                         get=True, ex=ttl)
+            holders = pipe.execute(raise_on_error=False)
+        for job, holder in zip(jobs, holders):
+            if isinstance(holder, Exception):
+                self._fail(job, holder)
+            elif holder is not None and holder != job.entry_id:
+                self._refuse(job, Forbidden("replayed request refused"))
+
+    def _round_trip(self, zone: str, chunk: list["Job"], outbox: list["Job"], ack: bool) -> None:
+        """One pipeline: the chunk's store calls, the outbox's replies and
+        acknowledgements, the due flushes. Sets the reply of every job of the chunk."""
+        calls, called = [], []
+        for job in chunk:
+            try:
+                if job.request.type != "endpoint-update":
+                    calls.append(self._call(job))
+                    called.append(job)
+            except MeshError as exc:
+                self._refuse(job, exc)
+            except Exception as exc:  # noqa: BLE001 - that request's failure only
+                self._fail(job, exc)
+        if any(job.request.type != "heartbeat" for job in chunk):
+            self._mark_dirty(zone)   # flushed after the calls, in this same pipeline
+        flushes = self._due_flushes()
+        stream = self.keys.requests(zone)
+        ids = [job.entry_id for job in outbox] if ack else []
+        with self.redis.pipeline(transaction=False) as pipe:
+            self.store.queue(pipe, calls)
+            for job in outbox:
+                if job.channel is not None and job.reply is not None:
+                    pipe.publish(job.channel, job.reply)
+            if ids:
+                pipe.xack(stream, REQUEST_GROUP, *ids)
+                pipe.xdel(stream, *ids)
+            self.store.queue(pipe, [call for _, call in flushes])
+            replies = pipe.execute(raise_on_error=False)
+        self._flushed(flushes, replies[len(replies) - len(flushes):])
+        outcomes = replies[:len(calls)]
+        for job, result in zip(called, self.store.results(calls, outcomes)):
+            self._answer(job, result)
+        late = [job for job in chunk if job.waiting]
+        for job in late:   # endpoint updates: a read and a compare-and-set each (rare)
+            self._answer(job, self._update_endpoint(job))
+        if late or any(isinstance(r, redis.exceptions.NoScriptError) for r in outcomes):
+            self._mark_dirty(zone)   # changed after this pipeline's flush
+
+    def _call(self, job: "Job") -> Call:
+        r = job.request
+        if r.type == "register":
+            return self.store.register_call(r.zone, r.key, session=r.session,
+                                            order=job.entry_id, **r.body)
+        if r.type == "heartbeat":
+            return self.store.heartbeat_call(r.zone, r.key, r.session)
+        return self.store.remove_call(r.zone, r.key, "left", session=r.session,
+                                      order=job.entry_id)
+
+    def _update_endpoint(self, job: "Job") -> Any:
+        """The new revision, or the exception that refused or failed the update."""
+        r = job.request
+        try:
+            return self.store.update_endpoint(r.zone, r.key, r.session, r.body["endpoint"],
+                                              r.body["nat_type"], order=job.entry_id)
+        except redis.exceptions.ConnectionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - answered by _answer
+            return exc
+
+    def _answer(self, job: "Job", result: Any) -> None:
+        """Set a job's reply from its store result (a value, or the exception raised)."""
+        if isinstance(result, MeshError):
+            self._refuse(job, result)
+            return
+        if isinstance(result, Exception):
+            self._fail(job, result)
+            return
+        r = job.request
+        if r.type == "register":
+            log.info("registered %s in zone %s at %s (request %s)", r.key, r.zone,
+                     result.address, r.id, extra={"request_id": r.id})
+            fields = {"address": result.address, "prefix_len": result.prefix_len,
+                      "cidr": result.cidr, "rev": result.rev}
+        else:
+            fields = {} if r.type == "heartbeat" else {"rev": result}
+        job.reply = messages.reply(r.id, r.type, True, **fields)
+        self._count(r, "ok")
+
+    def _refuse(self, job: "Job", exc: MeshError) -> None:
+        r = job.request
+        code = ERROR_CODES.get(type(exc), "error")
+        log.info("refused %s from %s in zone %s (request %s): %s", r.type, r.key, r.zone,
+                 r.id, exc, extra={"request_id": r.id})
+        job.reply = messages.reply(r.id, r.type, False, error=str(exc), code=code)
+        self._count(r, code)
+
+    def _fail(self, job: "Job", exc: Exception) -> None:
+        r = job.request
+        log.error("failed to handle %s request %s", r.type, r.id, exc_info=exc,
+                  extra={"request_id": r.id})
+        job.reply = messages.reply(r.id, r.type, False, error="internal error in the tower",
+                                   code="error")
+        self._count(r, "error")
+
+    def _count(self, request: Request, result: str) -> None:
+        if request.type == "register":
+            self.metrics.registrations.labels(result).inc()
 
     def _mac_key(self, public_key: str) -> bytes:
         key = self._mac_keys.get(public_key)
@@ -252,32 +394,7 @@ class RequestWorker:
                 self._mac_keys.popitem(last=False)
         return key
 
-    def _dispatch(self, request: Request) -> dict[str, Any]:
-        zone, key, body = request.zone, request.key, request.body
-        if request.type == "register":
-            got = self.store.register(zone, key, session=request.session, **body)
-            self._mark_dirty(zone)
-            log.info("registered %s in zone %s at %s (request %s)", key, zone, got.address, request.id)
-            return {"address": got.address, "prefix_len": got.prefix_len, "cidr": got.cidr,
-                    "rev": got.rev}
-        if request.type == "heartbeat":
-            self.store.heartbeat(zone, key, request.session)
-            return {}
-        if request.type == "endpoint-update":
-            rev = self.store.update_endpoint(zone, key, request.session, body["endpoint"],
-                                             body["nat_type"])
-            self._mark_dirty(zone)
-            return {"rev": rev}
-        # leave
-        rev = self.store.remove_peer(zone, key, "left", session=request.session)
-        self._mark_dirty(zone)
-        return {"rev": rev}
-
-    def _reply(self, request: Request, ok: bool, **fields: Any) -> None:
-        channel = self.keys.reply(request.zone, request.key)
-        self.redis.publish(channel, messages.reply(request.id, request.type, ok, **fields))
-
-    def _reply_unparsed(self, zone: str, payload: bytes, error: str) -> None:
+    def _refuse_unparsed(self, job: "Job", zone: str, payload: bytes, error: str) -> None:
         """Answer a malformed request when it names a valid key, else log and drop it."""
         try:
             data = json.loads(payload)
@@ -285,9 +402,24 @@ class RequestWorker:
                 self.metrics.registrations.labels("invalid").inc()
             key = messages.public_key(data.get("key"))
             request_id = str(data.get("id", ""))[:64]
-        except (ValueError, TypeError, AttributeError, MeshError):
+        except (ValueError, TypeError, AttributeError, RecursionError, MeshError):
             log.warning("dropped a malformed request on zone %s: %s", zone, error)
             return
         log.info("refused a malformed request from %s: %s", key, error)
-        self.redis.publish(self.keys.reply(zone, key),
-                           messages.reply(request_id, "error", False, error=error, code="invalid"))
+        job.channel = self.keys.reply(zone, key)
+        job.reply = messages.reply(request_id, "error", False, error=error, code="invalid")
+
+
+@dataclass
+class Job:
+    """One stream entry on its way through a batch. ``request`` is None for an entry that
+    is not a valid request; ``reply`` is set once answered, and sent to ``channel``."""
+    entry_id: str
+    request: Request | None = None
+    channel: str | None = None
+    reply: str | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """A valid request not answered yet."""
+        return self.request is not None and self.reply is None

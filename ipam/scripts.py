@@ -21,8 +21,17 @@ class Scripts:
     """Registered scripts: ``scripts.register(keys=[...], args=[...])`` (EVALSHA, EVAL on miss)."""
 
     def __init__(self, client: Redis) -> None:
+        self.client = client
         for name in NAMES:
             setattr(self, name, client.register_script(source(name)))
+
+    def load(self) -> None:
+        """Load every script into Redis now (one round trip), so that a pipeline of
+        EVALSHA calls finds them (see ZoneStore.run_many for when Redis lost them)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in NAMES:
+                pipe.script_load(getattr(self, name).script)
+            pipe.execute()
 
     candidate: Script
     register: Script

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import redis
 from redis import Redis
+from redis.client import Pipeline
 from redis.commands.core import Script
 
 from wire import messages
@@ -347,17 +348,25 @@ class ZoneStore:
         return call.done(call.script(keys=call.keys, args=call.args))
 
     def run_many(self, calls: list[Call]) -> list[Any]:
-        """Run calls in one pipeline (one round trip, in order, not atomically as a whole).
-        Returns each call's result, or the exception it raised (a MeshError for a refusal,
-        a ResponseError for a script error), so that one call's failure is its own only.
-        Connection errors are raised: the calls may then have run or not."""
+        """Run calls in one pipeline (one round trip, in order, not atomically as a whole);
+        returns what ``results`` returns."""
         if not calls:
             return []
         with self.redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            replies = pipe.execute(raise_on_error=False)
-        results: list[Any] = []
+            self.queue(pipe, calls)
+            return self.results(calls, pipe.execute(raise_on_error=False))
+
+    @staticmethod
+    def queue(pipe: Pipeline, calls: list[Call]) -> None:
+        """Add calls to a pipeline (executed by the caller with raise_on_error=False)."""
+        for call in calls:
+            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+
+    def results(self, calls: list[Call], replies: list[Any]) -> list[Any]:
+        """Each queued call's result, or the exception it raised (a MeshError for a
+        refusal, a ResponseError for a script error), so that one call's failure is its
+        own only. Connection errors are raised: the calls may then have run or not."""
+        out: list[Any] = []
         for call, reply in zip(calls, replies):
             try:
                 if isinstance(reply, redis.exceptions.NoScriptError):
@@ -366,12 +375,12 @@ class ZoneStore:
                     reply = call.script(keys=call.keys, args=call.args)
                 if isinstance(reply, Exception):
                     raise reply
-                results.append(call.done(reply))
+                out.append(call.done(reply))
             except redis.exceptions.ConnectionError:
                 raise
             except Exception as exc:  # noqa: BLE001 - returned: the caller answers it
-                results.append(exc)
-        return results
+                out.append(exc)
+        return out
 
     # -- publishing ------------------------------------------------------------------------
 

@@ -238,20 +238,16 @@ def test_sigkilled_replica_loses_and_duplicates_nothing(replicas, tmp_path):
     asyncio.run(asyncio.wait_for(scenario(), 150))
 
 
-BUG_STALE_REDELIVERY = (
-    "controltower/worker.py + ipam/lua/register.lua: a request a dead replica handled but "
-    "never acknowledged is claimed and handled again after claim_idle (the nonce check lets "
-    "the same entry id through as a redelivery). If the node registered again meanwhile "
-    "(new session, new endpoint: it moved), the stale register overwrites the newer record: "
-    "endpoint and session go back, so the moved node's agent sees a foreign session and "
-    "stops ('registered from another host'). The same holds for endpoint-update. Fix: make "
-    "redelivery idempotent in time, e.g. keep the request ts (or the session's start) in "
-    "the peer record and let register/replace_peer ignore a request older than the one "
-    "that produced the current record (still replying with the current assignment)")
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_STALE_REDELIVERY)
-def test_redelivered_old_registration_does_not_undo_a_newer_one(redis_proc, redis_client):
+@pytest.mark.parametrize("then", ["moves", "leaves"])
+def test_redelivered_old_registration_does_not_undo_a_newer_request(redis_proc, redis_client,
+                                                                     then):
+    """Bug 9 (fixed): a request a dead replica handled but never acknowledged is claimed
+    and handled again after claim_idle (the nonce check lets the same entry through as a
+    redelivery). If the node registered again meanwhile (new session and endpoint: it
+    moved), the old register put back the old record, and the moved node's agent saw a
+    foreign session and stopped; if the node left meanwhile, it came back as a ghost.
+    Now the store orders requests by stream entry id and ignores the older one: the
+    redelivered request is answered again (with the current address), changing nothing."""
     from controltower.worker import RequestWorker
     from ipam.store import ZoneStore
     from wire.messages import Request, parse_peer
@@ -265,6 +261,8 @@ def test_redelivered_old_registration_does_not_undo_a_newer_one(redis_proc, redi
                               claim_idle=1.0, zone_refresh=0.2)
     private = generate_private_key()
     key = public_key_of(private)
+    replies = redis_client.pubsub(ignore_subscribe_messages=True)
+    replies.subscribe(keys.reply("default", key))
 
     def peer():
         record = redis_client.hget(keys.peers("default"), key)
@@ -278,18 +276,24 @@ def test_redelivered_old_registration_does_not_undo_a_newer_one(redis_proc, redi
                                                           {stream: ">"}, count=1)
     replica_a.handle("default", entry_id, fields)
     assert peer().endpoint == "203.0.113.5:51820"
+    address = peer().address
 
-    # The node moves (same key, new agent session, new endpoint); replica B answers it.
+    # The node moves (same key, new agent session, new endpoint), or leaves; replica B
+    # answers it.
+    if then == "moves":
+        newer = Request("register", "default", key, {"listen_port": 51820,
+                                                     "endpoint": "198.51.100.7:4000"},
+                        session="new")
+    else:
+        newer = Request("leave", "default", key, session="old")
     stop = threading.Event()
     thread = threading.Thread(target=replica_b.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        new = Request("register", "default", key, {"listen_port": 51820,
-                                                   "endpoint": "198.51.100.7:4000"}, session="new")
-        redis_client.xadd(stream, new.signed(private, replica_b.tower_public))
+        redis_client.xadd(stream, newer.signed(private, replica_b.tower_public))
         deadline = time.monotonic() + 10
-        while peer().session != "new":
-            assert time.monotonic() < deadline, "replica B never handled the new registration"
+        while (peer() is not None) if then == "leaves" else (peer().session != "new"):
+            assert time.monotonic() < deadline, "replica B never handled the newer request"
             time.sleep(0.02)
         # B claims what A left pending (after claim_idle) and handles it again.
         while redis_client.xpending(stream, REQUEST_GROUP)["pending"]:
@@ -300,5 +304,24 @@ def test_redelivered_old_registration_does_not_undo_a_newer_one(redis_proc, redi
         stop.set()
         thread.join(10)
     current = peer()
-    assert (current.session, current.endpoint) == ("new", "198.51.100.7:4000"), \
-        f"the redelivered old request put back {current.session}/{current.endpoint}"
+    if then == "moves":
+        assert (current.session, current.endpoint, current.address) == (
+            "new", "198.51.100.7:4000", address), \
+            f"the redelivered old request put back {current.session}/{current.endpoint}"
+    else:
+        assert current is None, "the redelivered old request brought back a node that left"
+        assert not redis_client.hgetall(keys.leases("default"))
+    answers = []
+    quiet_until = time.monotonic() + 1.0     # (an ignored subscribe message reads as None)
+    while time.monotonic() < quiet_until:
+        msg = replies.get_message(timeout=0.2)
+        if msg is not None:
+            answers.append(json.loads(msg["data"]))
+    replies.close()
+    to_old = [a for a in answers if a["id"] == old.id]
+    assert len(to_old) == 2, f"A and B should both have answered: {answers}"
+    if then == "moves":
+        assert all(a["ok"] and a["address"] == address for a in to_old), to_old
+    else:
+        assert to_old[0]["ok"] and not to_old[1]["ok"], to_old
+        assert "a newer request of this node was handled already" in to_old[1]["error"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import resource
 import secrets
 import shutil
 import time
@@ -26,6 +27,29 @@ from wire.secretfile import read_or_create_secret, write_secret
 log = logging.getLogger(__name__)
 
 TOWER_USER = "ct-tower"
+# Every agent holds one pub/sub connection: room for a few zones of 10,000 agents.
+MAX_CLIENTS = 65000
+RESERVED_FDS = 32   # descriptors redis-server keeps for itself beyond maxclients
+
+
+def raise_open_files(clients: int) -> int:
+    """Raise this process's limit on open files (the redis-server child inherits it) to
+    what ``clients`` connections need, as far as allowed; returns the clients it allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = clients + RESERVED_FDS
+    unlimited = hard == resource.RLIM_INFINITY
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:   # the hard limit too: allowed with privileges (root, CAP_SYS_RESOURCE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard if unlimited else max(hard, want)))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want if unlimited else min(want, hard), hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    allowed = clients if soft == resource.RLIM_INFINITY else min(clients, soft - RESERVED_FDS)
+    if allowed < clients:
+        log.warning("the open-file limit (%d) lets the private Redis serve %d clients, not "
+                    "%d: raise it (systemd: LimitNOFILE=) for large zones", soft, allowed,
+                    clients)
+    return allowed
 
 
 class PrivateRedis:
@@ -60,10 +84,11 @@ class PrivateRedis:
                                           *kept, ""]))
         config = self.data_dir / "redis.conf"
         binds = "* -::*" if self.bind in ("0.0.0.0", "::", "") else self.bind
+        max_clients = raise_open_files(MAX_CLIENTS)
         write_secret(config, "\n".join([
             f"bind {binds}", f"port {self.port}", f"dir {redis_dir}", "appendonly yes",
             "daemonize no", "protected-mode no", "loglevel warning",
-            "maxclients 10000", "appendfsync always", f"aclfile {acl_file}", ""]))
+            f"maxclients {max_clients}", "appendfsync always", f"aclfile {acl_file}", ""]))
         log.info("starting a private redis-server on %s:%d (data in %s)", self.bind, self.port,
                  redis_dir)
         self.proc = children.spawn([binary, str(config)])

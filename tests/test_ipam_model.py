@@ -10,7 +10,10 @@ Invariants checked after every step:
 - every address ever handed out is leased or back in the free pool (nothing leaks),
   so a released address can be handed out again and a zone is only "full" when the
   model says so;
-- a node registering again keeps its address (mobility) unless it asks for another.
+- a node registering again keeps its address (mobility) unless it asks for another;
+- a request handled again after a newer one of the same node was applied (a redelivery
+  after a replica died) changes nothing: every register and leave carries an order (as
+  the worker passes the stream entry id), and old ones are replayed at random.
 """
 from __future__ import annotations
 
@@ -83,6 +86,9 @@ class IpamMachine(RuleBasedStateMachine):
         self.rev = 0
         # key -> {"address", "prefixes" (sorted list), "session", "seen"}
         self.peers: dict[str, dict] = {}
+        self.order = 0
+        # key -> applied requests [(order, kind, arguments)], oldest first
+        self.applied: dict[str, list[tuple[int, str, dict]]] = {}
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -92,6 +98,10 @@ class IpamMachine(RuleBasedStateMachine):
     def _drop(self, key: str) -> None:
         del self.peers[key]
         self.rev += 1
+
+    def _next_order(self) -> int:
+        self.order += 1
+        return self.order
 
     def _expected_register(self, key, request_ip, prefixes):
         """(exception class, message part) the store must raise, or None for success."""
@@ -129,10 +139,12 @@ class IpamMachine(RuleBasedStateMachine):
             event("skipped: LEAK_BUG path")
             return  # LEAK_BUG: the store would lose an address here
         old = self.peers.get(key)
+        order = self._next_order()
         try:
             got = self.store.register(ZONE, key, listen_port=51820, session=session,
                                       endpoint=ENDPOINT, request_ip=request_ip,
-                                      child_prefixes=prefixes, now=self.now)
+                                      child_prefixes=prefixes, now=self.now,
+                                      order=f"{order}-0")
         except (InvalidInput, Conflict) as exc:
             assert expected is not None, f"refused unexpectedly: {exc!r}"
             assert isinstance(exc, expected[0]) and expected[1] in str(exc), (exc, expected)
@@ -159,12 +171,15 @@ class IpamMachine(RuleBasedStateMachine):
             self.rev += 1
         self.peers[key] = record
         assert got.rev == self.rev
+        self.applied.setdefault(key, []).append((order, "register", dict(
+            session=session, request_ip=request_ip, child_prefixes=prefixes)))
 
     @rule(key=st.sampled_from(KEYS), session=st.sampled_from(["", *SESSIONS]))
     def remove(self, key, session):
         peer = self.peers.get(key)
+        order = self._next_order()
         try:
-            rev = self.store.remove_peer(ZONE, key, "left", session=session)
+            rev = self.store.remove_peer(ZONE, key, "left", session=session, order=f"{order}-0")
         except NotFound:
             assert peer is None
             return
@@ -175,6 +190,29 @@ class IpamMachine(RuleBasedStateMachine):
         assert peer is not None and (not session or peer["session"] == session)
         self._drop(key)
         assert rev == self.rev
+        self.applied.setdefault(key, []).append((order, "remove", dict(session=session)))
+
+    @precondition(lambda self: any(len(done) > 1 for done in self.applied.values()))
+    @rule(data=st.data())
+    def redeliver_older(self, data):
+        """A request older than the last one applied for its key, handled again."""
+        key = data.draw(st.sampled_from(sorted(k for k, d in self.applied.items() if len(d) > 1)))
+        order, kind, args = data.draw(st.sampled_from(self.applied[key][:-1]))
+        peer = self.peers.get(key)
+        if kind == "remove":
+            rev = self.store.remove_peer(ZONE, key, "left", order=f"{order}-0", **args)
+            assert rev == self.rev
+            event("older leave ignored")
+            return
+        try:
+            got = self.store.register(ZONE, key, listen_port=51820, endpoint=ENDPOINT,
+                                      now=self.now, order=f"{order}-0", **args)
+        except Conflict as exc:
+            assert peer is None and "a newer request of this node" in str(exc), exc
+            event("older register of a node gone since refused")
+            return
+        assert peer is not None and (got.address, got.rev) == (peer["address"], self.rev)
+        event("older register ignored")
 
     @rule(key=st.sampled_from(KEYS), session=st.sampled_from(SESSIONS))
     def heartbeat(self, key, session):

@@ -145,6 +145,7 @@ def summarize(first: ProcSample, samples: list[ProcSample], wall_s: float) -> di
         "rss_file_mb": round(largest.file_kb / 1024, 1),
         "rss_peak_mb": round(last.hwm_kb / 1024, 1),
         "rss_first_mb": round(first.rss_kb / 1024, 1),
+        "rss_last_mb": round(last.rss_kb / 1024, 1),
         "cpu_s": round(cpu, 3),
         "wakeups_per_s": round((last.switches - first.switches) / wall_s, 2),
         "threads": last.threads,

@@ -228,7 +228,7 @@ class RequestWorker:
             chunk = todo[start:start + self.chunk]
             self._round_trip(zone, chunk, outbox, ack)
             outbox = chunk
-        if outbox or self._due_flushes():
+        if outbox:
             self._round_trip(zone, [], outbox, ack)
 
     def _admit(self, zone: str, entry_id: str, fields: dict[str, Any]) -> "Job":

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -92,16 +95,27 @@ def test_sigkilled_replica_has_its_pending_requests_answered(towers, redis_proc,
     keys = Keys()
     stream = keys.requests("default")
 
+    def freeze_holding_pending() -> int:
+        """SIGSTOP the first replica at a moment it holds read-but-unanswered requests
+        (looking again and again, from a thread: the event loop is busy registering);
+        returns how many."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if redis_client.hlen(keys.peers("default")) and redis_client.xlen(stream):
+                os.kill(first.proc.pid, signal.SIGSTOP)
+                pending = redis_client.xpending(stream, REQUEST_GROUP)["pending"]
+                if pending:
+                    return pending
+                os.kill(first.proc.pid, signal.SIGCONT)
+            time.sleep(0.002)
+        return 0
+
     async def scenario():
         task = asyncio.create_task(register_all(redis_proc.port, jobs, timeout=40, attempts=1))
-        # Kill the first replica while it holds read-but-unanswered requests.
-        for _ in range(400):
-            await asyncio.sleep(0.01)
-            pending = await asyncio.to_thread(redis_client.xpending, stream, REQUEST_GROUP)
-            if pending["pending"] > 0 and redis_client.hlen(keys.peers("default")) > 0:
-                break
-        first.kill()
-        pending_at_kill = redis_client.xpending(stream, REQUEST_GROUP)["pending"]
+        try:
+            pending_at_kill = await asyncio.to_thread(freeze_holding_pending)
+        finally:
+            first.kill()
         towers(1)  # the other replica
         return pending_at_kill, await task
 

@@ -165,9 +165,9 @@ class RequestWorker:
             for key in self.store.expire(zone):
                 log.info("node %s of zone %s expired and was removed", key, zone)
                 self._mark_dirty(zone)
-            # A request older than this is refused for its timestamp: no need to know
-            # any more whether it came before the last applied one of its node.
-            self.store.forget_orders(zone, time.time() - ORDER_MEMORY * self.clock_skew)
+        # A request older than this is refused for its timestamp: no need to know any
+        # more whether it came before the last applied one of its node.
+        self.store.forget_orders(self._zones, time.time() - ORDER_MEMORY * self.clock_skew)
 
     def _mark_dirty(self, zone: str) -> None:
         self._dirty.setdefault(zone, time.monotonic())

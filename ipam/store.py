@@ -335,12 +335,14 @@ class ZoneStore:
                 pass
         return removed
 
-    def forget_orders(self, zone: str, before: float) -> int:
+    def forget_orders(self, zones: list[str], before: float) -> int:
         """Drop the request order of keys whose last applied request came before
-        ``before`` (unix time): a request that old is refused for its timestamp anyway.
-        Returns how many were dropped."""
-        return int(self.redis.zremrangebyscore(applied_key(self.keys, zone), "-inf",
-                                               f"({before * 1000!r}"))
+        ``before`` (unix time), in every zone given (one round trip): a request that old
+        is refused for its timestamp anyway. Returns how many were dropped."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for zone in zones:
+                pipe.zremrangebyscore(applied_key(self.keys, zone), "-inf", f"({before * 1000!r}")
+            return sum(pipe.execute())
 
     # -- running calls ---------------------------------------------------------------------
 

@@ -233,7 +233,7 @@ def test_forget_orders_drops_only_old_ones(store, redis_client):
     old, recent = new_key(), new_key()
     register(store, key=old, order="1000-0")           # 1 s after the epoch
     register(store, key=recent, order=f"{int(time.time() * 1000)}-0")
-    assert store.forget_orders("default", time.time() - 600) == 1
+    assert store.forget_orders(["default", "nothing-here"], time.time() - 600) == 1
     assert redis_client.zrange(applied_key(store.keys, "default"), 0, -1) == [recent]
     # Forgotten: an old request of that key is applied again (it would be refused for
     # its timestamp long before reaching the store).

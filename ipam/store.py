@@ -159,7 +159,7 @@ class ZoneStore:
         k = self.keys
         zone_keys = [k.zone(name), k.peers(name), k.rev(name), k.leases(name), k.prefixes(name),
                      k.free(name), k.cursor(name), k.published(name), k.changes(name),
-                     k.seen(name), applied_key(k, name), k.requests(name)]
+                     k.seen(name), k.applied(name), k.requests(name)]
         result = self.scripts.delete_zone(keys=zone_keys, args=[int(force), k.updates(name), name])
         if result[0] == "missing":
             raise NotFound(f"zone {name} does not exist")
@@ -200,7 +200,7 @@ class ZoneStore:
         k = self.keys
         keys = [k.zone(zone.name), k.peers(zone.name), k.leases(zone.name), k.prefixes(zone.name),
                 k.free(zone.name), k.rev(zone.name), k.changes(zone.name), k.seen(zone.name),
-                k.cursor(zone.name), applied_key(k, zone.name)]
+                k.cursor(zone.name), k.applied(zone.name)]
         args = [key, head, now, self.expiry, requested, "", wanted, self.change_log_length,
                 _score(order), base, cidrs.pool_size(network)]
         return Call(self.scripts.register, keys, args,
@@ -266,7 +266,7 @@ class ZoneStore:
         for _ in range(16):
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hget(k.peers(zone), key)
-                pipe.zscore(applied_key(k, zone), key)
+                pipe.zscore(k.applied(zone), key)
                 pipe.get(k.rev(zone))
                 current, last, rev = pipe.execute()
             if score and last is not None and float(last) > float(score):
@@ -282,7 +282,7 @@ class ZoneStore:
             record.update(endpoint=endpoint, nat_type=nat_type)
             result = self.scripts.replace_peer(
                 keys=[k.peers(zone), k.rev(zone), k.changes(zone), k.seen(zone),
-                      applied_key(k, zone)],
+                      k.applied(zone)],
                 args=[key, current, json.dumps(record, separators=(",", ":")),
                       time.time() if now is None else now, self.change_log_length, score])
             if result[0] in ("ok", "stale"):
@@ -308,7 +308,7 @@ class ZoneStore:
         stale request), or None when the node was not removed (``seen_before``)."""
         k = self.keys
         keys = [k.peers(zone), k.leases(zone), k.prefixes(zone), k.free(zone), k.rev(zone),
-                k.changes(zone), k.seen(zone), applied_key(k, zone)]
+                k.changes(zone), k.seen(zone), k.applied(zone)]
         args = [key, reason, session, "" if seen_before is None else seen_before,
                 self.change_log_length, _score(order)]
 
@@ -341,7 +341,7 @@ class ZoneStore:
         is refused for its timestamp anyway. Returns how many were dropped."""
         with self.redis.pipeline(transaction=False) as pipe:
             for zone in zones:
-                pipe.zremrangebyscore(applied_key(self.keys, zone), "-inf", f"({before * 1000!r}")
+                pipe.zremrangebyscore(self.keys.applied(zone), "-inf", f"({before * 1000!r}")
             return sum(pipe.execute())
 
     # -- running calls ---------------------------------------------------------------------
@@ -430,13 +430,6 @@ class ZoneStore:
     def last_seen(self, zone: str) -> dict[str, float]:
         return {key: score for key, score in
                 self.redis.zrange(self.keys.seen(zone), 0, -1, withscores=True)}
-
-
-def applied_key(keys: Keys, zone: str) -> str:
-    """Sorted set: public key -> order (``order_score``) of its last applied request.
-
-    (Belongs in wire.keys.Keys as ``applied(zone)``; kept here until it moves there.)"""
-    return f"{keys.prefix}{{{zone}}}:applied"
 
 
 def _zone(data: dict[str, Any]) -> Zone:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ipam.store import ZoneStore, applied_key, order_score
+from ipam.store import ZoneStore, order_score
 from wire.errors import Conflict, InvalidInput, NotFound
 from wire.proof import generate_private_key, public_key_of
 
@@ -234,7 +234,7 @@ def test_forget_orders_drops_only_old_ones(store, redis_client):
     register(store, key=old, order="1000-0")           # 1 s after the epoch
     register(store, key=recent, order=f"{int(time.time() * 1000)}-0")
     assert store.forget_orders(["default", "nothing-here"], time.time() - 600) == 1
-    assert redis_client.zrange(applied_key(store.keys, "default"), 0, -1) == [recent]
+    assert redis_client.zrange(store.keys.applied("default"), 0, -1) == [recent]
     # Forgotten: an old request of that key is applied again (it would be refused for
     # its timestamp long before reaching the store).
     assert register(store, key=old, session="x", order="999-0").address
@@ -244,7 +244,7 @@ def test_delete_zone_removes_the_request_orders(store, redis_client):
     store.create_zone("zone-red", "172.20.0.0/20")
     register(store, "zone-red", order="1000-0")
     store.delete_zone("zone-red", force=True)
-    assert not redis_client.exists(applied_key(store.keys, "zone-red"))
+    assert not redis_client.exists(store.keys.applied("zone-red"))
 
 
 # -- calls in one pipeline ------------------------------------------------------------------

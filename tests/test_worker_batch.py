@@ -12,7 +12,7 @@ import time
 import pytest
 
 from controltower.worker import RequestWorker
-from ipam.store import ZoneStore, applied_key
+from ipam.store import ZoneStore
 from wire.keys import REQUEST_GROUP
 from wire.messages import Request
 from wire.proof import generate_private_key, public_key_of
@@ -206,7 +206,7 @@ def test_reaper_forgets_request_orders_older_than_ten_skew_windows(redis_client)
     store = ZoneStore(redis_client, expiry=3600)
     store.ensure_default_zone()
     worker = RequestWorker(store, zone_refresh=0.2, reap_interval=0.0, clock_skew=60.0)
-    applied = applied_key(store.keys, "default")
+    applied = store.keys.applied("default")
     now_ms = time.time() * 1000
     redis_client.zadd(applied, {"old": now_ms - 601_000, "recent": now_ms - 599_000})
     worker.step()

@@ -89,6 +89,10 @@ class Keys:
         """Sorted set: public key scored by last-seen unix time."""
         return self._z(zone, "seen")
 
+    def applied(self, zone: str) -> str:
+        """Sorted set: public key -> order (``order_score``) of its last applied request."""
+        return self._z(zone, "applied")
+
     def requests(self, zone: str) -> str:
         """Stream: agent requests of this zone, read by the consumer group."""
         return self._z(zone, "requests")

@@ -276,6 +276,8 @@ PATHS: dict[str, Any] = {
             "parameters": [ZONE_FILTER_PARAM],
             "responses": {"200": _json({"type": "array", "items": _ref("Peer")},
                                        "Peers, by zone then public key."),
+                          "304": {"description": "Not modified: If-None-Match holds the "
+                                                 "current ETag (no body)."},
                           **_errors("400", "404")},
         },
     },

@@ -93,6 +93,9 @@ class Simulator:
                 await agent.connect()
         await asyncio.gather(*(connect(a) for a in self.agents))
         registered = time.monotonic()
+        if not self.agents:     # a scenario without observers (storm --observers 0)
+            return {"agents": 0, "register_s": 0.0, "setup_s": registered - started,
+                    "snapshot_rev": None, "snapshot_peers": 0, "pid": os.getpid()}
         snapshot = await self.agents[0].session.snapshot()
         self.shared.initial = snapshot.peers
         gaps = [agent for agent in self.agents if not agent.load(snapshot)]

@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["published_s"] = round(published - first, 2) if published is not None else None
     observer_cpu = sum(a["cpu_s"] for a in after) - sum(b["cpu_s"] for b in before)
     result["observer_cpu_s"] = round(observer_cpu, 1)
-    result["observer_us_per_peer"] = round(observer_cpu / (args.observers * args.nodes) * 1e6, 2)
+    applied = args.observers * args.nodes
+    result["observer_us_per_peer"] = round(observer_cpu / applied * 1e6, 2) if applied else None
     span = result["registration_span_s"] or 1.0
     result["tower_cpu_pct"] = round((cpu_after["tower"] - cpu_before["tower"]) / span * 100)
     result["redis_cpu_pct"] = round((cpu_after["redis"] - cpu_before["redis"]) / span * 100)

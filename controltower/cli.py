@@ -67,6 +67,11 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--publish-window", default=0.02, show_default=True, type=click.FloatRange(0, 5),
               envvar="CONTROLTOWER_PUBLISH_WINDOW",
               help="Seconds over which zone changes are coalesced into one update.")
+@click.option("--publish-window-max", default=0.25, show_default=True,
+              type=click.FloatRange(0, 5), envvar="CONTROLTOWER_PUBLISH_WINDOW_MAX",
+              help="Longest publish window: while a zone keeps changing, its window "
+                   "doubles up to this (fewer, larger updates); at or below "
+                   "--publish-window the window stays fixed.")
 @click.option("--agent-acl/--no-agent-acl", default=True, show_default=True,
               envvar="CONTROLTOWER_AGENT_ACL",
               help="Give each zone its own least-privilege Redis user for its agents.")
@@ -91,7 +96,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
               envvar="CONTROLTOWER_REDIS_TLS_KEY", help="Client certificate key for Redis.")
 def serve(listen: str, port: int, redis_url: str | None, redis_port: int, data_dir: Path,
           stun_port: int, log_level: str, log_format: str, offline_after: float, expiry: float,
-          publish_window: float, agent_acl: bool, read_auth: str,
+          publish_window: float, publish_window_max: float, agent_acl: bool, read_auth: str,
           admin_token_file: Path | None, http_tls_cert: Path | None, http_tls_key: Path | None,
           http_tls_ca: Path | None, redis_tls_ca: str | None, redis_tls_cert: str | None,
           redis_tls_key: str | None) -> None:
@@ -101,7 +106,8 @@ def serve(listen: str, port: int, redis_url: str | None, redis_port: int, data_d
                              redis_port=redis_port, data_dir=data_dir, stun_port=stun_port,
                              log_level=log_level.lower(), log_format=log_format.lower(),
                              offline_after=offline_after,
-                             expiry=expiry, publish_window=publish_window, agent_acl=agent_acl,
+                             expiry=expiry, publish_window=publish_window,
+                             publish_window_max=publish_window_max, agent_acl=agent_acl,
                              read_auth=read_auth, admin_token_file=admin_token_file,
                              http_tls_cert=http_tls_cert, http_tls_key=http_tls_key,
                              http_tls_ca=http_tls_ca,

@@ -58,6 +58,7 @@ class ServeSettings:
     offline_after: float = 30.0
     expiry: float = 86400.0
     publish_window: float = 0.02
+    publish_window_max: float = 0.25     # a busy zone's window grows up to this
     agent_acl: bool = True
     read_auth: str = "auto"          # auto: open on a loopback bind, token otherwise
     admin_token_file: Path | None = None
@@ -135,7 +136,8 @@ class Tower:
                 write_secret(token_file, secrets.token_urlsafe(32) + "\n")
                 log.info("generated the admin token for write API calls in %s", token_file)
             self.token_file = token_file
-            worker = RequestWorker(store, publish_window=s.publish_window)
+            worker = RequestWorker(store, publish_window=s.publish_window,
+                                   publish_window_max=s.publish_window_max)
             self._thread(worker.run, "request-worker")
             if s.stun_port:
                 # Two ports, so an agent asking both can tell a symmetric NAT (a new

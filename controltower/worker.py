@@ -7,8 +7,9 @@ request handled again after a newer one of the same node changes nothing (the st
 orders requests by their stream entry id).
 
 Requests are handled in batches, a few Redis round trips per batch whatever its size
-(see ``_process``); zone changes are published when the publish window has elapsed,
-also between the chunks of one large batch.
+(see ``_process``); zone changes are published when the zone's publish window has
+elapsed, also between the chunks of one large batch. The window adapts to the zone's
+activity (see ``PublishWindow``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,18 +43,51 @@ ERROR_CODES = {InvalidInput: "invalid", NotFound: "not-found", Conflict: "confli
 ORDER_MEMORY = 10
 
 
+@dataclass
+class PublishWindow:
+    """How long a zone's changes wait for others before they are published together.
+
+    A quiet zone uses the ``base`` window: a lone change is published as soon as the
+    zone's last publication is ``base`` old (at once, in a zone quiet for that long).
+    A change that comes less than ``base`` after a publication finds the zone busy; each
+    publication in a row that does doubles the window (``base``, 2x, 4x...) up to
+    ``maximum``, so a storm of changes goes out in a few large messages instead of one
+    per ``base`` (every subscriber pays per message). The first change that comes
+    ``base`` or more after a publication finds the zone quiet: back to ``base``.
+    ``maximum`` <= ``base`` keeps the window fixed.
+    """
+    base: float
+    maximum: float
+    busy: int = 0             # publications in a row that found the zone busy
+
+    @property
+    def window(self) -> float:
+        if not self.busy:
+            return self.base
+        return max(self.base, min(self.base * 2 ** (self.busy - 1), self.maximum))
+
+    def changed(self, since_publication: float) -> float:
+        """A first change after a publication, ``since_publication`` seconds after it:
+        returns the window the zone waits now."""
+        self.busy = min(self.busy + 1, 64) if since_publication < self.base else 0
+        return self.window
+
+
 class RequestWorker:
     def __init__(self, store: ZoneStore, *, consumer: str | None = None,
                  clock_skew: float = 60.0, publish_window: float = 0.02,
-                 claim_idle: float = 5.0, batch: int = 256, chunk: int = 64,
+                 publish_window_max: float = 0.25, claim_idle: float = 5.0, batch: int = 256, chunk: int = 64,
                  zone_refresh: float = 1.0, reap_interval: float = 5.0,
-                 heartbeat_ttl: float = 10.0) -> None:
+                 heartbeat_ttl: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.redis = store.redis
         self.keys = store.keys
         self.consumer = consumer or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.clock_skew = clock_skew
         self.publish_window = publish_window
+        self.publish_window_max = publish_window_max
+        self.clock = clock      # monotonic seconds; tests step a worker on their own clock
         self.claim_idle = claim_idle
         self.batch = batch
         self.chunk = chunk
@@ -66,8 +101,9 @@ class RequestWorker:
         self._zones_at = 0.0
         self._dirty: dict[str, float] = {}      # zone -> time of its first unpublished change
         self._last_flush: dict[str, float] = {}
+        self._windows: dict[str, PublishWindow] = {}
         self._claimed_at = 0.0
-        self._reaped_at = time.monotonic()
+        self._reaped_at = clock()
         self._beat_at = 0.0
         self.metrics = metrics.worker()
         self.handled = 0
@@ -98,7 +134,7 @@ class RequestWorker:
             pass
 
     def step(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self._beat_at >= self.heartbeat_ttl / 4:
             self._beat(now)
         if now - self._zones_at >= self.zone_refresh:
@@ -133,8 +169,8 @@ class RequestWorker:
     def _block_ms(self) -> int:
         wait = self.zone_refresh
         if self._dirty:
-            due = min(self._last_flush.get(z, 0.0) + self.publish_window for z in self._dirty)
-            wait = min(wait, max(0.0, due - time.monotonic()))
+            due = min(self._due_at(z) for z in self._dirty)
+            wait = min(wait, max(0.0, due - self.clock()))
         return max(1, int(wait * 1000))
 
     def _zone_of(self, stream: str) -> str:
@@ -143,10 +179,10 @@ class RequestWorker:
 
     def _refresh_zones(self) -> None:
         self._zones = self.store.zone_names()
-        self._zones_at = time.monotonic()
+        self._zones_at = self.clock()
 
     def _claim_abandoned(self) -> None:
-        self._claimed_at = time.monotonic()
+        self._claimed_at = self.clock()
         for zone in self._zones:
             stream = self.keys.requests(zone)
             try:
@@ -160,7 +196,7 @@ class RequestWorker:
                 self._handle_entries(zone, entries)
 
     def _reap(self) -> None:
-        self._reaped_at = time.monotonic()
+        self._reaped_at = self.clock()
         for zone in self._zones:
             for key in self.store.expire(zone):
                 log.info("node %s of zone %s expired and was removed", key, zone)
@@ -170,13 +206,27 @@ class RequestWorker:
         self.store.forget_orders(self._zones, time.time() - ORDER_MEMORY * self.clock_skew)
 
     def _mark_dirty(self, zone: str) -> None:
-        self._dirty.setdefault(zone, time.monotonic())
+        if zone in self._dirty:
+            return
+        now = self.clock()
+        self._dirty[zone] = now
+        window = self._windows.get(zone)
+        if window is None:
+            window = self._windows[zone] = PublishWindow(self.publish_window,
+                                                         self.publish_window_max)
+        last = self._last_flush.get(zone)
+        window.changed(now - last if last is not None else float("inf"))
+
+    def _due_at(self, zone: str) -> float:
+        """When the changes of a dirty zone are due for publication."""
+        last = self._last_flush.get(zone)
+        return -float("inf") if last is None else last + self._windows[zone].window
 
     def _due_flushes(self) -> list[tuple[str, Call]]:
         """The flush calls of the zones with changes and an elapsed publish window."""
-        now = time.monotonic()
+        now = self.clock()
         return [(zone, self.store.flush_call(zone)) for zone in self._dirty
-                if now - self._last_flush.get(zone, 0.0) >= self.publish_window]
+                if now >= self._due_at(zone)]
 
     def _flush_due(self) -> None:
         flushes = self._due_flushes()
@@ -186,7 +236,7 @@ class RequestWorker:
                 self._flushed(flushes, pipe.execute(raise_on_error=False))
 
     def _flushed(self, flushes: list[tuple[str, Call]], results: list[Any]) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for (zone, call), result in zip(flushes, results):
             if isinstance(result, redis.exceptions.NoScriptError):
                 result = self.store.run(call)  # Redis lost its scripts: loads it

@@ -47,18 +47,20 @@ ORDER_MEMORY = 10
 class PublishWindow:
     """How long a zone's changes wait for others before they are published together.
 
-    A quiet zone uses the ``base`` window: a lone change is published as soon as the
-    zone's last publication is ``base`` old (at once, in a zone quiet for that long).
-    A change that comes less than ``base`` after a publication finds the zone busy; each
-    publication in a row that does doubles the window (``base``, 2x, 4x...) up to
-    ``maximum``, so a storm of changes goes out in a few large messages instead of one
-    per ``base`` (every subscriber pays per message). The first change that comes
-    ``base`` or more after a publication finds the zone quiet: back to ``base``.
-    ``maximum`` <= ``base`` keeps the window fixed.
+    A quiet zone uses the ``base`` window: a change is published as soon as the zone's
+    last publication is ``base`` old (at once, in a zone quiet for that long). The zone
+    is busy when its first change after a publication comes less than ``base`` after it,
+    or less than ``maximum`` after a publication that carried several changes; each
+    publication in a row that finds it busy doubles the window (``base``, 2x, 4x...) up
+    to ``maximum``, so a storm goes out in a few large messages instead of one per
+    ``base`` (every subscriber pays per message). Otherwise the zone is quiet: back to
+    ``base``. ``maximum`` <= ``base`` keeps the window fixed.
     """
     base: float
     maximum: float
-    busy: int = 0             # publications in a row that found the zone busy
+    busy: int = 0         # publications in a row that found the zone busy
+    pending: int = 0      # changes waiting for the next publication
+    carried: int = 0      # changes the last publication carried
 
     @property
     def window(self) -> float:
@@ -66,11 +68,18 @@ class PublishWindow:
             return self.base
         return max(self.base, min(self.base * 2 ** (self.busy - 1), self.maximum))
 
-    def changed(self, since_publication: float) -> float:
-        """A first change after a publication, ``since_publication`` seconds after it:
-        returns the window the zone waits now."""
-        self.busy = min(self.busy + 1, 64) if since_publication < self.base else 0
+    def changed(self, since_publication: float, count: int = 1) -> float:
+        """``count`` changes, ``since_publication`` seconds after the zone's last
+        publication: returns the window the zone waits now."""
+        if not self.pending:
+            busy = since_publication < self.base or (
+                self.carried > 1 and since_publication < self.maximum)
+            self.busy = min(self.busy + 1, 64) if busy else 0
+        self.pending += count
         return self.window
+
+    def published(self) -> None:
+        self.carried, self.pending = self.pending, 0
 
 
 class RequestWorker:
@@ -205,17 +214,16 @@ class RequestWorker:
         # more whether it came before the last applied one of its node.
         self.store.forget_orders(self._zones, time.time() - ORDER_MEMORY * self.clock_skew)
 
-    def _mark_dirty(self, zone: str) -> None:
-        if zone in self._dirty:
-            return
+    def _mark_dirty(self, zone: str, changes: int = 1) -> None:
+        """``changes``: requests (or expiries) that may have changed the zone."""
         now = self.clock()
-        self._dirty[zone] = now
+        self._dirty.setdefault(zone, now)
         window = self._windows.get(zone)
         if window is None:
             window = self._windows[zone] = PublishWindow(self.publish_window,
                                                          self.publish_window_max)
         last = self._last_flush.get(zone)
-        window.changed(now - last if last is not None else float("inf"))
+        window.changed(now - last if last is not None else float("inf"), changes)
 
     def _due_at(self, zone: str) -> float:
         """When the changes of a dirty zone are due for publication."""
@@ -245,6 +253,7 @@ class RequestWorker:
                           "next change): %s", zone, result)
             changed_at = self._dirty.pop(zone)
             self._last_flush[zone] = now
+            self._windows[zone].published()
             if result and not isinstance(result, Exception):
                 self.metrics.publish_latency.observe(now - changed_at)
 
@@ -350,8 +359,9 @@ class RequestWorker:
                 self._refuse(job, exc)
             except Exception as exc:  # noqa: BLE001 - that request's failure only
                 self._fail(job, exc)
-        if any(job.request.type != "heartbeat" for job in chunk):
-            self._mark_dirty(zone)   # flushed after the calls, in this same pipeline
+        changes = sum(1 for job in chunk if job.request.type != "heartbeat")
+        if changes:
+            self._mark_dirty(zone, changes)   # flushed after the calls, in this same pipeline
         flushes = self._due_flushes()
         stream = self.keys.requests(zone)
         ids = [job.entry_id for job in outbox] if ack else []
@@ -373,7 +383,7 @@ class RequestWorker:
         for job in late:   # endpoint updates: a read and a compare-and-set each (rare)
             self._answer(job, self._update_endpoint(job))
         if late or any(isinstance(r, redis.exceptions.NoScriptError) for r in outcomes):
-            self._mark_dirty(zone)   # changed after this pipeline's flush
+            self._mark_dirty(zone, max(1, len(late)))   # changed after this pipeline's flush
 
     def _call(self, job: "Job") -> Call:
         r = job.request

@@ -22,37 +22,65 @@ BODY = {"listen_port": 51820, "endpoint": "203.0.113.7:51820"}
 
 # -- the rule ------------------------------------------------------------------------------
 
+def publications(window: PublishWindow, gaps: list[float], changes: int = 1) -> list[float]:
+    """The window of each publication, its first change ``gap`` after the one before."""
+    out = []
+    for gap in gaps:
+        out.append(window.changed(gap, changes))
+        window.published()
+    return out
+
+
 def test_a_quiet_zone_keeps_the_base_window():
     window = PublishWindow(BASE, MAXIMUM)
     assert window.window == BASE
-    for gap in (BASE, 1.0, 3600.0, float("inf")):
-        assert window.changed(gap) == BASE
+    assert publications(window, [float("inf"), BASE, 1.0, 3600.0]) == [BASE] * 4
 
 
-def test_a_busy_zone_doubles_its_window_up_to_the_maximum():
+def test_a_zone_changing_within_the_base_window_doubles_it_up_to_the_maximum():
     window = PublishWindow(BASE, MAXIMUM)
-    grown = [window.changed(0.001) for _ in range(7)]
-    assert grown == [BASE, 0.04, 0.08, 0.16, MAXIMUM, MAXIMUM, MAXIMUM]
+    assert publications(window, [0.001] * 7) == [BASE, 0.04, 0.08, 0.16, MAXIMUM, MAXIMUM,
+                                                 MAXIMUM]
 
 
-def test_the_first_quiet_change_goes_back_to_the_base_window():
+def test_publications_of_several_changes_keep_the_zone_busy_between_them():
     window = PublishWindow(BASE, MAXIMUM)
-    for _ in range(5):
-        window.changed(0.0)
+    # Bursts 50 ms apart: each publication carried a burst, so the next one is busy.
+    assert publications(window, [float("inf")] + [0.05] * 5, changes=8) == [
+        BASE, BASE, 0.04, 0.08, 0.16, MAXIMUM]
+
+
+def test_only_the_first_change_after_a_publication_decides():
+    window = PublishWindow(BASE, MAXIMUM)
+    window.changed(0.001)
+    assert window.changed(10.0) == window.changed(10.0, 5) == BASE
+    window.published()
+    assert window.carried == 7
+    assert window.changed(0.1) == 2 * BASE  # busy: 100 ms after a publication of 7
+    assert window.busy == 2
+
+
+def test_the_zone_is_quiet_again_after_lone_changes_or_a_long_pause():
+    window = PublishWindow(BASE, MAXIMUM)
+    publications(window, [0.0] * 5, changes=3)
     assert window.window == MAXIMUM
-    assert window.changed(BASE) == BASE        # the zone was quiet for a whole base window
-    assert [window.changed(BASE / 2) for _ in range(2)] == [BASE, 2 * BASE]
+    assert publications(window, [MAXIMUM], changes=3) == [BASE]   # quiet for a max window
+    publications(window, [0.0] * 5, changes=1)
+    assert window.window == MAXIMUM
+    # A lone change 100 ms after a publication of one change: quiet.
+    assert publications(window, [0.1]) == [BASE]
+    assert publications(window, [BASE / 2] * 2) == [BASE, 2 * BASE]
 
 
 def test_a_maximum_at_or_below_the_base_keeps_the_window_fixed():
     for maximum in (BASE, BASE / 2, 0.0):
         window = PublishWindow(BASE, maximum)
-        assert [window.changed(0.0) for _ in range(3)] == [BASE] * 3
+        assert publications(window, [0.0] * 3, changes=5) == [BASE] * 3
 
 
 def test_a_zero_base_window_publishes_every_change_at_once():
     window = PublishWindow(0.0, MAXIMUM)
-    assert [window.changed(0.0) for _ in range(3)] == [0.0] * 3
+    assert publications(window, [0.0] * 3) == [0.0] * 3
 
 
 # -- the worker ------------------------------------------------------------------------------
@@ -139,6 +167,18 @@ def burst(zone: Zone, rounds: int = 40) -> list[dict]:
     return zone.updates()
 
 
+def bursts(zone: Zone, rounds: int = 10) -> list[dict]:
+    """Four registrations every 50 ms (a worker keeping up with slow clients)."""
+    for _ in range(rounds):
+        zone.register(4)
+        zone.step(0.05)
+    for _ in range(3):
+        if zone.worker._dirty:
+            zone.step(MAXIMUM)
+    assert not zone.worker._dirty
+    return zone.updates()
+
+
 def changed_keys(updates: list[dict]) -> list[str]:
     return [c["peer"]["key"] for u in updates for c in u["changes"]]
 
@@ -153,6 +193,14 @@ def test_a_burst_goes_out_in_fewer_messages_than_with_a_fixed_window(zone_of):
     assert len(adaptive) <= 5 < len(fixed)
     revs = [c["rev"] for u in adaptive for c in u["changes"]]
     assert revs == sorted(revs) == list(range(revs[0], revs[0] + 80))
+
+
+def test_bursts_go_out_in_fewer_messages_than_with_a_fixed_window(zone_of):
+    fixed = bursts(zone_of(BASE))
+    adaptive = bursts(zone_of(MAXIMUM))
+    assert len(changed_keys(fixed)) == len(changed_keys(adaptive)) == 40
+    assert [len(u["changes"]) for u in fixed] == [4] * 10
+    assert len(adaptive) <= 6
 
 
 def test_a_lone_change_after_a_burst_is_published_at_once(zone_of):

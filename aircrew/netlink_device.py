@@ -24,39 +24,10 @@ from .device_errors import DeviceError
 from .wgfields import (PeerReading, canonical_cidr, format_endpoint, parse_endpoint,
                        validate_ifname, validate_keepalive, validate_port)
 
-__all__ = ["KernelDevice", "kernel_wireguard_available", "peer_request", "state_from_messages"]
+__all__ = ["KernelDevice", "peer_request", "state_from_messages"]
 
 log = logging.getLogger(__name__)
 
-GENL_FAMILY = "wireguard"
-SYSFS_MODULE = "/sys/module/wireguard"
-
-
-def kernel_wireguard_available() -> bool:
-    """True when this kernel can run WireGuard interfaces.
-
-    The module is loaded (or built in) when ``/sys/module/wireguard`` exists. Otherwise
-    we resolve the ``wireguard`` generic-netlink family, which also makes the kernel
-    autoload the module when it is installed. Neither creates anything.
-    """
-    if os.path.isdir(SYSFS_MODULE):
-        return True
-    try:
-        from pyroute2.netlink.generic import GenericNetlinkSocket
-        sock = GenericNetlinkSocket()
-    except (OSError, NetlinkError):
-        return False
-    try:
-        # pyroute2 logs a missing family as an error; for a probe it is expected.
-        core = getattr(sock, "asyncore", None)
-        if core is not None:
-            core.module_err_level = "debug"
-        sock.discovery(GENL_FAMILY)
-    except (OSError, NetlinkError):
-        return False
-    finally:
-        sock.close()
-    return True
 
 
 class KernelDevice(Device):

@@ -1,4 +1,4 @@
-"""Address, MTU, state and routes of the mesh interface, through rtnetlink (pyroute2).
+"""Address, MTU, state and routes of the mesh interface, through rtnetlink (aircrew.rtnl).
 
 Ownership: every route we add carries the routing protocol number ``RTPROT_AIRCREW``
 (0x59 = 89, unused by iproute2's ``rt_protos`` list: ``ip route show proto 0x59``
@@ -20,12 +20,10 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from wire.errors import InvalidInput
 
 from .device_errors import LinkError
+from .rtnl import Netlink
 from .wgfields import validate_ifname
 
 __all__ = ["LinkConfig", "LinkError", "RTPROT_AIRCREW", "DEFAULT_MTU"]
@@ -46,7 +44,7 @@ class LinkConfig:
     def __init__(self, ifname: str, mtu: int = DEFAULT_MTU) -> None:
         self.ifname = validate_ifname(ifname)
         self.mtu = _mtu(mtu)
-        self._ipr: IPRoute | None = None
+        self._nl: Netlink | None = None
         self._ours: Interface | None = None
 
     def __enter__(self) -> "LinkConfig":
@@ -57,33 +55,32 @@ class LinkConfig:
         self.close()
 
     def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
 
     @property
-    def ipr(self) -> IPRoute:
-        if self._ipr is None:
-            self._ipr = IPRoute()
-        return self._ipr
+    def nl(self) -> Netlink:
+        if self._nl is None:
+            self._nl = Netlink()
+        return self._nl
 
     def index(self) -> int:
         """The interface index; LinkError when the interface does not exist."""
-        found = self._netlink("look up the interface", self.ipr.link_lookup, ifname=self.ifname)
-        if not found:
-            raise LinkError(f"interface {self.ifname} does not exist")
-        return int(found[0])
+        try:
+            return socket.if_nametoindex(self.ifname)
+        except OSError:
+            raise LinkError(f"interface {self.ifname} does not exist") from None
 
     # -- link --------------------------------------------------------------------------
 
     def up(self) -> None:
         """Set the MTU and bring the interface up (idempotent)."""
-        self._netlink("bring the interface up", self.ipr.link, "set", index=self.index(),
-                      mtu=self.mtu, state="up")
+        self._netlink("bring the interface up", self.nl.link_up, self.index(), self.mtu)
 
     def set_mtu(self, mtu: int) -> None:
         mtu = _mtu(mtu)
-        self._netlink(f"set MTU {mtu}", self.ipr.link, "set", index=self.index(), mtu=mtu)
+        self._netlink(f"set MTU {mtu}", self.nl.set_mtu, self.index(), mtu)
         self.mtu = mtu
 
     # -- address -----------------------------------------------------------------------
@@ -101,27 +98,18 @@ class LinkConfig:
         for iface, ours in present:
             if ours and iface != wanted:
                 log.info("%s: replacing address %s", self.ifname, iface)
-                self._netlink(f"remove address {iface}", self.ipr.addr, "del", index=index,
-                              address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                self._netlink(f"remove address {iface}", self.nl.remove_address, index, iface)
         if any(iface == wanted for iface, _ in present):
             self._ours = wanted
             return
-        self._netlink(f"add address {wanted}", self.ipr.addr, "add", index=index,
-                      address=str(wanted.ip), prefixlen=wanted.network.prefixlen,
-                      proto=RTPROT_AIRCREW)
+        self._netlink(f"add address {wanted}", self.nl.add_address, index, wanted,
+                      RTPROT_AIRCREW)
         self._ours = wanted
         log.info("%s: address %s", self.ifname, wanted)
 
     def _addresses(self, index: int) -> list[tuple[Interface, bool]]:
-        found = []
-        for msg in self._netlink("list addresses", lambda: list(self.ipr.get_addr(index=index))):
-            text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if text is None:
-                continue
-            iface = ipaddress.ip_interface(f"{text}/{msg['prefixlen']}")
-            ours = msg.get_attr("IFA_PROTO") == RTPROT_AIRCREW or iface == self._ours
-            found.append((iface, ours))
-        return found
+        return [(a.interface, a.proto == RTPROT_AIRCREW or a.interface == self._ours)
+                for a in self._netlink("list addresses", self.nl.addresses, index)]
 
     # -- routes ------------------------------------------------------------------------
 
@@ -135,10 +123,9 @@ class LinkConfig:
         net = _network(prefix)
         index = self.index()
         try:
-            self.ipr.route("add", dst=str(net), oif=index, proto=RTPROT_AIRCREW,
-                           table=MAIN_TABLE, family=_family(net))
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
+            self.nl.add_route(net, index, MAIN_TABLE, RTPROT_AIRCREW)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
                 if net in self._our_routes(index):
                     return
                 raise LinkError(f"{self.ifname}: a route for {net} exists that aircrew did "
@@ -153,49 +140,35 @@ class LinkConfig:
         if net not in self._our_routes(index):
             return
         try:
-            self.ipr.route("del", dst=str(net), oif=index, proto=RTPROT_AIRCREW,
-                           table=MAIN_TABLE, family=_family(net))
-        except NetlinkError as exc:
-            if exc.code == errno.ESRCH:
+            self.nl.remove_route(net, index, MAIN_TABLE, RTPROT_AIRCREW)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
                 return
             raise _link_error(self.ifname, f"remove route {net}", exc) from None
         log.info("%s: route %s removed", self.ifname, net)
 
     def _our_routes(self, index: int) -> set[Network]:
-        found: set[Network] = set()
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in self._netlink("list routes", self._dump_routes, family):
-                if (msg["proto"] != RTPROT_AIRCREW or msg.get_attr("RTA_OIF") != index
-                        or (msg.get_attr("RTA_TABLE") or msg["table"]) != MAIN_TABLE):
-                    continue
-                dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET
-                                                  else "::")
-                found.add(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"))
-        return found
+        return {route.network for family in (socket.AF_INET, socket.AF_INET6)
+                for route in self._netlink("list routes", self.nl.routes, family)
+                if route.proto == RTPROT_AIRCREW and route.oif == index
+                and route.table == MAIN_TABLE}
 
-    def _dump_routes(self, family: int) -> list[Any]:
-        return list(self.ipr.get_routes(family=family, table=MAIN_TABLE))
-
-    def _netlink(self, what: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run one pyroute2 call (materialise dumps inside it); NetlinkError -> LinkError."""
+    def _netlink(self, what: str, func: Callable[..., Any], *args: Any) -> Any:
+        """Run one netlink call; a refusal (OSError) becomes a LinkError."""
         try:
-            return func(*args, **kwargs)
-        except NetlinkError as exc:
+            return func(*args)
+        except OSError as exc:
             raise _link_error(self.ifname, what, exc) from None
 
 
-def _link_error(ifname: str, what: str, exc: NetlinkError) -> LinkError:
-    return LinkError(f"{ifname}: cannot {what}: {os.strerror(exc.code)}")
+def _link_error(ifname: str, what: str, exc: OSError) -> LinkError:
+    return LinkError(f"{ifname}: cannot {what}: {os.strerror(exc.errno or 0)}")
 
 
 def _mtu(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 576 <= value <= 65535:
         raise InvalidInput("MTU must be an integer from 576 to 65535")
     return value
-
-
-def _family(net: Network) -> int:
-    return socket.AF_INET if net.version == 4 else socket.AF_INET6
 
 
 def _interface(address: str, prefix_len: int) -> Interface:

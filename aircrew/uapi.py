@@ -34,6 +34,7 @@ from wire.proof import public_key_of
 
 from .device import Device, DeviceState, PeerConfig
 from .device_errors import DeviceError
+from .rtnl import Netlink
 from .wgfields import (PeerReading, canonical_cidr, canonical_endpoint, key_from_hex, key_to_hex,
                        validate_ifname, validate_keepalive, validate_port)
 
@@ -160,19 +161,20 @@ class UserspaceDevice(Device):
 
     def _delete_link(self) -> bool:
         """Delete the network interface; False when there is none."""
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
         try:
-            with IPRoute() as ipr:
-                found = ipr.link_lookup(ifname=self.name)
-                if not found:
-                    return False
-                ipr.link("del", index=found[0])
-        except NetlinkError as exc:
-            if exc.code == errno_names.ENODEV:
+            index = socket.if_nametoindex(self.name)
+        except OSError:
+            return False
+        netlink = Netlink()
+        try:
+            netlink.delete_link(index)
+        except OSError as exc:
+            if exc.errno == errno_names.ENODEV:
                 return False
             raise DeviceError(f"{self.name}: cannot delete the interface: "
-                              f"{os.strerror(exc.code)}") from None
+                              f"{os.strerror(exc.errno or 0)}") from None
+        finally:
+            netlink.close()
         return True
 
     def _reap_child(self) -> None:

@@ -8,11 +8,10 @@ import socket
 import pytest
 from pyroute2.netlink.generic.wireguard import wgmsg
 
-from aircrew.backend import open_device
+from aircrew.backend import kernel_wireguard_available, open_device
 from aircrew.device import PeerConfig
 from aircrew.device_errors import DeviceError
-from aircrew.netlink_device import (KernelDevice, kernel_wireguard_available, peer_request,
-                                    state_from_messages)
+from aircrew.netlink_device import KernelDevice, peer_request, state_from_messages
 from aircrew.uapi import UserspaceDevice
 from tests import nshelp
 from wire.errors import InvalidInput

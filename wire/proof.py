@@ -12,12 +12,9 @@ import binascii
 import hashlib
 import hmac
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives import serialization
-
+from . import x25519
 from .errors import InvalidInput
 
-_RAW = serialization.Encoding.Raw
 _CONTEXT = b"apex-mesh request mac v1"
 
 
@@ -39,23 +36,20 @@ def encode_key(raw: bytes) -> str:
 
 
 def generate_private_key() -> str:
-    key = X25519PrivateKey.generate()
-    return encode_key(key.private_bytes(_RAW, serialization.PrivateFormat.Raw,
-                                        serialization.NoEncryption()))
+    return encode_key(x25519.generate_private_key())
 
 
 def public_key_of(private_key: str) -> str:
-    key = X25519PrivateKey.from_private_bytes(decode_key(private_key, "private key"))
-    return encode_key(key.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw))
+    return encode_key(x25519.public_key(decode_key(private_key, "private key")))
 
 
 def mac_key(own_private: str, other_public: str) -> bytes:
     """The symmetric MAC key shared by a node and the tower."""
-    private = X25519PrivateKey.from_private_bytes(decode_key(own_private, "private key"))
-    public = X25519PublicKey.from_public_bytes(decode_key(other_public, "public key"))
+    private = decode_key(own_private, "private key")
+    public = decode_key(other_public, "public key")
     try:
-        shared = private.exchange(public)
-    except ValueError:  # low-order point: the exchange yields all zeros
+        shared = x25519.exchange(private, public)
+    except x25519.X25519Error:  # low-order point: the exchange yields all zeros
         raise InvalidInput("public key is not a usable X25519 point") from None
     return hashlib.sha256(_CONTEXT + shared).digest()
 

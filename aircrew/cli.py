@@ -97,6 +97,7 @@ def main(ctx: click.Context, **opts) -> None:
 
 def _run_agent(opts: dict) -> int:
     from .agent import Agent, AgentExit, AgentSettings
+    from . import heap
     from .backend import open_device
     from .endpoint import HostAddressEndpoint, StaticEndpoint, StunEndpoint
     from .routes import LinkConfig
@@ -129,6 +130,7 @@ def _run_agent(opts: dict) -> int:
         request_ip=config.check_ip(opts["request_ip"], "--request-ip"),
         heartbeat_interval=opts["heartbeat_interval"], endpoint_interval=opts["endpoint_interval"])
     name = opts["interface"]
+    heap.use_one_arena()
     agent = Agent(settings, open_device(name), LinkConfig(name), endpoints,
                   StateFiles(opts["state_dir"], name))
 

@@ -219,7 +219,8 @@ def test_tunnel_works_and_unrelated_changes_keep_the_session():
 
 
 def ping(host: nshelp.Host, address: str) -> None:
-    for _ in range(5):
+    # A lost first handshake is retried after WireGuard's REKEY_TIMEOUT (5 s): wait longer.
+    for _ in range(12):
         if host.run(["ping", "-c", "1", "-W", "1", address], check=False).returncode == 0:
             return
     raise AssertionError(f"{host.name} cannot ping {address} over the tunnel")

@@ -91,6 +91,7 @@ class ProcessShared:
         # The start-up snapshot's peers: rev-only agents keep only records that differ.
         self.initial: dict[str, Any] = {}
         self._configs: dict[int, tuple[messages.Peer, PeerConfig, frozenset[str]]] = {}
+        self._keys_of: dict[int, tuple[messages.ZoneUpdate, frozenset[str]]] = {}
 
     def parse(self, data: str, parser: Callable[[str], Any]) -> Any:
         if not self.parse_shared:
@@ -128,14 +129,27 @@ class ProcessShared:
         return Desired(configs, frozenset(routes))
 
     def note(self, keys: Iterable[str], now: float) -> None:
-        """Record that one agent has applied the changes of these peers at ``now``."""
+        """Record that one agent has applied the changes of these peers at ``now`` (the
+        process's agents note in time order: one event loop, one monotonic clock)."""
+        applied = self.applied
         for key in keys:
-            entry = self.applied.get(key)
+            entry = applied.get(key)
             if entry is None:
-                self.applied[key] = [1, now, now]
+                applied[key] = [1, now, now]
             else:
                 entry[0] += 1
-                entry[1] = max(entry[1], now)
+                entry[1] = now
+
+    def keys_of(self, update: messages.ZoneUpdate) -> frozenset[str]:
+        """The peers a (shared, immutable) update touches: the same for every agent."""
+        found = self._keys_of.get(id(update))
+        if found is None or found[0] is not update:
+            keys = frozenset(c.peer.key if c.peer is not None else c.key
+                             for c in update.changes if c.peer is not None or c.key is not None)
+            if len(self._keys_of) >= self.cache_size:
+                self._keys_of.clear()
+            found = self._keys_of[id(update)] = (update, keys)
+        return found[1]
 
 
 class BenchSession(TowerSession):
@@ -349,21 +363,20 @@ class SimAgent:
             self._check_target()
         return ok
 
-    def _apply(self, update: Any) -> set[str] | None:
+    def _apply(self, update: Any) -> frozenset[str] | None:
         """Apply one update to the mirror; the peers it touched, None on a gap."""
         if self.full_list:
             if update.rev > self.mirror.rev:
                 self.mirror.load(update.rev, update.peers if self.keep_peers else {})
-            return set()
+            return frozenset()
         outcome = self.mirror.apply(update)
         if outcome is Outcome.GAP:
             return None
         if outcome is Outcome.ZONE_DELETED:
             raise MeshError(f"zone {self.session.zone} was deleted")
         if outcome is Outcome.STALE:
-            return set()
-        return {c.peer.key if c.peer is not None else c.key for c in update.changes
-                if c.peer is not None or c.key is not None}
+            return frozenset()
+        return self.shared.keys_of(update)
 
     def _apply_full(self, full: Any) -> None:
         before = self.mirror.peers
@@ -378,23 +391,33 @@ class SimAgent:
 
     def _reconcile(self, keys: set[str]) -> None:
         """desired/diff/apply_ops over the peers in ``keys`` only."""
-        peers = [self.mirror.peers[k] for k in keys if k in self.mirror.peers]
-        want = self.shared.desired(self.public_key, peers)
-        previous = Desired({k: self.applied[k] for k in keys if k in self.applied})
+        mirror, applied, routes_of = self.mirror.peers, self.applied, self.routes_of
         on_device = self.device.state.peers
-        have = DeviceState(peers={k: on_device[k] for k in keys if k in on_device})
-        routes = {r for k in keys for r in self.routes_of.get(k, ())}
-        ops = diff(want, previous, have, routes)
+        peers, previous, have, routes = [], {}, {}, set()
+        for key in keys:           # one pass: what the zone, we and the device hold of it
+            peer = mirror.get(key)
+            if peer is not None:
+                peers.append(peer)
+            config = applied.get(key)
+            if config is not None:
+                previous[key] = config
+                routes.update(routes_of.get(key, ()))
+            entry = on_device.get(key)
+            if entry is not None:
+                have[key] = entry
+        want = self.shared.desired(self.public_key, peers)
+        ops = diff(want, Desired(previous), DeviceState(peers=have), routes)
         if ops:
             apply_ops(self.device, self.links, ops)
+        configs = want.peers
         for key in keys:
-            config = want.peers.get(key)
+            config = configs.get(key)
             if config is None:
-                self.applied.pop(key, None)
-                self.routes_of.pop(key, None)
+                applied.pop(key, None)
+                routes_of.pop(key, None)
             else:
-                self.applied[key] = config
-                self.routes_of[key] = self.mirror.peers[key].child_prefixes
+                applied[key] = config
+                routes_of[key] = mirror[key].child_prefixes
 
     def _reconcile_all(self) -> None:
         """What the real agent does after every update: the whole zone."""

@@ -59,7 +59,7 @@ def _row(scenario: str, run: dict[str, Any]) -> tuple[str, str]:
         if "bytes_ratio" in run:
             figures += f", {_n(run['bytes_ratio'], 'x', 0)} the delta bytes"
         if run.get("agent_full_reconcile_ms") is not None:
-            figures += f"; real agent's full reconcile at this size {_n(run['agent_full_reconcile_ms'], ' ms', 1)}"
+            figures += f"; the agent's whole-zone pass (start, resync, drift check) {_n(run['agent_full_reconcile_ms'], ' ms', 1)}"
         return what, figures
     if scenario == "storm":
         what = f"storm, {_n(run.get('nodes'))} nodes / {_n(run.get('observers'))} observers"

@@ -85,7 +85,8 @@ class PublishWindow:
 class RequestWorker:
     def __init__(self, store: ZoneStore, *, consumer: str | None = None,
                  clock_skew: float = 60.0, publish_window: float = 0.02,
-                 publish_window_max: float = 0.25, claim_idle: float = 5.0, batch: int = 256, chunk: int = 64,
+                 publish_window_max: float = 0.25, claim_idle: float = 5.0,
+                 batch: int = 256, chunk: int = 64,
                  zone_refresh: float = 1.0, reap_interval: float = 5.0,
                  heartbeat_ttl: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -17,11 +17,12 @@ control plane (on real nodes each agent does them once, in parallel with the oth
 * a peer's device configuration (``reconcile.desired`` of one record): it depends only
   on the shared record, so it is computed once per record and reused by every agent.
 
-Deltas are reconciled incrementally: ``desired``/``diff`` over the peers an update
-touched, against the device's entries for them. The real agent (``Agent._reconcile``)
-recomputes them over the whole zone after every update; ``bench join`` reports what that
-costs at the zone's size (``agent_full_reconcile_ms``). Full-list mode reconciles the
-whole list on every message, as an agent fed whole lists must.
+Deltas are reconciled incrementally, as the agent does (``reconcile.Applied``):
+``desired``/``diff`` over the peers an update touched, against the device's entries for
+them. The agent's whole-zone pass (at start, after a resync, on its drift check) is
+not repeated here; ``bench join`` reports what it costs at the zone's size
+(``agent_full_reconcile_ms``). Full-list mode reconciles the whole list on every
+message, as an agent fed whole lists must.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from aircrew.agent import CONNECTION_ERRORS, apply_ops
+from aircrew.agent import CONNECTION_ERRORS, REVISION_RECHECK, apply_ops
 from aircrew.device import DeviceState, PeerConfig, RecordingDevice
 from aircrew.mirror import Outcome, ZoneMirror
 from aircrew.reconcile import Desired, desired, diff
@@ -197,7 +198,7 @@ class SimAgent:
         self.keep_peers = keep_peers        # False: the mirror keeps revisions, not records
         self.heartbeat = heartbeat
         self.public_key = session.public_key
-        self.device = RecordingDevice()
+        self.device = RecordingDevice(keep_log=False)
         self.links = RecordingLinks()
         self.mirror = ZoneMirror()
         self.applied: dict[str, PeerConfig] = {}     # what we last applied, per peer
@@ -212,6 +213,7 @@ class SimAgent:
         self._pending_note: set[str] = set()
         self._next_heartbeat = float("inf")
         self._next_revision = float("inf")
+        self._behind: int | None = None    # a published revision not seen at the last check
         self._tick_queued = False
         self.target: int | None = None      # storm: peers the mirror must hold
         self.reached_at: float | None = None
@@ -337,10 +339,22 @@ class SimAgent:
             self._next_heartbeat = now + self.heartbeat
             await self._heartbeat()
         if now >= self._next_revision:
-            self._next_revision = now + REVISION_INTERVAL
-            if await session.revision() > self.mirror.rev and session.updates.empty():
-                self.check_resyncs += 1
-                await self.resync()
+            self._next_revision = now + await self._check_revision()
+
+    async def _check_revision(self) -> float:
+        """As ``Agent._check_revision``: resync only when a published revision is still
+        missing at a second look, REVISION_RECHECK later; the seconds until the next."""
+        published = await self.session.revision()
+        if published <= self.mirror.rev or not self.session.updates.empty():
+            self._behind = None
+        elif self._behind is not None and self.mirror.rev < self._behind:
+            self._behind = None
+            self.check_resyncs += 1
+            await self.resync()
+        else:
+            self._behind = published
+            return REVISION_RECHECK
+        return REVISION_INTERVAL
 
     def _apply_batch(self, batch: list[Any]) -> bool:
         """Apply queued updates (one reconcile for the batch); False on a gap."""

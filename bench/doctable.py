@@ -54,6 +54,8 @@ def _row(scenario: str, run: dict[str, Any]) -> tuple[str, str]:
         what = f"join, {_n(run.get('agents'))} agents, {run.get('mode', 'delta')}"
         if run.get("state") == "rev-only":
             what += " (rev-only state)"
+        if run.get("heartbeat_s") == 0:
+            what += ", no heartbeats"
         figures = (f"p50 {_n(run.get('p50_ms'), ' ms', 1)}, p99 {_n(run.get('p99_ms'), ' ms', 1)}, "
                    f"{_n(run.get('bytes_per_agent'), ' B')}/agent/join")
         if "bytes_ratio" in run:
@@ -77,7 +79,8 @@ def _row(scenario: str, run: dict[str, Any]) -> tuple[str, str]:
                 f"one change {_n(run.get('one_change_ms'), ' ms', 1)} "
                 f"({run.get('one_change_ops')} ops), initial {_n(run.get('initial_apply_ms'), ' ms')}")
     if scenario == "agent-footprint":
-        return ("agent footprint", f"{_n(run.get('rss_mb'), ' MB', 1)} RSS, "
+        return ("agent footprint", f"{_n(run.get('rss_mb'), ' MiB', 1)} RSS "
+                                   f"({_n(run.get('rss_decimal_mb'), ' MB', 1)}), "
                                    f"{_n(run.get('idle_cpu_pct'), ' % CPU', 2)}")
     return scenario, json.dumps(run)[:80]
 

@@ -21,13 +21,17 @@ def join_latency(runs: list[dict[str, Any]], path: Path) -> str:
     styles = {"delta": ("tab:blue", "o"), "full-list": ("tab:red", "s")}
     for mode, (color, marker) in styles.items():
         points = sorted((r["agents"], r["p50_ms"], r["p99_ms"]) for r in done
-                        if r.get("mode", "delta") == mode)
+                        if r.get("mode", "delta") == mode and r.get("heartbeat_s") != 0)
         if not points:
             continue
         xs = [p[0] for p in points]
         ax.plot(xs, [p[2] for p in points], color=color, marker=marker, label=f"{mode} p99")
         ax.plot(xs, [p[1] for p in points], color=color, marker=marker, linestyle="--",
                 alpha=0.6, label=f"{mode} p50")
+    quiet = [r for r in done if r.get("heartbeat_s") == 0]
+    if quiet:
+        ax.scatter([r["agents"] for r in quiet], [r["p99_ms"] for r in quiet], color="tab:green",
+                   marker="^", zorder=4, label="delta p99, no heartbeats")
     ax.scatter([1000, 10000], [100, 1000], marker="_", s=400, color="black", zorder=5,
                label="target (p99)")
     ax.set_xscale("log")

@@ -32,6 +32,7 @@ FULL: list[tuple[str, list[str], float]] = [
     ("join", ["--agents", "100", "--mode", "full-list"], 600),
     ("join", ["--agents", "1000", "--mode", "full-list"], 1800),
     ("join", ["--agents", "10000", "--state", "rev-only", "--heartbeat", "0"], 2400),
+    ("join", ["--agents", "10000", "--state", "rev-only"], 2400),
     ("storm", ["--nodes", "10000", "--observers", "1000"], 1800),
     ("api", ["--peers", "1000"], 300),
     ("reconcile", ["--peers", "1000"], 600),

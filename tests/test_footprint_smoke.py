@@ -46,7 +46,7 @@ def test_summarize_takes_the_largest_rss_and_the_cpu_of_the_window():
                         cpu_s=cpu, threads=3, switches=switches)
              for kb, cpu, switches in ((40960, 1.1, 110), (35840, 1.2, 120))]
     out = summarize(first, later, wall_s=20.0)
-    assert out["rss_mb"] == 40.0 and out["rss_kb"] == 40960
+    assert out["rss_mb"] == 40.0 and out["rss_kb"] == 40960 and out["rss_decimal_mb"] == 41.9
     assert out["idle_cpu_pct"] == pytest.approx(1.0)     # 0.2 s of CPU in 20 s
     assert out["wakeups_per_s"] == 1.0 and out["rss_peak_mb"] == 41.0
 
@@ -74,7 +74,7 @@ def test_agent_footprint_small_zone():
     assert 0 <= result["idle_cpu_pct"] < 100
     assert result["wakeups_per_s"] > 0 and result["threads"] >= 1
     assert result["wireguard_go_rss_mb"] > 0 and result["sync_s"] > 0
-    assert set(result["targets"]) == {"rss_mb <= 40", "idle_cpu_pct <= 1"}
+    assert set(result["targets"]) == {"rss_mb <= 40", "rss_decimal_mb <= 40", "idle_cpu_pct <= 1"}
     assert footprint_namespaces() == before
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from controltower.private_redis import TCP_BACKLOG
 from ipam.store import ZoneStore
 from tests.redisproc import RedisProcess
 from tests.towerproc import TowerProcess
@@ -134,7 +135,8 @@ class Stack:
     def start(self) -> None:
         self.fd_limit = raise_fd_limit()
         maxclients = max(1000, self.fd_limit - 128)
-        self.redis_proc = RedisProcess(self.workdir / "redis", extra=["--maxclients", str(maxclients), *self.redis_args])
+        self.redis_proc = RedisProcess(self.workdir / "redis", extra=[
+            "--maxclients", str(maxclients), "--tcp-backlog", str(TCP_BACKLOG), *self.redis_args])
         self.redis_proc.start()
         self.tower = TowerProcess(self.redis_proc.url, self.workdir / "tower",
                                   extra=["--stun-port", "0", *self.tower_args])

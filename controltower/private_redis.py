@@ -30,6 +30,10 @@ TOWER_USER = "ct-tower"
 # Every agent holds one pub/sub connection: room for a few zones of 10,000 agents.
 MAX_CLIENTS = 65000
 RESERVED_FDS = 32   # descriptors redis-server keeps for itself beyond maxclients
+# Thousands of agents reconnect at once after an outage; Redis's default queue of 511
+# unaccepted connections overflows while it is busy, and each refused SYN costs an agent
+# a retransmission (1 s, 3 s, 7 s). The kernel caps it at net.core.somaxconn.
+TCP_BACKLOG = 4096
 
 
 def raise_open_files(clients: int) -> int:
@@ -88,7 +92,8 @@ class PrivateRedis:
         write_secret(config, "\n".join([
             f"bind {binds}", f"port {self.port}", f"dir {redis_dir}", "appendonly yes",
             "daemonize no", "protected-mode no", "loglevel warning",
-            f"maxclients {max_clients}", "appendfsync always", f"aclfile {acl_file}", ""]))
+            f"maxclients {max_clients}", f"tcp-backlog {TCP_BACKLOG}", "appendfsync always",
+            f"aclfile {acl_file}", ""]))
         log.info("starting a private redis-server on %s:%d (data in %s)", self.bind, self.port,
                  redis_dir)
         self.proc = children.spawn([binary, str(config)])

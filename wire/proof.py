@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 
@@ -43,8 +44,10 @@ def public_key_of(private_key: str) -> str:
     return encode_key(x25519.public_key(decode_key(private_key, "private key")))
 
 
+@functools.lru_cache(maxsize=16384)
 def mac_key(own_private: str, other_public: str) -> bytes:
-    """The symmetric MAC key shared by a node and the tower."""
+    """The symmetric MAC key shared by a node and the tower (kept: a node signs every
+    request with the same one, and an X25519 exchange costs ~0.1 ms)."""
     private = decode_key(own_private, "private key")
     public = decode_key(other_public, "public key")
     try:

@@ -155,28 +155,26 @@ def zone_of(redis_client):
         zone.close()
 
 
-def burst(zone: Zone, rounds: int = 40) -> list[dict]:
-    """Registrations arriving 5 ms apart for 200 ms, then quiet until all is published."""
+def arrivals(zone: Zone, rounds: int, per_round: int, gap: float) -> list[dict]:
+    """``per_round`` registrations every ``gap`` seconds, then quiet until all is published."""
     for _ in range(rounds):
-        zone.register(2)
-        zone.step(0.005)
+        zone.register(per_round)
+        zone.step(gap)
     for _ in range(3):
         if zone.worker._dirty:
             zone.step(MAXIMUM)
     assert not zone.worker._dirty
     return zone.updates()
+
+
+def burst(zone: Zone, rounds: int = 40) -> list[dict]:
+    """Registrations arriving 5 ms apart for 200 ms."""
+    return arrivals(zone, rounds, 2, 0.005)
 
 
 def bursts(zone: Zone, rounds: int = 10) -> list[dict]:
     """Four registrations every 50 ms (a worker keeping up with slow clients)."""
-    for _ in range(rounds):
-        zone.register(4)
-        zone.step(0.05)
-    for _ in range(3):
-        if zone.worker._dirty:
-            zone.step(MAXIMUM)
-    assert not zone.worker._dirty
-    return zone.updates()
+    return arrivals(zone, rounds, 4, 0.05)
 
 
 def changed_keys(updates: list[dict]) -> list[str]:

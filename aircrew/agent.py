@@ -78,8 +78,7 @@ def controller_client(url: str, tls: dict[str, str] | None = None) -> aioredis.R
     redis+sentinel:// URL (the primary the Sentinels name, followed across failovers)."""
     options: dict[str, Any] = dict(decode_responses=True, encoding_errors="replace",
                                    socket_connect_timeout=5,
-                                   socket_keepalive=True, health_check_interval=15,
-                                   lib_name=None, lib_version=None)   # no CLIENT SETINFO
+                                   socket_keepalive=True, health_check_interval=15)
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
         sentinel = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs())

@@ -48,7 +48,6 @@ def client_for(url: str, connections: int) -> aioredis.Redis:
     """Settings of the agent's own client (aircrew.agent), with room for many agents."""
     return aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=10,
                                    socket_keepalive=True, health_check_interval=15,
-                                   lib_name=None, lib_version=None,
                                    max_connections=connections)
 
 

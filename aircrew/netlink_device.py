@@ -29,7 +29,6 @@ __all__ = ["KernelDevice", "peer_request", "state_from_messages"]
 log = logging.getLogger(__name__)
 
 
-
 class KernelDevice(Device):
     """A kernel WireGuard interface. Not thread-safe; ``close()`` releases the sockets."""
 

@@ -455,14 +455,16 @@ class Agent:
     async def _save(self) -> None:
         self._state_dirty.clear()
         self._state_urgent.clear()
-        self._saved_at = time.monotonic()
         write = self._state_writer()
-        if write is None:
-            return
         try:
-            await asyncio.get_running_loop().run_in_executor(self._state_thread, write)
+            if write is not None:
+                await asyncio.get_running_loop().run_in_executor(self._state_thread, write)
         except (OSError, ValueError, MeshError) as exc:
             log.warning("cannot write the state files in %s: %s", self.state.directory, exc)
+        finally:
+            # Counted from the end of a write, so the next one starts SAVE_INTERVAL after it
+            # whatever the writer thread's scheduling delay.
+            self._saved_at = time.monotonic()
 
     def _state_writer(self) -> Callable[[], None] | None:
         """What to write, captured now (on the event loop); the call renders and writes it."""

@@ -57,7 +57,7 @@ ENDED = 3
 # converges within seconds of its link coming back; a refused connection is cheap.
 RETRY_MIN = 0.5
 RETRY_MAX = 2.0
-SAVE_INTERVAL = 1.0     # seconds between two writes of the state files, at least
+SAVE_INTERVAL = 1.0     # seconds from the end of one state-file write to the next, at least
 # A published revision above ours is taken for a missed update only when a second look
 # this much later still finds it missing (it may have been in a socket buffer).
 REVISION_RECHECK = 2.0

@@ -374,7 +374,7 @@ class Agent:
                 log.warning("the tower no longer knows this node: registering again")
                 await self._register()
                 await self._resync()
-            elif "superseded" in str(exc):
+            elif exc.code == "superseded":
                 raise AgentExit("this key was registered from another host; this agent stops", ENDED)
             else:
                 log.warning("heartbeat refused: %s", exc)

@@ -7,13 +7,9 @@ import redis
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from wire.errors import (Conflict, Forbidden, InvalidInput, MeshError, NotFound, Unauthorized,
-                         Unavailable)
+from wire.errors import MeshError, http_status
 
 log = logging.getLogger(__name__)
-
-STATUS = {InvalidInput: 400, Unauthorized: 401, Forbidden: 403, NotFound: 404, Conflict: 409,
-          Unavailable: 503}
 
 
 def error(message: str, status: int):
@@ -25,7 +21,7 @@ def error(message: str, status: int):
 def init_app(app: Flask) -> None:
     @app.errorhandler(MeshError)
     def mesh_error(exc: MeshError):
-        return error(str(exc), STATUS.get(type(exc), 400))
+        return error(str(exc), http_status(exc))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -28,16 +28,13 @@ import redis
 
 from ipam.store import Call, ZoneStore
 from wire import messages, proof
-from wire.errors import Conflict, Forbidden, InvalidInput, MeshError, NotFound
+from wire.errors import Forbidden, InvalidInput, MeshError, protocol_code
 from wire.keys import REQUEST_GROUP
 from wire.messages import Request
 
 from . import metrics, towerkey
 
 log = logging.getLogger(__name__)
-
-ERROR_CODES = {InvalidInput: "invalid", NotFound: "not-found", Conflict: "conflict",
-               Forbidden: "forbidden"}
 
 # Request orders are kept this many clock-skew windows (see RequestWorker._reap).
 ORDER_MEMORY = 10
@@ -428,7 +425,7 @@ class RequestWorker:
 
     def _refuse(self, job: "Job", exc: MeshError) -> None:
         r = job.request
-        code = ERROR_CODES.get(type(exc), "error")
+        code = protocol_code(exc)
         log.info("refused %s from %s in zone %s (request %s): %s", r.type, r.key, r.zone,
                  r.id, exc, extra={"request_id": r.id})
         job.reply = messages.reply(r.id, r.type, False, error=str(exc), code=code)

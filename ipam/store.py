@@ -28,7 +28,7 @@ from redis.client import Pipeline
 from redis.commands.core import Script
 
 from wire import messages
-from wire.errors import Conflict, InvalidInput, NotFound
+from wire.errors import Conflict, InvalidInput, NotFound, Superseded
 from wire.keys import REQUEST_GROUP, Keys
 from wire.messages import Peer
 
@@ -295,7 +295,7 @@ class ZoneStore:
         if status == "missing":
             raise NotFound(f"this node is not registered in zone {zone}")
         if status == "superseded":
-            raise Conflict("this key was registered again from another host (superseded)")
+            raise Superseded("this key was registered again from another host (superseded)")
 
     def remove_peer(self, zone: str, key: str, reason: str, session: str = "",
                     seen_before: float | None = None, order: str | None = None) -> int | None:

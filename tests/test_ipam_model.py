@@ -28,7 +28,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
 
 from ipam.store import ZoneStore
 from tests.redisproc import RedisProcess
-from wire.errors import Conflict, InvalidInput, NotFound
+from wire.errors import Conflict, InvalidInput, NotFound, Superseded
 from wire.proof import encode_key, public_key_of
 
 ZONE = "mz"
@@ -183,9 +183,8 @@ class IpamMachine(RuleBasedStateMachine):
         except NotFound:
             assert peer is None
             return
-        except Conflict as exc:
+        except Superseded as exc:
             assert peer is not None and session and peer["session"] != session, exc
-            assert "superseded" in str(exc)
             return
         assert peer is not None and (not session or peer["session"] == session)
         self._drop(key)

@@ -1,7 +1,10 @@
 """The domain exception hierarchy, shared by the tower, IPAM and the agent.
 
-The REST layer maps each class to one HTTP status in one place.
+``CLASSES`` is the one table from a class to its HTTP status and its protocol code (the
+``code`` of an error reply on the wire). It is looked up through the class hierarchy,
+so a subclass answers as its nearest listed ancestor unless it is listed itself.
 """
+from __future__ import annotations
 
 
 class MeshError(Exception):
@@ -9,24 +12,60 @@ class MeshError(Exception):
 
 
 class InvalidInput(MeshError):
-    """Malformed or invalid input (HTTP 400)."""
+    """Malformed or invalid input."""
 
 
 class NotFound(MeshError):
-    """Unknown zone or peer (HTTP 404)."""
+    """Unknown zone or peer."""
 
 
 class Conflict(MeshError):
-    """The request collides with existing state (HTTP 409)."""
+    """The request collides with existing state."""
+
+
+class Superseded(Conflict):
+    """The node's key was registered again from another host (another session)."""
 
 
 class Unauthorized(MeshError):
-    """No credential (HTTP 401)."""
+    """No credential."""
 
 
 class Forbidden(MeshError):
-    """A wrong credential or a failed proof (HTTP 403)."""
+    """A wrong credential or a failed proof."""
 
 
 class Unavailable(MeshError):
-    """A dependency (Redis) cannot be reached (HTTP 503)."""
+    """A dependency (Redis) cannot be reached."""
+
+
+# class -> (HTTP status, protocol code); most specific classes first is not required.
+CLASSES: dict[type[BaseException], tuple[int, str]] = {
+    MeshError: (400, "error"),
+    InvalidInput: (400, "invalid"),
+    NotFound: (404, "not-found"),
+    Conflict: (409, "conflict"),
+    Superseded: (409, "superseded"),
+    Unauthorized: (401, "unauthorized"),
+    Forbidden: (403, "forbidden"),
+    Unavailable: (503, "unavailable"),
+}
+UNKNOWN = (500, "error")
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """(HTTP status, protocol code) of an exception: its nearest class in ``CLASSES``;
+    anything outside the hierarchy is an internal error (500, "error")."""
+    for cls in type(exc).__mro__:
+        found = CLASSES.get(cls)
+        if found is not None:
+            return found
+    return UNKNOWN
+
+
+def http_status(exc: BaseException) -> int:
+    return classify(exc)[0]
+
+
+def protocol_code(exc: BaseException) -> str:
+    return classify(exc)[1]

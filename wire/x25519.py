@@ -10,11 +10,13 @@ import ctypes
 import ctypes.util
 import os
 
+from .errors import InvalidInput
+
 NID_X25519 = 1034
 KEY_SIZE = 32
 
 
-class X25519Error(ValueError):
+class X25519Error(InvalidInput, ValueError):
     """OpenSSL refused a key or an exchange (for instance a low-order public point)."""
 
     def __init__(self, message: str) -> None:

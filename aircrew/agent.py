@@ -22,9 +22,8 @@ from typing import Any, Callable, Protocol
 
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel
 
-from controltower.redisconn import is_sentinel_url, parse_sentinel_url
+from wire import redisconn
 from wire.errors import MeshError, Unavailable
 from wire.keys import Keys
 
@@ -63,32 +62,12 @@ SAVE_INTERVAL = 1.0     # seconds from the end of one state-file write to the ne
 REVISION_RECHECK = 2.0
 
 
-class _SentinelClient(aioredis.Redis):
-    """A client of a Sentinel-managed primary that closes its Sentinel connections too."""
-    sentinel: Sentinel | None = None
-
-    async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        await super().aclose(close_connection_pool)
-        if self.sentinel is not None:
-            await self.sentinel.aclose()
-
-
 def controller_client(url: str, tls: dict[str, str] | None = None) -> aioredis.Redis:
-    """An asyncio client for a redis://, rediss:// (``tls``: ssl_* options), unix:// or
-    redis+sentinel:// URL (the primary the Sentinels name, followed across failovers)."""
-    options: dict[str, Any] = dict(decode_responses=True, encoding_errors="replace",
-                                   socket_connect_timeout=5,
-                                   socket_keepalive=True, health_check_interval=15)
-    if is_sentinel_url(url):
-        target = parse_sentinel_url(url)
-        sentinel = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs())
-        client = sentinel.master_for(target.master, redis_class=_SentinelClient, **options,
-                                     **target.master_kwargs())
-        client.sentinel = sentinel
-        return client
-    if url.startswith("rediss://"):
-        options.update(tls or {})
-    return aioredis.Redis.from_url(url, **options)
+    """The agent's asyncio client for a redis://, rediss:// (``tls``: ssl_* options),
+    unix:// or redis+sentinel:// URL (``wire.redisconn``)."""
+    return redisconn.connect_async(url, tls, decode_responses=True, encoding_errors="replace",
+                                   socket_connect_timeout=5, socket_keepalive=True,
+                                   health_check_interval=15)
 
 
 class Links(Protocol):

@@ -8,7 +8,7 @@ APT_PACKAGES := redis-server redis-sentinel wireguard-go wireguard-tools iproute
                 iputils-ping iperf3 coturn procps curl systemd
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench deps apt venv bench-deps clean
+.PHONY: test demo bench deps apt venv bench-deps agent-dist clean
 
 deps: apt venv
 
@@ -45,5 +45,10 @@ bench-deps: .stamp-bench
 bench: deps bench-deps
 	$(PY) -m bench all
 
+# The agent alone (wire + aircrew, no tower, no Flask) as a wheel in dist/: a node installs
+# it with `pip install apex_mesh_agent-<version>-py3-none-any.whl` (see docs/operations.md).
+agent-dist: venv
+	$(PY) -m deploy.agentdist --out dist
+
 clean:
-	rm -rf $(VENV) .stamp-apt .stamp-venv .stamp-bench *.egg-info
+	rm -rf $(VENV) .stamp-apt .stamp-venv .stamp-bench *.egg-info build dist

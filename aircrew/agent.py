@@ -1,4 +1,4 @@
-"""The agent's main loop: register, follow the zone, keep the device equal to it.
+"""The agent's connection loop: register, follow the zone, keep the device equal to it.
 
 Tower or Redis unreachable: every tunnel stays as it is; the agent retries with
 jittered backoff and resyncs (subscribe, snapshot, buffered updates) when back.
@@ -6,8 +6,9 @@ jittered backoff and resyncs (subscribe, snapshot, buffered updates) when back.
 An update is applied to the peers it touched only, against what was last applied
 (``reconcile.Applied``): no pass over the zone, no device read. The whole zone is diffed
 against the device read back at start, after a resync, on the drift check and after a
-failed device operation. The state files are written off that path, at most once per
-``SAVE_INTERVAL``, at once after a resync and on exit.
+failed device operation. The changes are carried out by ``aircrew.applier``; the state
+files are written off that path by ``aircrew.statewriter`` (at most once per
+``SAVE_INTERVAL``, at once after a resync and on exit).
 """
 from __future__ import annotations
 
@@ -18,23 +19,24 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel
 
-from controltower.redisconn import is_sentinel_url, parse_sentinel_url
-from wire.errors import MeshError, Unavailable
+from wire import redisconn
+from wire.errors import MeshError, NotFound, Superseded, Unavailable, code_of
 from wire.keys import Keys
+from wire.proof import public_key_of
 
+from .applier import Links, apply_ops, apply_zone, ensure_device
 from .device import Device, DeviceState
 from .device_errors import DeviceError
 from .mirror import Outcome, ZoneMirror
-from .reconcile import (AddPeer, AddRoute, Applied, Op, RemovePeer, RemoveRoute, UpdatePeer,
-                        diff)
+from .reconcile import Applied
 from .session import NoReply, TowerRefused, TowerSession
-from .state import Cache, StateFiles
+from .state import StateFiles
+from .statewriter import AgentState, StateWriter
 
 log = logging.getLogger(__name__)
 
@@ -57,47 +59,17 @@ ENDED = 3
 # converges within seconds of its link coming back; a refused connection is cheap.
 RETRY_MIN = 0.5
 RETRY_MAX = 2.0
-SAVE_INTERVAL = 1.0     # seconds from the end of one state-file write to the next, at least
 # A published revision above ours is taken for a missed update only when a second look
 # this much later still finds it missing (it may have been in a socket buffer).
 REVISION_RECHECK = 2.0
 
 
-class _SentinelClient(aioredis.Redis):
-    """A client of a Sentinel-managed primary that closes its Sentinel connections too."""
-    sentinel: Sentinel | None = None
-
-    async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        await super().aclose(close_connection_pool)
-        if self.sentinel is not None:
-            await self.sentinel.aclose()
-
-
 def controller_client(url: str, tls: dict[str, str] | None = None) -> aioredis.Redis:
-    """An asyncio client for a redis://, rediss:// (``tls``: ssl_* options), unix:// or
-    redis+sentinel:// URL (the primary the Sentinels name, followed across failovers)."""
-    options: dict[str, Any] = dict(decode_responses=True, encoding_errors="replace",
-                                   socket_connect_timeout=5,
-                                   socket_keepalive=True, health_check_interval=15)
-    if is_sentinel_url(url):
-        target = parse_sentinel_url(url)
-        sentinel = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs())
-        client = sentinel.master_for(target.master, redis_class=_SentinelClient, **options,
-                                     **target.master_kwargs())
-        client.sentinel = sentinel
-        return client
-    if url.startswith("rediss://"):
-        options.update(tls or {})
-    return aioredis.Redis.from_url(url, **options)
-
-
-class Links(Protocol):
-    """Address, link state and routes of the interface (aircrew.routes.LinkConfig)."""
-    def set_address(self, address: str, prefix_len: int) -> None: ...
-    def up(self) -> None: ...
-    def routes(self) -> set[str]: ...
-    def add_route(self, prefix: str) -> None: ...
-    def remove_route(self, prefix: str) -> None: ...
+    """The agent's asyncio client for a redis://, rediss:// (``tls``: ssl_* options),
+    unix:// or redis+sentinel:// URL (``wire.redisconn``)."""
+    return redisconn.connect_async(url, tls, decode_responses=True, encoding_errors="replace",
+                                   socket_connect_timeout=5, socket_keepalive=True,
+                                   health_check_interval=15)
 
 
 class EndpointSource(Protocol):
@@ -131,7 +103,6 @@ class Agent:
         self.device = device
         self.links = links
         self.endpoints = endpoints
-        self.state = state
         self.keys = Keys(settings.key_prefix)
         self.client_factory = client_factory or (
             lambda url: controller_client(url, settings.controller_tls))
@@ -145,18 +116,25 @@ class Agent:
         self.nat_type: str | None = None
         self.session: TowerSession | None = None
         self.stop = asyncio.Event()
-        # Device and netlink calls run on one thread of their own: pyroute2's sync API
-        # runs an event loop inside and cannot be used from within ours.
+        # Device and route calls block (UAPI and netlink sockets) and must not overlap;
+        # the kernel backend's pyroute2 also runs an event loop of its own, which cannot
+        # run inside ours. So they all run in order on one thread of their own: the
+        # agent's (``_on_device``) and the metrics endpoint's (``read_device``).
         self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
-        # State files are rendered and written on a thread of their own, in order.
-        self._state_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
-        self._state_dirty = asyncio.Event()
-        self._state_urgent = asyncio.Event()
-        self._saved_at = float("-inf")
+        self.state_writer = StateWriter(state, self._state_now)
+        self._state_thread = self.state_writer.thread
         self.resyncs = 0
         self._authenticated = False   # the controller accepted our credentials once
-        from wire.proof import public_key_of
         self.public_key = public_key_of(settings.private_key)
+
+    @property
+    def state(self) -> StateFiles:
+        """The state files (written by ``state_writer``)."""
+        return self.state_writer.files
+
+    @state.setter
+    def state(self, files: StateFiles) -> None:
+        self.state_writer.files = files
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -168,7 +146,7 @@ class Agent:
         finally:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
-            if self._state_dirty.is_set():
+            if self.state_writer.dirty.is_set():
                 await self._save()
             self._state_thread.shutdown(wait=False)
 
@@ -259,13 +237,10 @@ class Agent:
         await self._on_device(self._ensure_device)
 
     def _ensure_device(self) -> None:
-        if not self.device.exists():
-            self.device.create()
-        state = self.device.read()
-        if state.public_key != self.public_key or state.listen_port != self.s.listen_port:
-            self.device.set_identity(self.s.private_key, self.s.listen_port)
-        self.links.set_address(self.assignment["address"], int(self.assignment["prefix_len"]))
-        self.links.up()
+        """On the device thread: the interface as the assignment says."""
+        ensure_device(self.device, self.links, self.s.private_key, self.public_key,
+                      self.s.listen_port, self.assignment["address"],
+                      int(self.assignment["prefix_len"]))
 
     # -- following the zone ------------------------------------------------------------------
 
@@ -370,11 +345,11 @@ class Agent:
         except NoReply:
             log.info("no answer to a heartbeat; the tower may be down")
         except TowerRefused as exc:
-            if exc.code == "not-found":
+            if exc.code == code_of(NotFound):
                 log.warning("the tower no longer knows this node: registering again")
                 await self._register()
                 await self._resync()
-            elif exc.code == "superseded":
+            elif exc.code == code_of(Superseded):
                 raise AgentExit("this key was registered from another host; this agent stops", ENDED)
             else:
                 log.warning("heartbeat refused: %s", exc)
@@ -422,85 +397,34 @@ class Agent:
         return await self._on_device(self._reconcile_device)
 
     def _reconcile_device(self) -> int:
-        after = Applied.of(self.public_key, self.mirror.peers)
-        ops = diff(after.desired(), self.applied.desired(), self.device.read(),
-                   self.links.routes())
-        if ops:
-            apply_ops(self.device, self.links, ops)
+        """On the device thread: the whole zone against the device read back."""
+        self.applied, count = apply_zone(self.device, self.links, self.public_key,
+                                         self.mirror.peers, self.applied)
+        if count:
             log.info("zone revision %d applied with %d operations (whole zone against the "
-                     "device)", self.mirror.rev, len(ops))
-        self.applied = after
-        return len(ops)
+                     "device)", self.mirror.rev, count)
+        return count
 
     # -- the state files ---------------------------------------------------------------------
 
     def _state_changed(self, urgent: bool = False) -> None:
-        self._state_dirty.set()
-        if urgent:
-            self._state_urgent.set()
+        self.state_writer.changed(urgent)
 
     async def write_state_files(self) -> None:
-        """Write the state files after changes: at most once per SAVE_INTERVAL unless urgent
-        (a resync). Runs until cancelled; ``run`` writes what is left on exit."""
-        while True:
-            await self._state_dirty.wait()
-            delay = self._saved_at + SAVE_INTERVAL - time.monotonic()
-            if delay > 0 and not self._state_urgent.is_set():
-                try:
-                    await asyncio.wait_for(self._state_urgent.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
-            await self._save()
+        """Write the state files after changes (``StateWriter.run``); runs until cancelled."""
+        await self.state_writer.run()
 
     async def _save(self) -> None:
-        self._state_dirty.clear()
-        self._state_urgent.clear()
-        write = self._state_writer()
-        try:
-            if write is not None:
-                await asyncio.get_running_loop().run_in_executor(self._state_thread, write)
-        except (OSError, ValueError, MeshError) as exc:
-            log.warning("cannot write the state files in %s: %s", self.state.directory, exc)
-        finally:
-            # Counted from the end of a write, so the next one starts SAVE_INTERVAL after it
-            # whatever the writer thread's scheduling delay.
-            self._saved_at = time.monotonic()
+        await self.state_writer.save()
 
-    def _state_writer(self) -> Callable[[], None] | None:
-        """What to write, captured now (on the event loop); the call renders and writes it."""
+    def _state_now(self) -> AgentState | None:
+        """What the state files hold now, captured on the event loop (None before the
+        first assignment)."""
         if self.assignment is None:
             return None
-        settings, assignment = self.s, dict(self.assignment)
-        rev, session = self.mirror.rev, self.session.session_id if self.session else ""
-        peers, configs = tuple(self.mirror.peers.values()), tuple(self.applied.peers.values())
-
-        def write() -> None:
-            from .wgconf import WgQuickConfig
-            cache = Cache(zone=settings.zone, cidr=assignment["cidr"],
-                          address=assignment["address"],
-                          prefix_len=int(assignment["prefix_len"]),
-                          listen_port=settings.listen_port, rev=rev, session=session)
-            self.state.save(cache, peers, WgQuickConfig(
-                settings.private_key, settings.listen_port,
-                (f"{cache.address}/{cache.prefix_len}",), configs))
-        return write
-
-
-def apply_ops(device: Device, links: Links, ops: list[Op]) -> None:
-    """Carry out typed changes: one device or route operation each (new peers batched)."""
-    added = [op.peer for op in ops if isinstance(op, AddPeer)]
-    batch = getattr(device, "upsert_peers", None)
-    if len(added) > 1 and batch is not None:
-        batch(added)
-        added = []
-    for op in ops:
-        if isinstance(op, AddPeer) and added:
-            device.upsert_peer(op.peer)
-        elif isinstance(op, UpdatePeer):
-            device.upsert_peer(op.peer)
-        elif isinstance(op, RemovePeer):
-            device.remove_peer(op.public_key)
-        elif isinstance(op, AddRoute):
-            links.add_route(op.prefix)
-        elif isinstance(op, RemoveRoute):
-            links.remove_route(op.prefix)
+        return AgentState(
+            zone=self.s.zone, private_key=self.s.private_key, listen_port=self.s.listen_port,
+            cidr=self.assignment["cidr"], address=self.assignment["address"],
+            prefix_len=int(self.assignment["prefix_len"]), rev=self.mirror.rev,
+            session=self.session.session_id if self.session else "",
+            peers=tuple(self.mirror.peers.values()), configs=tuple(self.applied.peers.values()))

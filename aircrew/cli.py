@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from wire import configfile, proof
+from wire import configfile, logs, proof
 from wire.errors import MeshError
 from wire.secretfile import write_secret
 
@@ -21,23 +21,9 @@ log = logging.getLogger("aircrew")
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "AIRCREW"}
 
 
-def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value:
-        try:
-            ctx.default_map = configfile.load(ctx.command, Path(value))
-        except MeshError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
-
-
-def _setup_logging(level: str, fmt: str = "text") -> None:
-    from controltower import logs  # standard library only: no tower code comes with it
-    logs.setup(level, fmt)
-
-
 @click.group(invoke_without_command=True, context_settings=CONTEXT)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), is_eager=True,
-              expose_value=False, callback=_load_config,
+              expose_value=False, callback=configfile.option_callback,
               help="TOML file with any of these options (command line > AIRCREW_* env > file).")
 @click.option("--public-key", help="This node's WireGuard public key (optional: derived and checked).")
 @click.option("--private-key", help="This node's WireGuard private key (shows in ps: prefer the file).")
@@ -70,9 +56,9 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
 @click.option("--endpoint-interval", default=60.0, show_default=True, type=click.FloatRange(1, 86400),
               help="Seconds between endpoint re-checks.")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+              type=click.Choice(logs.LEVELS, case_sensitive=False))
 @click.option("--log-format", default="text", show_default=True,
-              type=click.Choice(["text", "json"], case_sensitive=False),
+              type=click.Choice(logs.FORMATS, case_sensitive=False),
               help="text for people, json for machines (one object per line).")
 @click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
               help="Serve Prometheus metrics on this TCP port (0: off).")
@@ -86,7 +72,7 @@ def main(ctx: click.Context, **opts) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    _setup_logging(opts["log_level"], opts["log_format"].lower())
+    logs.setup(opts["log_level"], opts["log_format"].lower())
     try:
         code = _run_agent(opts)
     except MeshError as exc:

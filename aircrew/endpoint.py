@@ -5,7 +5,7 @@ import ipaddress
 import logging
 import socket
 
-from wire.messages import format_endpoint
+from wire.messages import NAT_STATIC, NAT_SYMMETRIC, NAT_UNKNOWN, format_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ class StaticEndpoint:
         self.endpoint = format_endpoint(ipaddress.ip_address(ip), port)
 
     def discover(self, port_in_use: bool) -> tuple[str | None, str | None]:
-        return self.endpoint, "static"
+        return self.endpoint, NAT_STATIC
 
 
 class HostAddressEndpoint:
@@ -37,7 +37,7 @@ class HostAddressEndpoint:
         except OSError as exc:
             log.warning("cannot find the host's primary address: %s", exc)
             return None, None
-        return format_endpoint(ip, self.port), "static"
+        return format_endpoint(ip, self.port), NAT_STATIC
 
 
 class StunEndpoint:
@@ -56,12 +56,12 @@ class StunEndpoint:
         except Exception as exc:  # noqa: BLE001 - discovery failing must not stop the agent
             log.warning("STUN discovery failed: %s; peers will learn this node's endpoint "
                         "when it contacts them", exc)
-            return None, "unknown"
+            return None, NAT_UNKNOWN
         if found.endpoint is None:
             log.warning("no STUN server answered (%s); peers will learn this node's endpoint "
                         "when it contacts them", "; ".join(f"{k}: {v}" for k, v in found.errors.items()))
-            return None, "unknown"
-        if found.nat_type == "symmetric":
+            return None, NAT_UNKNOWN
+        if found.nat_type == NAT_SYMMETRIC:
             log.warning("symmetric NAT: every destination sees a different port, so peers "
                         "cannot reach this node first; it reaches them (keepalive keeps the "
                         "path open), but two nodes both behind symmetric NATs cannot connect")

@@ -17,11 +17,12 @@ from typing import Any
 from pyroute2 import IPRoute, WireGuard
 from pyroute2.netlink.exceptions import NetlinkError
 
+from wire.messages import format_endpoint
 from wire.proof import decode_key
 
 from .device import Device, DeviceState, PeerConfig
 from .device_errors import DeviceError
-from .wgfields import (PeerReading, canonical_cidr, format_endpoint, parse_endpoint,
+from .wgfields import (PeerReading, canonical_cidr, parse_endpoint,
                        validate_ifname, validate_keepalive, validate_port)
 
 __all__ = ["KernelDevice", "peer_request", "state_from_messages"]

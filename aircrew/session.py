@@ -16,7 +16,8 @@ import redis
 import redis.asyncio as aioredis
 
 from wire import messages, proof
-from wire.errors import InvalidInput, MeshError, Unavailable
+from wire import snapshot as snapshots
+from wire.errors import InvalidInput, MeshError, NotFound, Unavailable, code_of
 from wire.keys import Keys
 from wire.messages import Peer, Request, ZoneUpdate
 
@@ -172,25 +173,19 @@ class TowerSession:
         return reply
 
     async def snapshot(self) -> ZoneSnapshot:
-        """A consistent (revision, peers) pair, read in one transaction."""
-        k = self.keys
+        """A consistent (revision, peers) pair, read in one transaction (``wire.snapshot``);
+        a malformed peer record is skipped with a warning."""
+        read = snapshots.Read(self.zone, fields=("cidr",))
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hget(k.zone(self.zone), "cidr")
-            pipe.get(k.rev(self.zone))
-            pipe.hgetall(k.peers(self.zone))
-            cidr, rev, records = await pipe.execute()
-        if cidr is None:
-            raise TowerRefused(f"zone {self.zone} does not exist", "not-found")
-        peers = {}
-        for record in records.values():
-            try:
-                peer = messages.parse_peer(record)
-            except InvalidInput as exc:
-                log.warning("skipped a malformed peer record in the snapshot: %s", exc)
-                continue
-            peers[peer.key] = peer
-        cidr = cidr.decode() if isinstance(cidr, bytes) else cidr
-        return ZoneSnapshot(cidr, int(rev or 0), peers)
+            snapshots.queue(pipe, snapshots.commands(self.keys, read))
+            replies = await pipe.execute()
+        try:
+            found = snapshots.parse(read, replies)
+        except NotFound as exc:
+            raise TowerRefused(str(exc), code_of(NotFound)) from None
+        peers = snapshots.peers(found.records, lambda exc: log.warning(
+            "skipped a malformed peer record in the snapshot: %s", exc))
+        return ZoneSnapshot(found.fields["cidr"], found.rev, peers)
 
     async def revision(self) -> int:
         """The highest revision published on the zone's update channel.

@@ -7,7 +7,10 @@ Three entry points (docs/stun.md explains when each is used):
 * :func:`query_raw` sends from the listen port through a raw socket while the WireGuard
   device holds it (periodic re-check). IPv4 only; needs CAP_NET_RAW.
 * :func:`discover` asks several servers from the same port at once and classifies the
-  NAT (:func:`classify_nat`, a pure function).
+  NAT (:func:`aircrew.nat.classify_nat`, a pure function).
+
+The sockets are in ``aircrew.stun_transport``, the STUN messages in ``wire.stun``; this
+module runs the transactions (requests, retransmissions, matching answers).
 
 Requests are retransmitted RFC 5389 style: the wait starts at ``timeout`` and doubles
 after each transmission; at most ``retries`` retransmissions follow the first request,
@@ -17,36 +20,28 @@ socket, timeout and garbage problems raise :class:`StunError`.
 """
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
 import math
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from wire import stun
-from wire.errors import InvalidInput, MeshError
+from wire.errors import InvalidInput
+from wire.messages import format_endpoint
+
+from .nat import classify_nat, is_local_address
+from .stun_transport import (Address, RawTransport, StunError, Transport, UdpTransport,
+                             bind_udp, family_of)
+
+__all__ = ["DEFAULT_PORT", "Discovery", "StunError", "discover", "format_server",
+           "parse_server", "query", "query_raw"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 3478
-MAX_DATAGRAM = 65535
-
-NAT_OPEN = "open"
-NAT_CONE = "cone"
-NAT_SYMMETRIC = "symmetric"
-NAT_UNKNOWN = "unknown"
-NAT_TYPES = (NAT_OPEN, NAT_CONE, NAT_SYMMETRIC, NAT_UNKNOWN)
-
-Address = tuple[str, int]
-
-
-class StunError(MeshError):
-    """Endpoint discovery failed: unresolvable server, socket error, timeout, garbage."""
 
 
 @dataclass(frozen=True)
@@ -107,102 +102,6 @@ def format_server(server: Address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def format_endpoint(address: Address) -> str:
-    """A WireGuard endpoint string: ``ip:port`` or ``[ipv6]:port``."""
-    return format_server(address)
-
-
-def classify_nat(
-    mappings: Sequence[Address],
-    local_port: int | None,
-    is_local: Callable[[str], bool],
-) -> str:
-    """The NAT type the answers of several servers reveal (pure).
-
-    * ``open``: every server saw one mapping, whose IP is an address of this host and
-      whose port is the local port (no NAT; decidable from a single answer);
-    * ``symmetric``: servers saw different mappings (the NAT maps per destination, so
-      peers cannot reuse what a STUN server saw);
-    * ``cone``: at least two servers saw the same mapping;
-    * ``unknown``: no answer, or a single answer that is not ``open``.
-    """
-    distinct = set(mappings)
-    if not distinct:
-        return NAT_UNKNOWN
-    if len(distinct) > 1:
-        return NAT_SYMMETRIC
-    ((ip, port),) = distinct
-    if local_port and port == local_port and is_local(ip):
-        return NAT_OPEN
-    return NAT_CONE if len(mappings) >= 2 else NAT_UNKNOWN
-
-
-def is_local_address(ip: str) -> bool:
-    """True when ``ip`` is an address of this host (a socket can bind to it).
-
-    Hosts with ``net.ipv4.ip_nonlocal_bind=1`` make this answer True for any IPv4.
-    """
-    try:
-        family = _family_of(ip)
-    except InvalidInput:
-        return False
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((ip, 0))
-        except OSError:
-            return False
-    return True
-
-
-def udp_checksum(src_ip: str, dst_ip: str, segment: bytes) -> int:
-    """The IPv4 UDP checksum of ``segment`` (header with checksum 0, then payload)."""
-    pseudo = (
-        socket.inet_aton(src_ip)
-        + socket.inet_aton(dst_ip)
-        + struct.pack("!BBH", 0, socket.IPPROTO_UDP, len(segment))
-    )
-    data = pseudo + segment
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    checksum = ~total & 0xFFFF
-    return checksum or 0xFFFF  # 0 means "no checksum" in IPv4 UDP
-
-
-def build_udp_segment(src: Address, dst: Address, payload: bytes) -> bytes:
-    """A UDP header plus payload, checksummed, ready for an IPv4 raw socket."""
-    length = 8 + len(payload)
-    if length > 0xFFFF:
-        raise InvalidInput(f"UDP payload too large: {len(payload)} bytes")
-    unsummed = struct.pack("!HHHH", src[1], dst[1], length, 0) + payload
-    checksum = udp_checksum(src[0], dst[0], unsummed)
-    return struct.pack("!HHHH", src[1], dst[1], length, checksum) + payload
-
-
-def parse_ipv4_udp(packet: bytes) -> tuple[Address, Address, bytes] | None:
-    """``(source, destination, payload)`` of an IPv4 UDP packet, or None if it is not one.
-
-    Fragments are refused (a STUN answer is far below any MTU).
-    """
-    if len(packet) < 20 or packet[0] >> 4 != 4:
-        return None
-    header_length = (packet[0] & 0x0F) * 4
-    if header_length < 20 or len(packet) < header_length + 8 or packet[9] != socket.IPPROTO_UDP:
-        return None
-    (flags_fragment,) = struct.unpack_from("!H", packet, 6)
-    if flags_fragment & 0x3FFF:  # MF set or non-zero offset
-        return None
-    src_ip = socket.inet_ntoa(packet[12:16])
-    dst_ip = socket.inet_ntoa(packet[16:20])
-    src_port, dst_port, length, _checksum = struct.unpack_from("!HHHH", packet, header_length)
-    if length < 8 or header_length + length > len(packet):
-        return None
-    payload = packet[header_length + 8 : header_length + length]
-    return (src_ip, src_port), (dst_ip, dst_port), payload
-
-
 # -- public queries -----------------------------------------------------------------
 
 
@@ -222,11 +121,11 @@ def query(
     """
     _check_timing(timeout, retries)
     _check_port(local_port, allow_none=True)
-    family = _family_of(local_ip)
+    family = family_of(local_ip)
     target = _resolve(server, family)
     transaction = _Transaction.create(target, format_server(server))
-    with _bind_udp(family, local_ip, local_port) as sock:
-        _exchange(_UdpTransport(sock), [transaction], timeout, retries)
+    with bind_udp(family, local_ip, local_port) as sock:
+        _exchange(UdpTransport(sock), [transaction], timeout, retries)
     return transaction.outcome()
 
 
@@ -247,11 +146,11 @@ def query_raw(
     """
     _check_timing(timeout, retries)
     _check_port(local_port, allow_none=False)
-    if _family_of(local_ip) != socket.AF_INET:
+    if family_of(local_ip) != socket.AF_INET:
         raise InvalidInput("query_raw supports IPv4 only")
     target = _resolve(server, socket.AF_INET)
     transaction = _Transaction.create(target, format_server(server))
-    with _RawTransport(local_ip, local_port, {target}) as transport:
+    with RawTransport(local_ip, local_port, {target}) as transport:
         _exchange(transport, [transaction], timeout, retries)
     return transaction.outcome()
 
@@ -274,7 +173,7 @@ def discover(
     """
     _check_timing(timeout, retries)
     _check_port(local_port, allow_none=not raw)
-    family = _family_of(local_ip)
+    family = family_of(local_ip)
     if raw and family != socket.AF_INET:
         raise InvalidInput("raw discovery supports IPv4 only")
     errors: dict[str, str] = {}
@@ -290,12 +189,12 @@ def discover(
         try:
             if raw:
                 targets = {t.server for t in transactions}
-                with _RawTransport(local_ip, port_used, targets) as transport:
+                with RawTransport(local_ip, port_used, targets) as transport:
                     _exchange(transport, transactions, timeout, retries)
             else:
-                with _bind_udp(family, local_ip, local_port) as sock:
+                with bind_udp(family, local_ip, local_port) as sock:
                     port_used = sock.getsockname()[1]
-                    _exchange(_UdpTransport(sock), transactions, timeout, retries)
+                    _exchange(UdpTransport(sock), transactions, timeout, retries)
         except StunError as exc:
             for transaction in transactions:
                 transaction.fail(str(exc))
@@ -308,7 +207,7 @@ def discover(
         else:
             errors[transaction.label] = transaction.error or "no answer"
     nat_type = classify_nat(answered, port_used, is_local)
-    endpoint = format_endpoint(answered[0]) if answered else None
+    endpoint = format_endpoint(*answered[0]) if answered else None
     log.info(
         "STUN discovery from port %s: endpoint %s, NAT %s (%d of %d servers answered)",
         port_used, endpoint, nat_type, len(answered), len(servers),
@@ -351,14 +250,8 @@ class _Transaction:
         return self.result
 
 
-class _Transport(Protocol):
-    def send(self, data: bytes, server: Address) -> None: ...
-
-    def receive(self, timeout: float) -> tuple[bytes, Address] | None: ...
-
-
 def _exchange(
-    transport: _Transport, transactions: list[_Transaction], timeout: float, retries: int
+    transport: Transport, transactions: list[_Transaction], timeout: float, retries: int
 ) -> None:
     """Run all transactions to completion (answer, error or timeout) over one transport."""
     by_id = {t.transaction_id: t for t in transactions}
@@ -428,107 +321,7 @@ def _describe_unmatched(data: bytes) -> str:
     return "a STUN message for another transaction"
 
 
-# -- transports ---------------------------------------------------------------------
-
-
-class _UdpTransport:
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def send(self, data: bytes, server: Address) -> None:
-        self._sock.sendto(data, server)
-
-    def receive(self, timeout: float) -> tuple[bytes, Address] | None:
-        self._sock.settimeout(timeout)
-        try:
-            data, source = self._sock.recvfrom(MAX_DATAGRAM)
-        except (TimeoutError, ConnectionRefusedError):
-            return None
-        return data, (source[0], source[1])
-
-
-class _RawTransport:
-    """IPv4 UDP through one raw IPPROTO_UDP socket, used both to send and to receive.
-
-    Sending: we write the UDP header, the kernel the IP header. Receiving: the socket
-    gets a copy (with IP header) of every incoming IPv4 UDP datagram for its bound
-    address; only those from one of ``servers`` to ``local_port`` are returned.
-    """
-
-    def __init__(self, local_ip: str, local_port: int, servers: set[Address]) -> None:
-        self._local_ip = local_ip
-        self._local_port = local_port
-        self._servers = servers
-        self._sources: dict[Address, str] = {}
-        try:
-            self._sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
-        except PermissionError as exc:
-            raise StunError("raw STUN re-check needs CAP_NET_RAW (run as root)") from exc
-        except OSError as exc:
-            raise StunError(f"cannot open a raw UDP socket: {exc.strerror or exc}") from exc
-        if local_ip != "0.0.0.0":
-            try:
-                self._sock.bind((local_ip, 0))
-            except OSError as exc:
-                self._sock.close()
-                raise StunError(f"cannot bind raw socket to {local_ip}: {exc.strerror}") from exc
-
-    def __enter__(self) -> _RawTransport:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._sock.close()
-
-    def send(self, data: bytes, server: Address) -> None:
-        source_ip = self._source_ip(server)
-        segment = build_udp_segment((source_ip, self._local_port), server, data)
-        self._sock.sendto(segment, (server[0], 0))
-
-    def receive(self, timeout: float) -> tuple[bytes, Address] | None:
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            self._sock.settimeout(remaining)
-            try:
-                packet = self._sock.recv(MAX_DATAGRAM)
-            except TimeoutError:
-                return None
-            parsed = parse_ipv4_udp(packet)
-            if parsed is None:
-                continue
-            source, destination, payload = parsed
-            if source in self._servers and destination[1] == self._local_port:
-                return payload, source
-        return None
-
-    def _source_ip(self, server: Address) -> str:
-        """The source address the kernel will pick (needed for the UDP checksum)."""
-        if self._local_ip != "0.0.0.0":
-            return self._local_ip
-        if server not in self._sources:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                probe.connect(server)  # a route lookup; sends nothing
-                self._sources[server] = probe.getsockname()[0]
-        return self._sources[server]
-
-
-# -- argument checks and socket setup -----------------------------------------------
-
-
-def _bind_udp(family: int, local_ip: str, local_port: int | None) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((local_ip, local_port or 0))
-    except OSError as exc:
-        sock.close()
-        where = format_server((local_ip, local_port or 0))
-        if exc.errno == errno.EADDRINUSE:
-            raise StunError(
-                f"UDP {where} is held by another socket (the WireGuard device?); "
-                "use the raw-socket re-check instead"
-            ) from exc
-        raise StunError(f"cannot bind UDP {where}: {exc.strerror or exc}") from exc
-    return sock
+# -- argument checks ----------------------------------------------------------------
 
 
 def _resolve(server: Address, family: int) -> Address:
@@ -565,14 +358,6 @@ def _check_timing(timeout: float, retries: int) -> None:
         raise InvalidInput(f"STUN timeout must be a positive number of seconds, not {timeout!r}")
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
         raise InvalidInput(f"STUN retries must be an integer from 0 to 10, not {retries!r}")
-
-
-def _family_of(ip: str) -> int:
-    try:
-        version = ipaddress.ip_address(ip).version
-    except (ValueError, TypeError):
-        raise InvalidInput(f"invalid local IP address {ip!r}") from None
-    return socket.AF_INET if version == 4 else socket.AF_INET6
 
 
 def _parse_port(text: str, original: str) -> int:

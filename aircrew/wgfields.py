@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from wire.errors import InvalidInput
+from wire.messages import format_endpoint
 from wire.proof import decode_key, encode_key
 
 from .device import PeerConfig, PeerStats
@@ -65,14 +66,6 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise InvalidInput(f"endpoint {endpoint!r} has an invalid port")
     return str(address), int(port_text)
-
-
-def format_endpoint(address: str, port: int) -> str:
-    """(address, port) -> ``ip:port`` or ``[ipv6]:port``."""
-    parsed = ipaddress.ip_address(address)
-    if parsed.version == 6:
-        return f"[{parsed}]:{port}"
-    return f"{parsed}:{port}"
 
 
 def canonical_endpoint(endpoint: str) -> str:

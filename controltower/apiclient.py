@@ -1,11 +1,14 @@
 """A small client of the ControlTower REST API (standard library only: urllib + ssl).
 
 Used by the admin commands (``controltower zone|peer|leases``). Errors come in two
-kinds: :class:`ApiError` when the API answered with an error (its ``error`` message,
-as it is) and :class:`ApiUnreachable` when no answer came.
+kinds, both in the ``wire.errors`` hierarchy: :class:`ApiError` when the API answered with
+an error (its ``error`` message, as it is; also an instance of the class the status
+stands for in the error table, e.g. ``NotFound`` for 404) and :class:`ApiUnreachable`
+(an ``Unavailable``) when no answer came.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -18,21 +21,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wire.errors import MeshError, Unavailable, class_for_status
+
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 
 
-class ApiError(Exception):
-    """The API answered with an error status."""
+class ApiError(MeshError):
+    """The API answered with an error status. Made with ``ApiError.of``, an error is also
+    an instance of the table's class for its status (``except NotFound`` catches a 404)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
 
+    @classmethod
+    def of(cls, status: int, message: str) -> ApiError:
+        return _api_error_class(class_for_status(status))(status, message)
 
-class ApiUnreachable(Exception):
+
+@functools.cache
+def _api_error_class(kind: type[MeshError]) -> type[ApiError]:
+    if kind is MeshError:
+        return ApiError
+    return type(f"Api{kind.__name__}", (ApiError, kind), {"__module__": __name__})
+
+
+class ApiUnreachable(Unavailable):
     """No HTTP answer: refused, timed out, TLS failure, bad URL."""
 
 
@@ -171,8 +188,8 @@ def _decode(status: int, raw: bytes, url: str) -> Any:
     try:
         return json.loads(raw or b"null")
     except ValueError:
-        raise ApiError(status, f"the answer from {url} is not JSON "
-                               "(is --api-url the ControlTower's REST API?)") from None
+        raise ApiError.of(status, f"the answer from {url} is not JSON "
+                                  "(is --api-url the ControlTower's REST API?)") from None
 
 
 def _api_error(exc: urllib.error.HTTPError) -> ApiError:
@@ -185,8 +202,8 @@ def _api_error(exc: urllib.error.HTTPError) -> ApiError:
     except ValueError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return ApiError(exc.code, data["error"])
-    return ApiError(exc.code, f"HTTP {exc.code} {exc.reason}")
+        return ApiError.of(exc.code, data["error"])
+    return ApiError.of(exc.code, f"HTTP {exc.code} {exc.reason}")
 
 
 def _reason(reason: object) -> str:

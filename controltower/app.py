@@ -45,6 +45,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.after_request(_observe)
     auth.init_app(app)
     db.init_app(app)
+    peers.init_app(app)
     # WireGuard keys are base64 and may start with '/': match them whole, double slash too.
     app.url_map.converters["wgkey"] = WireGuardKeyConverter
     app.url_map.merge_slashes = False

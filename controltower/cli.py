@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from wire import configfile
+from wire import configfile, logs
 from wire.errors import MeshError
+from wire.redisconn import RedisTLS
 
-from . import admin, logs
-from .redisconn import RedisTLS
+from . import admin
 from .serve import ServeSettings, Tower
 
 
@@ -22,18 +22,9 @@ def main() -> None:
 admin.register(main)
 
 
-def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value:
-        try:
-            ctx.default_map = configfile.load(ctx.command, Path(value))
-        except MeshError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
-
-
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), is_eager=True,
-              expose_value=False, callback=_load_config, envvar="CONTROLTOWER_CONFIG",
+              expose_value=False, callback=configfile.option_callback, envvar="CONTROLTOWER_CONFIG",
               help="TOML file with any of these options (command line > environment > file).")
 @click.option("--listen", default="0.0.0.0", show_default=True, envvar="CONTROLTOWER_LISTEN",
               help="Address the REST API, STUN and a private Redis listen on.")

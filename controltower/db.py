@@ -1,14 +1,16 @@
-"""The Redis connection and zone store of a Flask app (``init_app`` style extension)."""
+"""The Redis connection and zone store of a Flask app (``init_app`` style extension).
+
+Infrastructure only: the HTTP layer (``controltower.api``) builds on it, never the other
+way round (the ``GET /peers`` cache is set up by ``api.peers.init_app``)."""
 from __future__ import annotations
 
 from flask import Flask, current_app
 
 from ipam.store import ZoneStore
 from wire.keys import Keys
+from wire.redisconn import RedisTLS, connect
 
 from .acl import AgentCredentials
-from .api.peercache import PeerCache
-from .redisconn import RedisTLS, connect
 
 
 def init_app(app: Flask) -> None:
@@ -18,19 +20,12 @@ def init_app(app: Flask) -> None:
     keys = Keys(app.config["KEY_PREFIX"])
     zone_store = ZoneStore(client, keys, expiry=app.config["EXPIRY"])
     app.extensions["zone_store"] = zone_store
-    app.extensions["peer_cache"] = PeerCache(zone_store, app.config["OFFLINE_AFTER"],
-                                             max_age=app.config["PEERS_CACHE_SECONDS"])
     app.extensions["agent_credentials"] = (AgentCredentials(client, keys)
                                            if app.config["AGENT_ACL"] else None)
 
 
 def store() -> ZoneStore:
     return current_app.extensions["zone_store"]
-
-
-def peer_cache() -> PeerCache:
-    """This process's cache of the zones' peer lists (GET /peers)."""
-    return current_app.extensions["peer_cache"]
 
 
 def credentials() -> AgentCredentials | None:

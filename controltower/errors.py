@@ -1,4 +1,6 @@
-"""One mapping from domain exceptions to HTTP statuses, JSON bodies only."""
+"""Exceptions to JSON error answers: the status of a domain exception comes from the one
+table (``wire.errors``); Redis out of reach is an ``Unavailable``; anything else is an
+internal error, logged with its traceback."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +9,7 @@ import redis
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from wire.errors import MeshError, http_status
+from wire.errors import MeshError, Unavailable, http_status
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,9 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(redis.exceptions.ConnectionError)
     def redis_down(exc: Exception):
         log.warning("redis unreachable: %s", exc)
-        return error("the zone store (Redis) is unreachable", 503)
+        return mesh_error(Unavailable("the zone store (Redis) is unreachable"))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         log.exception("unhandled error")
-        return error("internal error", 500)
+        return error("internal error", http_status(exc))

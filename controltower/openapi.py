@@ -12,9 +12,10 @@ from functools import cache
 from importlib import metadata
 from typing import Any
 
+from wire.messages import NAT_TYPES
+
 ZONE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 PUBLIC_KEY_PATTERN = r"^[A-Za-z0-9+/]{43}=$"
-NAT_TYPES = ["open", "cone", "symmetric", "unknown", "static"]
 EXAMPLE_KEY = "M+BTP8LbMikKLufoTTI7tPL5Jf3SHhNki6SXEXa5Uic="
 
 JSON = "application/json"
@@ -155,7 +156,7 @@ SCHEMAS: dict[str, Any] = {
                          "description": "Last heartbeat (UTC, ISO 8601); null if never."},
             "Online": {"type": "boolean",
                        "description": "A heartbeat arrived within --offline-after seconds."},
-            "NatType": {"type": "string", "enum": NAT_TYPES},
+            "NatType": {"type": "string", "enum": list(NAT_TYPES)},
             "Hostname": {"type": "string"},
         },
         "required": ["PublicKey", "EndpointIP", "AllowedIPs", "Zone", "NodeAddress",

@@ -28,14 +28,15 @@ from pathlib import Path
 import redis
 
 from ipam.store import DEFAULT_ZONE, ZoneStore
+from wire import logs
 from wire.errors import MeshError
 from wire.keys import Keys
+from wire.redisconn import RedisTLS, connect
 from wire.secretfile import read_or_create_secret, write_secret
 
-from . import children, logs, metrics
+from . import children, metrics
 from .acl import SECRET_FIELD, AgentCredentials, digest, new_secret
 from .private_redis import PrivateRedis
-from .redisconn import RedisTLS, connect
 from .worker import RequestWorker
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ from redis.client import Pipeline
 from redis.commands.core import Script
 
 from wire import messages
+from wire import snapshot as snapshots
 from wire.errors import Conflict, InvalidInput, NotFound, Superseded
 from wire.keys import REQUEST_GROUP, Keys
 from wire.messages import Peer
@@ -398,16 +399,12 @@ class ZoneStore:
     # -- reads ---------------------------------------------------------------------------
 
     def snapshot(self, zone: str) -> Snapshot:
-        k = self.keys
+        read = snapshots.Read(zone)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(k.zone(zone))
-            pipe.get(k.rev(zone))
-            pipe.hgetall(k.peers(zone))
-            data, rev, peers = pipe.execute()
-        if not data:
-            raise NotFound(f"zone {zone} does not exist")
-        return Snapshot(_zone(data), int(rev or 0),
-                        {key: messages.parse_peer(record) for key, record in peers.items()})
+            snapshots.queue(pipe, snapshots.commands(self.keys, read))
+            found = snapshots.parse(read, pipe.execute())
+        data = {name: value for name, value in found.fields.items() if value is not None}
+        return Snapshot(_zone(data), found.rev, snapshots.peers(found.records))
 
     def peers(self, zone: str) -> list[Peer]:
         return [messages.parse_peer(r) for r in self.redis.hvals(self.keys.peers(zone))]

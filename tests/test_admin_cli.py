@@ -18,9 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from controltower import admin
+from controltower.apiclient import ApiClient, ApiError
 from ipam.store import ZoneStore
 from tests.redisproc import RedisProcess, free_port
 from tests.towerproc import TowerProcess
+from wire.errors import Conflict, InvalidInput, NotFound, Unavailable, http_status
 from wire.proof import generate_private_key, public_key_of
 
 # No setting of the machine running the tests leaks in (None unsets a variable).
@@ -216,6 +218,24 @@ def test_token_sources_and_auth_errors(run, tower, tmp_path):
     assert r.exit_code == 0, r.output
     r = run("zone", "list", "--token-file", str(tmp_path / "missing"))
     assert r.exit_code == 2 and "cannot read" in r.stderr
+
+
+def test_api_errors_are_in_the_domain_hierarchy(tower):
+    """A status from the real tower becomes the error table's class for it."""
+    client = ApiClient(tower.api, tower.token, timeout=10)
+    with pytest.raises(NotFound) as missing:
+        client.show_zone("zone-nowhere")
+    with pytest.raises(InvalidInput) as invalid:
+        client.create_zone("zone-bad", "10.0.0.1/24")
+    client.create_zone("zone-twice", "10.142.0.0/24")
+    with pytest.raises(Conflict) as twice:
+        client.create_zone("zone-twice", "10.142.0.0/24")
+    for caught, status in ((missing, 404), (invalid, 400), (twice, 409)):
+        assert isinstance(caught.value, ApiError) and caught.value.status == status
+        assert http_status(caught.value) == status
+    assert str(missing.value) == missing.value.message == "zone zone-nowhere does not exist"
+    with pytest.raises(Unavailable):
+        ApiClient(f"http://127.0.0.1:{free_port()}", timeout=5).list_zones()
 
 
 def test_unreachable_api_is_one_clear_line(run):

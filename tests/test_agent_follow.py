@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from aircrew.agent import REVISION_RECHECK, SAVE_INTERVAL
+from aircrew.agent import REVISION_RECHECK
+from aircrew.statewriter import SAVE_INTERVAL
 from aircrew.device import RecordingDevice
 from aircrew.device_errors import DeviceError
 from aircrew.state import StateFiles

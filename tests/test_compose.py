@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -304,6 +305,34 @@ def test_dockerfile(name, monkeypatch):
         if word == "COPY" and "entrypoint" in args:
             source = ROOT / shlex.split(args)[0]
             assert source.stat().st_mode & stat.S_IXUSR, f"{source} is not executable"
+
+
+def test_agent_image_has_no_tower_and_no_flask():
+    """The agent image copies wire/ and aircrew/ with the agent's own pyproject.toml:
+    neither controltower/ nor ipam/ (nor the whole context), and installs no Flask."""
+    instructions = dockerfile_instructions(DOCKERFILES["aircrew"])
+    copies = []
+    for word, args in instructions:
+        if word in ("COPY", "ADD"):
+            parts = [p for p in shlex.split(args) if not p.startswith("--")]
+            copies += [(Path(source.rstrip("/") or "."), parts[-1]) for source in parts[:-1]]
+    sources = {source for source, _ in copies}
+    assert Path(".") not in sources
+    assert all(source.parts[0] not in ("controltower", "ipam") for source in sources)
+    assert {(s.as_posix(), d) for s, d in copies} >= {
+        ("deploy/agent/pyproject.toml", "./"), ("wire", "wire/"), ("aircrew", "aircrew/")}
+    runs = " ".join(args for word, args in instructions if word == "RUN").lower()
+    assert "pip install ." in runs
+    for name in ("flask", "gunicorn", "werkzeug", "setup.cfg"):
+        assert name not in runs
+    project = tomllib.loads((ROOT / "deploy" / "agent" / "pyproject.toml").read_text())
+    required = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower()
+                for d in project["project"]["dependencies"]}
+    assert not required & {"flask", "gunicorn", "werkzeug"}
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == [
+        "wire", "wire.*", "aircrew", "aircrew.*"]
+    ignored = (ROOT / "deploy" / "Dockerfile.aircrew.dockerignore").read_text().split()
+    assert {"controltower", "ipam"} <= set(ignored)       # not even in the build context
 
 
 # -- the same commands, run here -------------------------------------------------------

@@ -15,7 +15,7 @@ from aircrew.agent import Agent, AgentSettings
 from aircrew.device import RecordingDevice
 from aircrew.endpoint import StaticEndpoint
 from aircrew.state import StateFiles
-from controltower import logs
+from wire import logs
 from tests.towerproc import TowerProcess
 from wire.proof import generate_private_key, public_key_of
 

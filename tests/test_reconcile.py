@@ -1,7 +1,7 @@
 """Pure reconcile: each zone change yields exactly the expected device operations."""
 from __future__ import annotations
 
-from aircrew.agent import apply_ops
+from aircrew.applier import apply_ops
 from aircrew.device import PeerConfig, RecordingDevice
 from aircrew.reconcile import (AddPeer, AddRoute, Applied, Desired, RemovePeer, RemoveRoute,
                                UpdatePeer, desired, diff)

@@ -20,7 +20,7 @@ import redis
 from aircrew import config
 from aircrew.agent import controller_client
 from aircrew.session import TowerSession
-from controltower.redisconn import parse_sentinel_url
+from wire.redisconn import parse_sentinel_url
 from tests.redisproc import RedisProcess, free_port
 from tests.towerproc import TowerProcess
 from wire.errors import InvalidInput

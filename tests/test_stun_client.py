@@ -1,4 +1,5 @@
-"""aircrew.stun_client: pure helpers, retransmission, errors, NAT classification."""
+"""aircrew.stun_client (pure helpers, retransmission, errors), aircrew.nat (NAT
+classification) and aircrew.stun_transport (raw UDP helpers)."""
 from __future__ import annotations
 
 import socket
@@ -9,8 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from aircrew import stun_client
-from aircrew.stun_client import StunError, classify_nat, parse_server
+from aircrew import nat, stun_client, stun_transport
+from aircrew.nat import classify_nat
+from aircrew.stun_client import StunError, parse_server
 from wire import stun
 from wire.errors import InvalidInput, MeshError
 
@@ -115,9 +117,10 @@ def test_parse_server_rejects(text):
         parse_server(text)
 
 
-def test_format_endpoint():
-    assert stun_client.format_endpoint(("203.0.113.5", 51820)) == "203.0.113.5:51820"
-    assert stun_client.format_endpoint(("2001:db8::5", 51820)) == "[2001:db8::5]:51820"
+def test_format_server():
+    assert stun_client.format_server(("203.0.113.5", 3478)) == "203.0.113.5:3478"
+    assert stun_client.format_server(("2001:db8::5", 3478)) == "[2001:db8::5]:3478"
+    assert stun_client.format_server(("stun.example", 3478)) == "stun.example:3478"
 
 
 # -- classify_nat --------------------------------------------------------------------
@@ -149,9 +152,9 @@ def test_classify_nat_without_known_local_port():
 
 
 def test_is_local_address():
-    assert stun_client.is_local_address("127.0.0.1")
-    assert not stun_client.is_local_address("192.0.2.123")  # TEST-NET-1, never ours
-    assert not stun_client.is_local_address("not an ip")
+    assert nat.is_local_address("127.0.0.1")
+    assert not nat.is_local_address("192.0.2.123")  # TEST-NET-1, never ours
+    assert not nat.is_local_address("not an ip")
 
 
 # -- raw UDP helpers -----------------------------------------------------------------
@@ -168,7 +171,7 @@ def _ones_complement_sum(data: bytes) -> int:
 
 @pytest.mark.parametrize("payload", [b"", b"x", b"hello!", bytes(range(256))])
 def test_udp_checksum_verifies(payload):
-    segment = stun_client.build_udp_segment(("10.1.2.3", 51820), ("192.0.2.9", 3478), payload)
+    segment = stun_transport.build_udp_segment(("10.1.2.3", 51820), ("192.0.2.9", 3478), payload)
     pseudo = socket.inet_aton("10.1.2.3") + socket.inet_aton("192.0.2.9")
     pseudo += struct.pack("!BBH", 0, 17, len(segment))
     assert _ones_complement_sum(pseudo + segment) == 0xFFFF
@@ -185,7 +188,7 @@ def test_kernel_accepts_our_checksum_and_drops_a_wrong_one():
         receiver.bind(("127.0.0.1", 0))
         receiver.settimeout(0.3)
         port = receiver.getsockname()[1]
-        good = stun_client.build_udp_segment(("127.0.0.1", 40001), ("127.0.0.1", port), b"odd")
+        good = stun_transport.build_udp_segment(("127.0.0.1", 40001), ("127.0.0.1", port), b"odd")
         bad = good[:6] + bytes([good[6] ^ 0x5A]) + good[7:]
         raw.sendto(bad, ("127.0.0.1", 0))
         raw.sendto(good, ("127.0.0.1", 0))
@@ -205,11 +208,11 @@ def _ipv4(payload: bytes, *, proto: int = 17, flags_fragment: int = 0, ihl: int 
 
 def test_parse_ipv4_udp():
     segment = struct.pack("!HHHH", 3478, 51820, 11, 0) + b"abc"
-    assert stun_client.parse_ipv4_udp(_ipv4(segment)) == (
+    assert stun_transport.parse_ipv4_udp(_ipv4(segment)) == (
         ("192.0.2.1", 3478), ("10.0.0.2", 51820), b"abc"
     )
-    assert stun_client.parse_ipv4_udp(_ipv4(segment, ihl=6))[2] == b"abc"
-    assert stun_client.parse_ipv4_udp(_ipv4(segment + b"pad"))[2] == b"abc"
+    assert stun_transport.parse_ipv4_udp(_ipv4(segment, ihl=6))[2] == b"abc"
+    assert stun_transport.parse_ipv4_udp(_ipv4(segment + b"pad"))[2] == b"abc"
 
 
 @pytest.mark.parametrize(
@@ -228,7 +231,7 @@ def test_parse_ipv4_udp():
     ],
 )
 def test_parse_ipv4_udp_refuses(packet):
-    assert stun_client.parse_ipv4_udp(packet) is None
+    assert stun_transport.parse_ipv4_udp(packet) is None
 
 
 # -- query against fake servers --------------------------------------------------------

@@ -3,6 +3,7 @@
 The click options are the one source of truth: `--help`, `config example` and
 `config check` all read them. A config file is TOML with the long option names
 (`listen-port = 51820`); precedence is command line > environment > file.
+``option_callback`` is the callback of both command lines' eager ``--config`` option.
 """
 from __future__ import annotations
 
@@ -75,6 +76,18 @@ def load(command: click.Command, path: Path) -> dict[str, Any]:
     if problems:
         raise InvalidInput(f"config file {path}: {problems[0]}")
     return values
+
+
+def option_callback(ctx: click.Context, _param: click.Parameter,
+                    value: str | None) -> str | None:
+    """The ``--config FILE`` callback: the file's values become the command's defaults
+    (so the command line and the environment still win); a bad file is a BadParameter."""
+    if value:
+        try:
+            ctx.default_map = load(ctx.command, Path(value))
+        except InvalidInput as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def check(command: click.Command, path: Path) -> list[str]:

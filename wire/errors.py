@@ -3,6 +3,7 @@
 ``CLASSES`` is the one table from a class to its HTTP status and its protocol code (the
 ``code`` of an error reply on the wire). It is looked up through the class hierarchy,
 so a subclass answers as its nearest listed ancestor unless it is listed itself.
+``class_for_status`` reads it backwards, for a client that gets a status.
 """
 from __future__ import annotations
 
@@ -56,11 +57,7 @@ UNKNOWN = (500, "error")
 def classify(exc: BaseException) -> tuple[int, str]:
     """(HTTP status, protocol code) of an exception: its nearest class in ``CLASSES``;
     anything outside the hierarchy is an internal error (500, "error")."""
-    for cls in type(exc).__mro__:
-        found = CLASSES.get(cls)
-        if found is not None:
-            return found
-    return UNKNOWN
+    return _entry(type(exc))
 
 
 def http_status(exc: BaseException) -> int:
@@ -69,3 +66,25 @@ def http_status(exc: BaseException) -> int:
 
 def protocol_code(exc: BaseException) -> str:
     return classify(exc)[1]
+
+
+def code_of(cls: type[BaseException]) -> str:
+    """The protocol code errors of class ``cls`` travel with (what a reply's ``code`` is
+    compared with)."""
+    return _entry(cls)[1]
+
+
+def class_for_status(status: int) -> type[MeshError]:
+    """The least specific class of ``CLASSES`` answered with HTTP ``status`` (400 is
+    InvalidInput, 409 Conflict); MeshError for a status no class has."""
+    found = [cls for cls, (known, _code) in CLASSES.items()
+             if known == status and cls is not MeshError and issubclass(cls, MeshError)]
+    return min(found, key=lambda cls: len(cls.__mro__), default=MeshError)
+
+
+def _entry(cls: type[BaseException]) -> tuple[int, str]:
+    for klass in cls.__mro__:
+        found = CLASSES.get(klass)
+        if found is not None:
+            return found
+    return UNKNOWN

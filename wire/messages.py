@@ -21,7 +21,14 @@ from .errors import InvalidInput
 
 VERSION = 1
 REQUEST_TYPES = ("register", "heartbeat", "endpoint-update", "leave")
-NAT_TYPES = ("open", "cone", "symmetric", "unknown", "static")
+# How a node is reached: STUN's classification (aircrew.nat), or "static" for an endpoint
+# given by its operator (--local-endpoint-ip, --internal-network).
+NAT_OPEN = "open"
+NAT_CONE = "cone"
+NAT_SYMMETRIC = "symmetric"
+NAT_UNKNOWN = "unknown"
+NAT_STATIC = "static"
+NAT_TYPES = (NAT_OPEN, NAT_CONE, NAT_SYMMETRIC, NAT_UNKNOWN, NAT_STATIC)
 MAX_MESSAGE_BYTES = 16384
 MAX_CHILD_PREFIXES = 64
 
@@ -65,7 +72,11 @@ def endpoint(value: Any) -> str:
     return format_endpoint(ip, port)
 
 
-def format_endpoint(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+def format_endpoint(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+    """A WireGuard endpoint: ``ip:port`` or ``[ipv6]:port``, the address in canonical form
+    (ValueError for text that is no IP address)."""
+    if isinstance(ip, str):
+        ip = ipaddress.ip_address(ip)
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import redis
 from flask import Blueprint, Response, current_app, jsonify
 
+from wire.errors import Unavailable
+
 from .. import metrics
 from ..db import store
-from ..errors import error
 
 bp = Blueprint("health", __name__)
 
@@ -33,9 +34,9 @@ def ready():
                          None) is not None
             missing = "no request worker is running"
     except redis.exceptions.RedisError:
-        return error("the zone store (Redis) is unreachable", 503)
+        raise Unavailable("the zone store (Redis) is unreachable") from None
     if not alive:
-        return error(missing, 503)
+        raise Unavailable(missing)
     return jsonify({"status": "ready"})
 
 

@@ -24,11 +24,13 @@ from typing import Callable
 
 from ipam.store import ZoneStore
 from wire import messages
+from wire import snapshot as snapshots
 from wire.errors import NotFound
 
 from . import render
 
 State = tuple[str, int]       # (zone created, zone revision)
+STATE_FIELDS = ("name", "created")
 
 
 @dataclass(frozen=True)
@@ -116,28 +118,22 @@ class PeerCache:
                 slot = self._slots.setdefault(zone, _Slot())
         return slot
 
-    def _state(self, zone: str) -> State:
-        k = self.store.keys
+    def _read(self, read: snapshots.Read) -> snapshots.Snapshot:
+        """One transaction (``wire.snapshot``); NotFound when the zone does not exist."""
         with self.store.redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(k.zone(zone), "name", "created")
-            pipe.get(k.rev(zone))
-            (name, created), rev = pipe.execute()
-        return _state_of(zone, name, created, rev)
+            snapshots.queue(pipe, snapshots.commands(self.store.keys, read))
+            return snapshots.parse(read, pipe.execute())
+
+    def _state(self, zone: str) -> State:
+        return _state_of(self._read(snapshots.Read(zone, STATE_FIELDS, peers=False)))
 
     def _load(self, zone: str, previous: Answer | None) -> Answer:
-        k = self.store.keys
         loaded = self.clock()
-        with self.store.redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(k.zone(zone), "name", "created")
-            pipe.get(k.rev(zone))
-            pipe.hgetall(k.peers(zone))
-            pipe.zrange(k.seen(zone), 0, -1, withscores=True)
-            (name, created), rev, raw, seen = pipe.execute()
-        state = _state_of(zone, name, created, rev)
-        records = _parse(zone, raw, previous.records if previous is not None else {})
+        found = self._read(snapshots.Read(zone, STATE_FIELDS, peers=True, seen=True))
+        records = _parse(zone, found.records, previous.records if previous is not None else {})
         peers = [records[key].encoded for key in sorted(records)]
-        body = render.peer_list(peers, dict(seen), self.offline_after, self.wall_clock())
-        return Answer(zone, state, loaded, body, _etag(body), records)
+        body = render.peer_list(peers, found.seen, self.offline_after, self.wall_clock())
+        return Answer(zone, _state_of(found), loaded, body, _etag(body), records)
 
 
 def _not_older(answer: Answer | None, state: State) -> bool:
@@ -146,10 +142,8 @@ def _not_older(answer: Answer | None, state: State) -> bool:
     return answer is not None and answer.state[0] == state[0] and answer.state[1] >= state[1]
 
 
-def _state_of(zone: str, name: str | None, created: str | None, rev: str | None) -> State:
-    if name is None:
-        raise NotFound(f"zone {zone} does not exist")
-    return (created or "", int(rev or 0))
+def _state_of(found: snapshots.Snapshot) -> State:
+    return (found.fields["created"] or "", found.rev)
 
 
 def _parse(zone: str, raw: dict[str, str], known: dict[str, Record]) -> dict[str, Record]:

@@ -3,16 +3,29 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, jsonify, request
 
 from wire import messages
 from wire.errors import NotFound
 
-from ..db import peer_cache, store
+from ..db import store
 from . import render
-from .peercache import Answer, combined_etag
+from .peercache import Answer, PeerCache, combined_etag
 
 bp = Blueprint("peers", __name__)
+
+
+def init_app(app: Flask) -> None:
+    """This process's cache of the zones' peer lists, over the app's zone store (after
+    ``db.init_app``)."""
+    app.extensions["peer_cache"] = PeerCache(app.extensions["zone_store"],
+                                             app.config["OFFLINE_AFTER"],
+                                             max_age=app.config["PEERS_CACHE_SECONDS"])
+
+
+def peer_cache() -> PeerCache:
+    """This process's cache of the zones' peer lists (GET /peers)."""
+    return current_app.extensions["peer_cache"]
 
 
 @bp.get("/peers")

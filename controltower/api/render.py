@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 from ipam.store import Zone
-from wire.messages import Peer
+from wire.messages import NAT_UNKNOWN, Peer
 
 
 def zone(z: Zone, nodes: int | None = None) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def _peer_parts(zone_name: str, p: Peer) -> tuple[dict[str, Any], dict[str, Any]
         "NodeAddress": p.address,
         "ChildPrefix": list(p.child_prefixes),
     }, {
-        "NatType": p.nat_type or "unknown",
+        "NatType": p.nat_type or NAT_UNKNOWN,
         "Hostname": p.hostname or "",
     })
 

@@ -2,8 +2,7 @@
 
 JSON lines carry ``time``, ``level``, ``logger``, ``message`` and, when known,
 ``request_id``: the id of the agent request being handled (set around a request in
-``request_id``, or passed as ``extra={"request_id": ...}``). Standard library only, so
-the agent can use it without importing anything of the tower.
+``request_id``, or passed as ``extra={"request_id": ...}``). Standard library only.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Connecting to Redis from a URL (redis://, rediss:// with TLS files, unix://, and
-redis+sentinel:// for a Sentinel-managed primary).
+redis+sentinel:// for a Sentinel-managed primary), for the tower (``connect``, blocking)
+and the agent (``connect_async``, asyncio) alike.
 
     redis+sentinel://[user:password@]host1:26379,host2:26379/<master-name>[/db]
         [?sentinel_username=...&sentinel_password=...]
@@ -11,14 +12,17 @@ standard library are used, so the agent (``--controller``) parses the same form.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
-from wire.errors import InvalidInput
+from .errors import InvalidInput
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
@@ -130,3 +134,30 @@ def connect(url: str, tls: RedisTLS = RedisTLS(), **kwargs) -> redis.Redis:
         return redis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise InvalidInput(f"bad Redis URL: {exc}") from None
+
+
+class _SentinelClient(aioredis.Redis):
+    """A client of a Sentinel-managed primary that closes its Sentinel connections too."""
+    sentinel: AsyncSentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
+
+
+def connect_async(url: str, tls: Mapping[str, str] | None = None,
+                  **options: Any) -> aioredis.Redis:
+    """An asyncio client for a redis://, rediss:// (``tls``: redis-py's ``ssl_*`` options,
+    used with rediss:// only), unix:// or redis+sentinel:// URL (the primary the
+    Sentinels name, followed across failovers). ``options`` go to every connection."""
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url)
+        sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs())
+        client = sentinel.master_for(target.master, redis_class=_SentinelClient, **options,
+                                     **target.master_kwargs())
+        client.sentinel = sentinel
+        return client
+    if url.startswith("rediss://"):
+        options.update(tls or {})
+    return aioredis.Redis.from_url(url, **options)

@@ -1,30 +1,49 @@
-"""iperf3 between two lab nodes: over wg0 (wireguard-go) and directly over the underlay.
+"""``throughput``: iperf3 between two lab nodes, over wg0 (wireguard-go) and over the underlay.
 
-    python -m deploy.throughput [--seconds 5]
+A lab (``testbed.lab``) with a tower and two public hosts running the real ``aircrew``;
+one TCP stream of ``--seconds`` each way: directly between the hosts' underlay
+addresses, then between their wg0 addresses. Not part of ``bench all``: the data plane
+is WireGuard's, not the control plane's (see docs/performance.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
+import shutil
 import time
+from typing import Any
 
-from .lab import Lab
-from .mesh import Mesh
+from .report import Target
+from .requirements import device_scenarios_missing
+
+log = logging.getLogger(__name__)
+
+TARGETS: list[Target] = []
+HEADLINE = ["underlay_mbps", "wg0_mbps", "ratio"]
 
 
-def iperf(client, server_address: str, seconds: int) -> float:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=int, default=5, help="length of each iperf3 run")
+
+
+def iperf(client: Any, server_address: str, seconds: int) -> float:
     """Bits per second received, client -> server."""
     out = client.run(["iperf3", "-c", server_address, "-t", str(seconds), "-J"],
                      timeout=seconds + 30).stdout
     return json.loads(out)["end"]["sum_received"]["bits_per_second"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    command = f"python -m bench throughput --seconds {args.seconds}"
+    missing = device_scenarios_missing()
+    if shutil.which("iperf3") is None:
+        missing.append("iperf3 is not installed")
+    if missing:
+        return {"not_run": "; ".join(missing), "command": command}
+    from testbed.lab import Lab
+    from testbed.mesh import Mesh
+
     with Lab() as lab:
         mesh = Mesh(lab, lab.add_public_host("tower"))
         mesh.start_tower()
@@ -38,15 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         underlay = iperf(a, b.address, args.seconds)
         overlay = iperf(a, wg_b, args.seconds)
         server.stop()
-    result = {"underlay_mbps": round(underlay / 1e6), "wg0_mbps": round(overlay / 1e6),
-              "ratio": round(overlay / underlay, 3), "seconds": args.seconds}
-    print(f"underlay (veth, no encryption): {result['underlay_mbps']} Mbit/s")
-    print(f"wg0 (wireguard-go, userspace):  {result['wg0_mbps']} Mbit/s "
-          f"({result['ratio']:.1%} of the underlay)")
-    if args.json:
-        print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"underlay_mbps": round(underlay / 1e6), "wg0_mbps": round(overlay / 1e6),
+            "ratio": round(overlay / underlay, 3), "seconds": args.seconds,
+            "command": command}

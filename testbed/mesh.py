@@ -1,7 +1,9 @@
 """A mesh in the lab: a tower host running `controltower serve`, hosts running `aircrew`.
 
-Used by `make demo` and the end-to-end tests. Every command is the real one a user
-would type; the REST API is driven with curl from the tower host.
+Used by `make demo`, the end-to-end and partition tests and ``bench throughput``. Every
+command is the real one a user would type; the REST API is driven with curl from the
+tower host. Failures (a wait that times out, a process that exits, a refused API call)
+raise ``testbed.errors.MeshFailure``.
 """
 from __future__ import annotations
 
@@ -12,50 +14,55 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
-from .lab import Host, Lab, LabProcess
+from .errors import MeshFailure
+from .host import Host, HostProcess
+from .lab import Lab
 
 BIN = Path(sys.executable).parent
 TOWER_DATA = "/etc/wireguard/controltower"   # inside the tower host's private /etc/wireguard
-
-
-class MeshError(Exception):
-    pass
+T = TypeVar("T")
 
 
 @dataclass
-class Agent:
+class LabAgent:
+    """An ``aircrew`` process in a lab host, and how it was started."""
     host: Host
     zone: str
     public_key: str
     argv: list[str]
     env: dict[str, str]
-    proc: LabProcess | None = None
+    proc: HostProcess | None = None
 
     @property
     def name(self) -> str:
         return self.host.name
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+def wait_for(predicate: Callable[[], T], timeout: float, what: str,
+             interval: float = 0.2) -> T:
+    """Call ``predicate`` until it returns something true (returned); MeshFailure after
+    ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise MeshError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise MeshFailure(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
 
 
 class Mesh:
+    """``controltower serve`` on one lab host and ``aircrew`` on others."""
+
     def __init__(self, lab: Lab, tower: Host) -> None:
         self.lab = lab
         self.tower = tower
-        self.tower_proc: LabProcess | None = None
+        self.tower_proc: HostProcess | None = None
         self.secrets: dict[str, str] = {}
-        self.agents: dict[str, Agent] = {}
+        self.agents: dict[str, LabAgent] = {}
 
     # -- the tower -----------------------------------------------------------------------
 
@@ -76,7 +83,7 @@ class Mesh:
 
     def _health(self) -> bool:
         if self.tower_proc is not None and not self.tower_proc.running:
-            raise MeshError(f"controltower exited:\n{self.tower_proc.log_text()[-3000:]}")
+            raise MeshFailure(f"controltower exited:\n{self.tower_proc.log_text()[-3000:]}")
         return self.curl("GET", "/health", check=False, token=False)[0] == 200
 
     def curl(self, method: str, path: str, body: Any = None, check: bool = True,
@@ -92,7 +99,7 @@ class Mesh:
         status = int(code) if code.isdigit() else 0
         data = json.loads(text) if text.strip() else None
         if check and not 200 <= status < 300:
-            raise MeshError(f"{method} {path} -> {status}: {text}")
+            raise MeshFailure(f"{method} {path} -> {status}: {text}")
         return status, data
 
     def known_secrets(self) -> dict[str, str]:
@@ -127,18 +134,18 @@ class Mesh:
         return {"AIRCREW_CONTROLLER_PASSWORD": self.secrets.get(zone, self.secrets["default"])}
 
     def start_agent(self, host: Host, zone: str = "default", *extra: str,
-                    new_key: bool = True) -> Agent:
+                    new_key: bool = True) -> LabAgent:
         if new_key:
             key = self.keygen(host)
         else:  # the host already holds /etc/wireguard/private.key
             key = host.run(["wg", "pubkey"], input=host.run(
                 ["cat", "/etc/wireguard/private.key"]).stdout).stdout.strip()
-        agent = Agent(host, zone, key, self.agent_argv(zone, *extra), self.agent_env(zone))
+        agent = LabAgent(host, zone, key, self.agent_argv(zone, *extra), self.agent_env(zone))
         agent.proc = host.spawn(agent.argv, "aircrew", env=agent.env)
         self.agents[host.name] = agent
         return agent
 
-    def restart_agent(self, agent: Agent) -> None:
+    def restart_agent(self, agent: LabAgent) -> None:
         agent.proc = agent.host.spawn(agent.argv, "aircrew", env=agent.env)
 
     def mesh_address(self, host: Host) -> str | None:
@@ -146,10 +153,10 @@ class Mesh:
         found = re.search(r"inet (\S+)/", out)
         return found.group(1) if found else None
 
-    def wait_address(self, agent: Agent, timeout: float = 30.0) -> str:
+    def wait_address(self, agent: LabAgent, timeout: float = 30.0) -> str:
         def ready():
             if agent.proc is not None and not agent.proc.running:
-                raise MeshError(f"aircrew on {agent.name} exited:\n{agent.proc.log_text()[-3000:]}\n"
+                raise MeshFailure(f"aircrew on {agent.name} exited:\n{agent.proc.log_text()[-3000:]}\n"
                             f"tower log:\n{self.tower_proc.log_text()[-3000:] if self.tower_proc else ''}")
             return self.mesh_address(agent.host)
         return wait_for(ready, timeout, f"wg0 on {agent.name}")

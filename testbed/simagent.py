@@ -1,30 +1,41 @@
-"""Simulated nodes for the fault tests: the real aircrew Agent, only the device is fake.
+"""Simulated nodes: the real aircrew ``Agent``, with a device and links that only remember.
 
-Each SimAgent runs `aircrew.agent.Agent` (register, subscribe, snapshot, deltas, resync,
-heartbeats, reconnection with backoff) as an asyncio task, with a RecordingDevice, links
-that only remember what they were told, a static endpoint and a temporary state dir.
+A :class:`SimAgent` runs ``aircrew.agent.Agent`` unchanged (register with proof of
+possession, subscribe, snapshot, deltas, resync, heartbeats, revision and drift checks,
+reconnection with backoff) as an asyncio task. Only what touches the machine is
+replaced: the WireGuard device (``aircrew.device.RecordingDevice``, or a
+:class:`NotingDevice` that also notes when each peer was applied), the links (address
+and routes in memory), the endpoint (static) and, where asked, the state files
+(:class:`MemoryState`: nothing written).
+
+The fault tests run tens of these in the test process; the benchmark runs thousands per
+simulator process with what ``testbed.sharing`` shares between them.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import redis.asyncio as aioredis
 
 from aircrew.agent import Agent, AgentSettings
-from aircrew.device import RecordingDevice
+from aircrew.device import PeerConfig, RecordingDevice
 from aircrew.endpoint import StaticEndpoint
 from aircrew.state import StateFiles
 from wire.keys import Keys
 from wire.messages import parse_peer
 from wire.proof import generate_private_key
 
+from .errors import LabError
 
-class FakeLinks:
-    """aircrew.agent.Links without a kernel: address, link state and routes in memory."""
+
+class RecordingLinks:
+    """``aircrew.agent.Links`` without a kernel: address, link state and routes in memory."""
 
     def __init__(self) -> None:
         self.address: tuple[str, int] | None = None
@@ -47,13 +58,128 @@ class FakeLinks:
         self.route_set.discard(prefix)
 
 
+class AppliedLog:
+    """When peers reached the devices of many agents: {peer key: [devices, last, first]}.
+
+    Times are ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for every process on Linux).
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, list[float]] = {}
+
+    def note(self, key: str, now: float) -> None:
+        entry = self.entries.get(key)
+        if entry is None:
+            self.entries[key] = [1, now, now]
+        else:
+            entry[0] += 1
+            entry[1] = now
+
+    def get(self, key: str) -> list[float]:
+        return self.entries.get(key, [0, 0.0, 0.0])
+
+
+class NotingDevice(RecordingDevice):
+    """A recording device that notes each peer operation in an :class:`AppliedLog` and
+    the moment it first holds ``target`` peers (``reached_at``)."""
+
+    def __init__(self, applied: AppliedLog, keep_log: bool = False) -> None:
+        super().__init__(keep_log=keep_log)
+        self.applied = applied
+        self.target: int | None = None
+        self.reached_at: float | None = None
+
+    def watch(self, more: int) -> None:
+        """From now on, note when the device holds ``more`` peers more than now."""
+        self.target = len(self.state.peers) + more
+        self.reached_at = None
+        self._check()
+
+    def upsert_peer(self, peer: PeerConfig) -> None:
+        super().upsert_peer(peer)
+        self.applied.note(peer.public_key, time.monotonic())
+        self._check()
+
+    def remove_peer(self, public_key: str) -> None:
+        super().remove_peer(public_key)
+        self.applied.note(public_key, time.monotonic())
+
+    def _check(self) -> None:
+        if (self.target is not None and self.reached_at is None
+                and len(self.state.peers) >= self.target):
+            self.reached_at = time.monotonic()
+
+
+class MemoryState(StateFiles):
+    """State files that are never written: no cache to start from, saves dropped.
+
+    For thousands of simulated agents in one process, whose files nobody reads: the
+    agent still decides when to write and renders what it would write (its own cost);
+    only the disk write is left out."""
+
+    def __init__(self, interface: str = "wg0") -> None:
+        super().__init__(Path("/nonexistent-simulated-agent"), interface)
+        self.saves = 0
+
+    def load(self) -> None:
+        return None
+
+    def save(self, cache: Any, records: Any, wg_quick: Any) -> None:
+        self.saves += 1
+
+    def remove(self) -> None:
+        pass
+
+
+class InlineExecutor(Executor):
+    """Runs each call at once, on the calling thread (the event loop's).
+
+    The agent runs device calls on a thread of its own because pyroute2 runs an event
+    loop inside; a recording device needs no thread, and thousands of agents' threads
+    would measure thread switches. Called from a running loop, ``submit`` returns a
+    finished asyncio future, which ``loop.run_in_executor`` hands back as it is
+    (no cross-thread wake-up)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        try:
+            future: Any = asyncio.get_running_loop().create_future()
+        except RuntimeError:
+            future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+class SessionSeed:
+    """Stands for an agent's previous session until it connects: the agent keeps its
+    session id across reconnections (``Agent.session.session_id``), so a seeded agent
+    registers with this id, as a node whose record was written beforehand would."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+
+
 @dataclass
 class SimAgent:
     agent: Agent
     device: RecordingDevice
-    links: FakeLinks
+    links: RecordingLinks
     task: asyncio.Task | None = None
     errors: list[BaseException] = field(default_factory=list)
+    connections: int = 0        # clients the agent asked for: 1 + reconnections
+    default_clients: Callable[[str], aioredis.Redis] | None = None   # the agent's own
+
+    def use_clients(self, factory: Callable[[str], aioredis.Redis]) -> None:
+        """The agent gets its Redis clients from ``factory`` (counted in ``connections``)."""
+        def client(url: str) -> aioredis.Redis:
+            self.connections += 1
+            return factory(url)
+        self.agent.client_factory = client
 
     @property
     def public_key(self) -> str:
@@ -64,24 +190,58 @@ class SimAgent:
         return {k: p.allowed_ips for k, p in self.device.state.peers.items()}
 
 
-def make_agent(redis_url: str, state_dir: Path, index: int, zone: str = "default",
-               **overrides) -> SimAgent:
-    settings = AgentSettings(zone=zone, private_key=generate_private_key(),
-                             controller_urls=[redis_url], listen_port=51820,
-                             hostname=f"sim{index}", **overrides)
-    device, links = RecordingDevice(), FakeLinks()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    agent = Agent(settings, device, links, StaticEndpoint(f"198.51.100.{index % 250 + 1}", 51820),
-                  StateFiles(state_dir, "wg0"))
-    real_factory = agent.client_factory
+def make_agent(redis_url: str, state_dir: Path | None, index: int, zone: str = "default", *,
+               private_key: str | None = None, session: str | None = None,
+               device: RecordingDevice | None = None, endpoint: tuple[str, int] | None = None,
+               inline_device: bool = False, **overrides: Any) -> SimAgent:
+    """A simulated node ``index``: ``aircrew.agent.Agent`` with ``AgentSettings(**overrides)``.
 
-    def named_client(url: str):
+    ``state_dir`` None: :class:`MemoryState`. ``session``: the session id it registers
+    with (default: a fresh one, as a starting agent). ``endpoint``: (ip, port) it
+    advertises (default 198.51.100.<index>:51820). Its Redis clients are the agent's own,
+    named ``simagent-<hostname>`` for CLIENT LIST (``SimAgent.use_clients`` to change).
+    ``inline_device``: device calls on the event loop instead of the agent's device thread.
+    """
+    options: dict[str, Any] = {"listen_port": 51820, "hostname": f"sim{index}", **overrides}
+    settings = AgentSettings(zone=zone, private_key=private_key or generate_private_key(),
+                             controller_urls=[redis_url], **options)
+    device = device if device is not None else RecordingDevice()
+    links = RecordingLinks()
+    if state_dir is None:
+        state: StateFiles = MemoryState()
+    else:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        state = StateFiles(state_dir, "wg0")
+    ip, port = endpoint or (f"198.51.100.{index % 250 + 1}", 51820)
+    agent = Agent(settings, device, links, StaticEndpoint(ip, port), state)
+    sim = SimAgent(agent, device, links, default_clients=agent.client_factory)
+    sim.use_clients(_named(agent.client_factory, client_name(settings.hostname)))
+    if session is not None:
+        agent.session = SessionSeed(session)  # type: ignore[assignment]
+    if inline_device:
+        run_device_calls_inline(agent)
+    return sim
+
+
+def run_device_calls_inline(agent: Agent) -> None:
+    """Give the agent an :class:`InlineExecutor` for its device and state-file threads."""
+    for name in ("_device_thread", "_state_thread"):
+        current = getattr(agent, name, None)
+        if not isinstance(current, Executor):
+            raise LabError(f"aircrew.agent.Agent has no executor {name!r} any more: "
+                           "testbed.simagent.run_device_calls_inline needs updating")
+        current.shutdown(wait=False)
+        setattr(agent, name, InlineExecutor())
+
+
+def _named(factory: Callable[[str], aioredis.Redis], name: str
+           ) -> Callable[[str], aioredis.Redis]:
+    def named_client(url: str) -> aioredis.Redis:
         """The agent's own client, named so tests can find its connections (CLIENT LIST)."""
-        client = real_factory(url)
-        client.connection_pool.connection_kwargs["client_name"] = client_name(settings.hostname)
+        client = factory(url)
+        client.connection_pool.connection_kwargs["client_name"] = name
         return client
-    agent.client_factory = named_client
-    return SimAgent(agent, device, links)
+    return named_client
 
 
 def client_name(hostname: str) -> str:
@@ -99,18 +259,20 @@ def pubsub_connections(client, sims: list[SimAgent]) -> dict[str, int]:
 
 
 def start(sim: SimAgent) -> None:
-    async def guarded():
+    """Run the agent as a task of the running loop; an exception ends up in ``sim.errors``."""
+    async def guarded() -> None:
         try:
             await sim.agent.run()
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - recorded; the test asserts on it
+        except BaseException as exc:  # noqa: BLE001 - recorded; the caller asserts on it
             sim.errors.append(exc)
             raise
     sim.task = asyncio.create_task(guarded(), name=f"agent-{sim.agent.s.hostname}")
 
 
 async def stop(sims: list[SimAgent], timeout: float = 10.0) -> None:
+    """Ask every agent to stop, cancel those that do not within ``timeout``."""
     for sim in sims:
         sim.agent.stop.set()
     tasks = [s.task for s in sims if s.task is not None]
@@ -120,7 +282,9 @@ async def stop(sims: list[SimAgent], timeout: float = 10.0) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     for sim in sims:
-        sim.agent._device_thread.shutdown(wait=False)
+        executor = getattr(sim.agent, "_device_thread", None)
+        if isinstance(executor, Executor):
+            executor.shutdown(wait=False)
 
 
 def zone_view(client, zone: str = "default", keys: Keys | None = None
@@ -165,5 +329,5 @@ async def open_client(port: int) -> aioredis.Redis:
                                    max_connections=4000)
 
 
-def dump(obj) -> str:
+def dump(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)

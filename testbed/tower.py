@@ -1,4 +1,9 @@
-"""A real `controltower serve` process, for tests and benchmarks."""
+"""A real ``controltower serve`` process on loopback, for tests and benchmarks.
+
+Given a Redis URL it uses that Redis; without one the tower starts its own private
+redis-server, as in production. The API listens on a free port; ``request`` calls it with
+the tower's admin token.
+"""
 from __future__ import annotations
 
 import json
@@ -12,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.redisproc import free_port
+from .redisserver import free_port
 
 
 class TowerProcess:

@@ -9,10 +9,9 @@ record, read in one transaction with the revision) on a channel of its own::
     {"v": 1, "zone": "bench", "rev": 42, "peers": [<peer record>, <peer record>, ...]}
 
 Agents in full-list mode are the real agent following that channel instead of the delta
-channel (a ``Keys`` whose ``updates`` names it). Each full list reaches the agent as one
-zone update that upserts every peer of the list and removes the peers that left
-(:class:`ListUpdates`), so the agent loads the whole list into its mirror and reconciles
-all of it on every message. The publisher adds one local hop (a few ms) that the
+channel (a ``Keys`` whose ``updates`` names it). Each full list is a snapshot to the agent
+(:class:`ListSnapshots`): it loads the whole list into its mirror and reconciles the whole
+zone against its device on every message (its resync). The publisher adds one local hop (a few ms) that the
 original did not have; the bytes each agent receives per change are what the original
 sent.
 """
@@ -21,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import redis
@@ -29,7 +27,8 @@ import redis
 from wire import messages
 from wire.errors import InvalidInput
 from wire.keys import Keys
-from wire.messages import Change, Peer, ZoneUpdate
+from aircrew.session import ZoneSnapshot
+from wire.messages import Peer, ZoneUpdate
 
 log = logging.getLogger(__name__)
 
@@ -70,33 +69,29 @@ def parse(payload: bytes | str) -> FullList:
     return FullList(messages.zone_name(data.get("zone")), rev, peers)
 
 
-class ListUpdates:
-    """Full lists as the zone updates the agent applies: every peer upserted, the peers
-    missing since the list before removed. The agents of a process receive the same lists
-    in the same order; the list before each one is remembered per revision, so parsing a
-    list again (per agent) gives the same update."""
+class ListSnapshots:
+    """Full lists as the agent takes them: each one is a snapshot.
 
-    def __init__(self, remember: int = 64) -> None:
-        self.remember = remember
-        self._last: FullList | None = None
-        self._before: OrderedDict[int, tuple[int, tuple[str, ...]]] = OrderedDict()
+    A list reaches the agent as an update that starts past the agent's revision (a gap),
+    so the agent resyncs; the snapshot it then reads (``latest``, in place of a read from
+    Redis) is the newest list. The agent thus loads the whole list into its mirror and
+    reconciles the whole zone against its device on every message, as the original's
+    agents rebuilt from every list."""
+
+    def __init__(self) -> None:
+        self.latest: FullList | None = None
 
     def __call__(self, payload: bytes | str) -> ZoneUpdate:
         full = parse(payload)
-        found = self._before.get(full.rev)
-        if found is None:
-            last = self._last
-            since = last.rev if last is not None and last.rev < full.rev else 0
-            gone = tuple(sorted(last.peers.keys() - full.peers.keys())) if last else ()
-            found = self._before[full.rev] = (since, gone)
-            if len(self._before) > self.remember:
-                self._before.popitem(last=False)
-            if last is None or full.rev > last.rev:
-                self._last = full
-        since, gone = found
-        changes = [Change(full.rev, "upsert", peer=p) for p in full.peers.values()]
-        changes += [Change(full.rev, "remove", key=k, reason="left") for k in gone]
-        return ZoneUpdate(full.zone, since, full.rev, tuple(changes))
+        if self.latest is None or full.rev >= self.latest.rev:
+            self.latest = full
+        return ZoneUpdate(full.zone, full.rev, full.rev, ())
+
+    def snapshot(self, cidr: str) -> ZoneSnapshot | None:
+        """The newest list as a zone snapshot (None before the first list)."""
+        if self.latest is None:
+            return None
+        return ZoneSnapshot(cidr, self.latest.rev, self.latest.peers)
 
 
 class FullListPublisher:

@@ -107,8 +107,9 @@ class Simulator:
         seconds (default: the heartbeat interval, at most 10 s)."""
         started = time.monotonic()
         full = mode == "full-list"
+        lists = fulllist.ListSnapshots() if full else None
         shared = self.shared = ProcessShared(
-            parse_shared, keep_peers, parser=fulllist.ListUpdates() if full else None)
+            parse_shared, keep_peers, parser=lists, resync_from=lists.snapshot if lists else None)
         shared.install()
         factory = None
         for private, session_id, body in agents:
@@ -184,6 +185,12 @@ class Simulator:
             if all(applied.get(k)[0] >= want for k in keys):
                 break
             await asyncio.sleep(POLL)
+        else:
+            lagging = [s for s in self.sims if not set(keys) <= s.device.state.peers.keys()]
+            log.warning("%d agents lack %s: %s", len(lagging), keys, [
+                (s.agent.s.hostname, s.agent.mirror.rev, len(s.device.state.peers),
+                 s.agent.session.updates.qsize() if hasattr(s.agent.session, "updates") else None,
+                 s.task.done() if s.task else None) for s in lagging[:5]])
         return {"applied": {k: list(applied.get(k)) for k in keys}, "agents": want}
 
     async def op_watch(self, new_peers: int) -> dict[str, Any]:

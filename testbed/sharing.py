@@ -16,7 +16,7 @@ So, within one simulator process, :meth:`ProcessShared.install` puts in place:
   :class:`StartGate` is closed, an agent's snapshot waits for the process's other agents;
   once every agent has subscribed and registered, one snapshot is read for all of them
   (so each was subscribed before it was read). Later snapshots (resyncs) are each the
-  agent's own;
+  agent's own (or, given ``resync_from``, what it gives: full-list mode's newest list);
 * one connection pool per process (``client_factory``), as one client served all
   agents of a process before; every agent still holds its own pub/sub connection.
 
@@ -132,7 +132,10 @@ class ProcessShared:
 
     def __init__(self, parse_shared: bool = True, keep_peers: bool = True,
                  parser: Callable[[str], ZoneUpdate] | None = None,
+                 resync_from: Callable[[str], ZoneSnapshot | None] | None = None,
                  cache_size: int = 64) -> None:
+        """``parser``: in place of ``wire.messages.parse_update`` (another channel's format);
+        ``resync_from(cidr)``: the snapshot a resync takes, when not None (else Redis)."""
         self.parse_shared = parse_shared
         self.keep_peers = keep_peers
         self.cache_size = cache_size
@@ -143,6 +146,7 @@ class ProcessShared:
         self.gate = StartGate()
         self.initial: dict[str, Peer] = {}   # the start-up snapshot's peers
         self._parser = parser
+        self._resync_from = resync_from
         self._cache: OrderedDict[str, ZoneUpdate] = OrderedDict()
         self._configs: dict[int, tuple[Peer, PeerConfig]] = {}
         self._originals: dict[str, Any] = {}
@@ -182,9 +186,13 @@ class ProcessShared:
 
     async def snapshot(self, session: TowerSession) -> ZoneSnapshot:
         """``TowerSession.snapshot``: at start-up through the gate, later the agent's own."""
-        if self.gate.open:
-            return await self._originals["snapshot"](session)
-        return await self.gate.arrive(session)
+        if not self.gate.open:
+            return await self.gate.arrive(session)
+        if self._resync_from is not None and self.gate.snapshot is not None:
+            found = self._resync_from(self.gate.snapshot.cidr)
+            if found is not None:
+                return found
+        return await self._originals["snapshot"](session)
 
     async def release_gate(self, spread: float = 0.0) -> ZoneSnapshot | None:
         """One snapshot for every agent waiting at the gate, handed out over ``spread``

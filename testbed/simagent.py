@@ -224,14 +224,16 @@ def make_agent(redis_url: str, state_dir: Path | None, index: int, zone: str = "
 
 
 def run_device_calls_inline(agent: Agent) -> None:
-    """Give the agent an :class:`InlineExecutor` for its device and state-file threads."""
-    for name in ("_device_thread", "_state_thread"):
-        current = getattr(agent, name, None)
-        if not isinstance(current, Executor):
-            raise LabError(f"aircrew.agent.Agent has no executor {name!r} any more: "
-                           "testbed.simagent.run_device_calls_inline needs updating")
-        current.shutdown(wait=False)
-        setattr(agent, name, InlineExecutor())
+    """Give the agent (and its state writer, where it has one) an :class:`InlineExecutor`
+    for every executor it holds: its device thread and its state-file thread."""
+    for owner in (agent, getattr(agent, "state_writer", None)):
+        for name, value in list(vars(owner).items()) if owner is not None else ():
+            if isinstance(value, Executor) and not isinstance(value, InlineExecutor):
+                value.shutdown(wait=False)
+                setattr(owner, name, InlineExecutor())
+    if not isinstance(getattr(agent, "_device_thread", None), InlineExecutor):
+        raise LabError("aircrew.agent.Agent has no executor '_device_thread' any more: "
+                       "testbed.simagent.run_device_calls_inline needs updating")
 
 
 def _named(factory: Callable[[str], aioredis.Redis], name: str

@@ -27,7 +27,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
                                  run_state_machine_as_test)
 
 from ipam.store import ZoneStore
-from tests.redisproc import RedisProcess
+from testbed.redisserver import RedisProcess
 from wire.errors import Conflict, InvalidInput, NotFound, Superseded
 from wire.proof import encode_key, public_key_of
 
@@ -49,12 +49,6 @@ _ONE_PREFIX = st.lists(st.sampled_from(PREFIXES), max_size=1)
 CHILD_PREFIXES = st.one_of(_ONE_PREFIX, _ONE_PREFIX, _ONE_PREFIX,
                            st.lists(st.sampled_from(PREFIXES + BAD_PREFIXES), max_size=3))
 
-LEAK_BUG = ("ipam/lua/register.lua: a new node refused for a child-prefix overlap has "
-            "already taken a candidate address (SPOP of the free set or INCR of the "
-            "cursor in candidate.lua); the 'prefix' return never gives it back, so the "
-            "address leaks out of the pool for good")
-
-
 def _nets(prefixes):
     return [ipaddress.ip_network(p) for p in prefixes]
 
@@ -71,10 +65,9 @@ def _prefixes_valid(prefixes: list[str]) -> bool:
 
 
 class IpamMachine(RuleBasedStateMachine):
-    """The zone store against a dict model. ``avoid_leak`` steers clear of LEAK_BUG."""
+    """The zone store against a dict model."""
 
     client = None          # set by the test before running
-    avoid_leak = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -134,10 +127,6 @@ class IpamMachine(RuleBasedStateMachine):
           request_ip=REQUEST_IPS, prefixes=CHILD_PREFIXES)
     def register(self, key, session, request_ip, prefixes):
         expected = self._expected_register(key, request_ip, prefixes)
-        if (self.avoid_leak and expected is not None and expected[1] == "overlaps"
-                and request_ip is None and key not in self.peers):
-            event("skipped: LEAK_BUG path")
-            return  # LEAK_BUG: the store would lose an address here
         old = self.peers.get(key)
         order = self._next_order()
         try:
@@ -323,18 +312,11 @@ def model_redis():
         proc.cleanup()
 
 
-def _run(client, avoid_leak: bool) -> None:
-    machine = type("Machine", (IpamMachine,), {"client": client, "avoid_leak": avoid_leak})
-    run_state_machine_as_test(machine, settings=SETTINGS)
-
-
 def test_ipam_invariants_hold_under_random_operations(model_redis):
-    """Every rule, except the one path that hits LEAK_BUG (tested on its own below)."""
-    _run(model_redis, avoid_leak=True)
-
-
-def test_ipam_invariants_hold_under_random_operations_with_prefix_refusals(model_redis):
-    _run(model_redis, avoid_leak=False)
+    """Every rule, refused prefix overlaps of new nodes included (they once leaked an
+    address; the test below pins that case down on its own)."""
+    machine = type("Machine", (IpamMachine,), {"client": model_redis})
+    run_state_machine_as_test(machine, settings=SETTINGS)
 
 
 def test_refused_prefix_overlap_does_not_use_up_an_address(model_redis):

@@ -1,8 +1,9 @@
-"""KernelDevice and backend choice: what can be checked without a WireGuard module."""
+"""KernelDevice and backend choice without a device: requests, dumps, the choice.
+
+The kernel probe and KernelDevice in a namespace: tests/netns/test_netlink_device.py.
+"""
 from __future__ import annotations
 
-import logging
-import os
 import socket
 
 import pytest
@@ -13,7 +14,6 @@ from aircrew.device import PeerConfig
 from aircrew.device_errors import DeviceError
 from aircrew.netlink_device import KernelDevice, peer_request, state_from_messages
 from aircrew.uapi import UserspaceDevice
-from tests import nshelp
 from wire.errors import InvalidInput
 from wire.proof import generate_private_key, public_key_of
 
@@ -86,15 +86,6 @@ def test_state_from_a_split_dump():
     assert state.stats[b].last_handshake == 0.0
 
 
-def test_probe_is_quiet_and_consistent(caplog):
-    with caplog.at_level(logging.DEBUG):
-        available = kernel_wireguard_available()
-    assert isinstance(available, bool)
-    if os.path.isdir("/sys/module/wireguard"):
-        assert available
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-
-
 def test_backend_choice():
     with pytest.raises(InvalidInput, match="unknown WireGuard backend"):
         open_device("wg0", "magic")
@@ -106,20 +97,3 @@ def test_backend_choice():
     else:
         with pytest.raises(DeviceError, match="kernel WireGuard is not available"):
             open_device("wg0", "kernel")
-
-
-@pytest.mark.netns
-@pytest.mark.skipif(KERNEL, reason="this kernel has WireGuard")
-@pytest.mark.skipif(nshelp.available() is not None, reason=f"hosts: {nshelp.available()}")
-def test_kernel_device_fails_clearly_without_the_module():
-    with nshelp.Host("k") as host:
-        device = host.worker().new("aircrew.netlink_device:KernelDevice", "wg0")
-        assert device.exists() is False
-        device.destroy()                                   # nothing to remove: no-op
-        with pytest.raises(DeviceError, match="no WireGuard support"):
-            device.create()
-        with pytest.raises(DeviceError, match="no wireguard module"):
-            device.read()
-        host.run(["ip", "link", "add", "wg0", "type", "veth", "peer", "name", "wg1"])
-        with pytest.raises(DeviceError, match="not a kernel WireGuard interface"):
-            device.create()

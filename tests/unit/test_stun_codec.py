@@ -7,34 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.stunvectors import (RFC5769_IPV4_RESPONSE, RFC5769_IPV6_RESPONSE, RFC5769_REQUEST,
+                               RFC5769_TID)
 from wire import stun
 from wire.errors import InvalidInput
 
-# RFC 5769 section 2.1-2.3 (MESSAGE-INTEGRITY password "VOkJxbRl1RmTxUk/WvJxBt").
-RFC5769_REQUEST = bytes.fromhex(
-    "000100582112a442b7e7a701bc34d686fa87dfae"
-    "802200105354554e207465737420636c69656e74"
-    "002400046e0001ff"
-    "80290008932ff9b151263b36"
-    "000600096576746a3a68367659202020"
-    "000800149aeaa70cbfd8cb56781ef2b5b2d3f249c1b571a2"
-    "80280004e57a3bcf"
-)
-RFC5769_IPV4_RESPONSE = bytes.fromhex(
-    "0101003c2112a442b7e7a701bc34d686fa87dfae"
-    "8022000b7465737420766563746f7220"
-    "002000080001a147e112a643"
-    "000800142b91f599fd9e90c38c7489f92af9ba53f06be7d7"
-    "80280004c07d4c96"
-)
-RFC5769_IPV6_RESPONSE = bytes.fromhex(
-    "010100482112a442b7e7a701bc34d686fa87dfae"
-    "8022000b7465737420766563746f7220"
-    "002000140002a1470113a9faa5d3f179bc25f4b5bed2b9d9"
-    "00080014a382954e4be67bf11784c97c8292c275bfe3ed41"
-    "80280004c8fb0b4c"
-)
-RFC5769_TID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
 TID = bytes(range(12))
 
 
@@ -295,18 +272,40 @@ def test_build_message_rejects_bad_arguments():
 
 
 def _parse_everything(data: bytes) -> None:
-    for parse in (stun.parse_message, stun.parse_binding_response, stun.transaction_id_of):
+    """No parser raises anything but InvalidInput, and is_binding_request agrees with the
+    full parse: a well-formed message of type Binding Request, with its header on the wire."""
+    for parse in (stun.parse_binding_response, stun.transaction_id_of):
         try:
             parse(data)
         except InvalidInput:
             pass
-    assert stun.is_binding_request(data) in (True, False)
+    try:
+        message = stun.parse_message(data)
+    except InvalidInput:
+        message = None
+    expected = message is not None and message.message_type == stun.BINDING_REQUEST
+    assert stun.is_binding_request(data) is expected
+    if expected:
+        assert data[:2] == b"\x00\x01" and data[4:8] == struct.pack("!I", stun.MAGIC_COOKIE)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_fuzz_random_bytes(data):
     _parse_everything(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tid=st.binary(min_size=12, max_size=12), fingerprint=st.booleans(),
+       other=st.sampled_from([stun.BINDING_INDICATION, stun.BINDING_SUCCESS,
+                              stun.BINDING_ERROR, 0x0002]))
+def test_binding_requests_are_told_from_other_messages(tid, fingerprint, other):
+    request = stun.build_binding_request(tid, fingerprint=fingerprint)
+    assert stun.is_binding_request(request) is True
+    assert stun.is_binding_request(struct.pack("!H", other) + request[2:]) is False
+    assert stun.is_binding_request(request[:-1]) is False            # cut short
+    assert stun.is_binding_request(request[:4] + b"\x00" * 4 + request[8:]) is False  # cookie
+    _parse_everything(request)
 
 
 @settings(max_examples=300, deadline=None)

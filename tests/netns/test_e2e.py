@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from deploy.lab import Lab
-from deploy.mesh import BIN, Mesh, in_network, wait_for
+from testbed.lab import Lab
+from testbed.mesh import BIN, Mesh, in_network, wait_for
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

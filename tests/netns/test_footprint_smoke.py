@@ -2,7 +2,7 @@
 
 The figures at this size are not the benchmark's; the point is that the scenario runs
 end to end (namespace, veth, Redis, tower, agent) and reports every key, and that it
-removes what it started even when it fails.
+removes what it started even when it fails. Its pure parts: tests/unit/test_footprint.py.
 """
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.footprint import ProcSample, parse_status, summarize
-from tests import nshelp
+from testbed import netns
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench(*argv: str, timeout: float = 60) -> tuple[int, dict]:
@@ -29,39 +28,15 @@ def bench(*argv: str, timeout: float = 60) -> tuple[int, dict]:
 
 
 def footprint_namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines()
-            if line.startswith(nshelp.PREFIX) and line.split()[0].endswith("-fp")}
+    """The namespaces of standalone "fp" hosts (the scenario's) on this machine."""
+    return {ns for ns in netns.names() if ns.startswith("tb") and ns.endswith("-fp")}
 
 
-def test_parse_status_reads_the_numbers():
-    text = "Name:\taircrew\nVmHWM:\t   41000 kB\nVmRSS:\t   39000 kB\nThreads:\t3\n"
-    assert parse_status(text) == {"VmHWM": 41000, "VmRSS": 39000, "Threads": 3}
+needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None,
+                                 reason="redis-server is not installed")
 
 
-def test_summarize_takes_the_largest_rss_and_the_cpu_of_the_window():
-    first = ProcSample(rss_kb=30000, anon_kb=20000, file_kb=10000, hwm_kb=31000, cpu_s=1.0,
-                       threads=3, switches=100)
-    later = [ProcSample(rss_kb=kb, anon_kb=kb - 10000, file_kb=10000, hwm_kb=42000,
-                        cpu_s=cpu, threads=3, switches=switches)
-             for kb, cpu, switches in ((40960, 1.1, 110), (35840, 1.2, 120))]
-    out = summarize(first, later, wall_s=20.0)
-    assert out["rss_mb"] == 40.0 and out["rss_kb"] == 40960 and out["rss_decimal_mb"] == 41.9
-    assert out["idle_cpu_pct"] == pytest.approx(1.0)     # 0.2 s of CPU in 20 s
-    assert out["wakeups_per_s"] == 1.0 and out["rss_peak_mb"] == 41.0
-
-
-def needs_hosts(test):
-    for mark in (pytest.mark.netns,
-                 pytest.mark.skipif(nshelp.available() is not None,
-                                    reason=f"hosts: {nshelp.available()}"),
-                 pytest.mark.skipif(shutil.which("redis-server") is None,
-                                    reason="redis-server is not installed")):
-        test = mark(test)
-    return test
-
-
-@needs_hosts
+@needs_redis
 def test_agent_footprint_small_zone():
     before = footprint_namespaces()
     status, result = bench("--peers", "20", "--duration", "3")
@@ -78,7 +53,7 @@ def test_agent_footprint_small_zone():
     assert footprint_namespaces() == before
 
 
-@needs_hosts
+@needs_redis
 def test_a_failed_run_says_why_and_cleans_up():
     before = footprint_namespaces()
     status, result = bench("--peers", "20", "--duration", "3", "--sync-timeout", "0")

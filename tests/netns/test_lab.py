@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from deploy import lab as labmod
-from deploy.lab import Lab, LabError
+from testbed import lab as labmod
+from testbed import netns
+from testbed.errors import LabError
+from testbed.lab import Lab
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("ip", "nft", "unshare", "ping", "wireguard-go", "wg")
 
 pytestmark = [
-    pytest.mark.netns,
     pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun")
                        or not all(shutil.which(t) for t in TOOLS),
                        reason="needs root, /dev/net/tun and " + ", ".join(TOOLS)),
@@ -208,21 +209,21 @@ def test_wireguard_go_per_host(net):
 
 def snapshot(lab: Lab) -> dict:
     """What a lab owns right now, to check later that all of it is gone."""
-    pids = {pid: labmod._process_start(pid)
-            for ns in lab.namespaces for pid in labmod._netns_pids(ns)}
+    pids = {pid: netns.process_start(pid)
+            for ns in lab.namespaces for pid in netns.pids(ns)}
     return {"prefix": lab.prefix, "namespaces": lab.namespaces, "pids": pids,
             "paths": [lab.root, lab.state_path]}
 
 
 def assert_gone(snap: dict) -> None:
     prefix = snap["prefix"]
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert prefix not in netns
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert prefix not in listed
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert prefix not in links  # no veth or bridge left in the root namespace
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     assert prefix not in tables and "apexlab" not in tables
-    alive = {pid for pid, start in snap["pids"].items() if labmod._alive(pid, start)}
+    alive = {pid for pid, start in snap["pids"].items() if netns.alive(pid, start)}
     assert not alive, f"processes still alive: {alive}"
     for path in snap["paths"]:
         assert not Path(path).exists(), path
@@ -240,7 +241,7 @@ def test_teardown_removes_everything(monkeypatch):
         priv.spawn(["sh", "-c", "setsid sleep 1000 & wait"], "daemon")
         priv.spawn(["wireguard-go", "-f", "wg0"], "wg")
         stubborn = pub.spawn(["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"], "trap")
-        wait_for(lambda: len(labmod._netns_pids(priv.ns)) >= 3, what="priv processes")
+        wait_for(lambda: len(netns.pids(priv.ns)) >= 3, what="priv processes")
         snap = snapshot(lab)
         assert len(snap["pids"]) >= 5
         assert lab.state_path.exists()
@@ -284,14 +285,14 @@ def test_bad_input_and_prefix_clash_leave_other_labs_alone():
 
 
 def run_cli(*args: str, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "deploy.lab", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "testbed.lab", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60, **kw)
 
 
 def test_cli_cleans_up_after_killed_owner():
     owner = subprocess.Popen(
         [sys.executable, "-c",
-         "import time; from deploy.lab import Lab\n"
+         "import time; from testbed.lab import Lab\n"
          "lab = Lab(); lab.add_public_host('pub').spawn(['sleep', '1000'], 'sleep')\n"
          "nat = lab.add_nat('nat'); lab.add_private_host('priv', nat)\n"
          "print(lab.prefix, lab.root, flush=True); time.sleep(1000)"],
@@ -301,7 +302,7 @@ def test_cli_cleans_up_after_killed_owner():
     finally:
         owner.kill()
         owner.wait()
-    state = labmod._read_state(labmod.STATE_DIR / f"{prefix}.json")
+    state = labmod.read_state(labmod.STATE_DIR / f"{prefix}.json")
     assert len(state["namespaces"]) == 4
     listing = run_cli("list").stdout
     assert f"{prefix}: owner {owner.pid} dead" in listing
@@ -316,7 +317,7 @@ def test_cli_up_shell_teardown():
     up = run_cli("up", "--detach", "--prefix", prefix)
     try:
         assert up.returncode == 0, up.stderr
-        assert f"deploy.lab shell {prefix}" in up.stdout
+        assert f"testbed.lab shell {prefix}" in up.stdout
         shell = run_cli("shell", prefix, "priv1", "--", "ping", "-c1", "-W1", "203.0.113.10")
         assert shell.returncode == 0, shell.stdout + shell.stderr
         shell = run_cli("shell", prefix, "tower", "--", "ip", "-4", "-o", "addr", "show", "eth0")
@@ -330,7 +331,7 @@ def test_cli_up_shell_teardown():
 def test_sigterm_tears_down_a_lab_used_by_hand():
     owner = subprocess.Popen(
         [sys.executable, "-c",
-         "import time; from deploy.lab import Lab\n"
+         "import time; from testbed.lab import Lab\n"
          "lab = Lab(); lab.add_public_host('pub').spawn(['sleep', '1000'], 'sleep')\n"
          "print(lab.prefix, lab.root, flush=True); time.sleep(1000)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True)

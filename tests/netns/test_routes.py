@@ -4,26 +4,23 @@ from __future__ import annotations
 import pytest
 
 from aircrew.device_errors import LinkError
-from aircrew.routes import DEFAULT_MTU, RTPROT_AIRCREW, LinkConfig
-from tests import nshelp
+from aircrew.routes import DEFAULT_MTU, RTPROT_AIRCREW
+from testbed.host import Host
+from testbed.lab import standalone
 from wire.errors import InvalidInput
-
-pytestmark = [pytest.mark.netns,
-              pytest.mark.skipif(nshelp.available() is not None,
-                                 reason=f"namespace hosts: {nshelp.available()}")]
 
 
 @pytest.fixture
 def lab():
     """(host, remote LinkConfig for 'mesh0'); mesh0 is one end of a veth pair."""
-    with nshelp.Host("r") as host:
+    with standalone("r") as host:
         host.run(["ip", "link", "add", "mesh0", "type", "veth", "peer", "name", "other0"])
         host.run(["ip", "link", "set", "other0", "up"])
         worker = host.worker()
         yield host, worker.new("aircrew.routes:LinkConfig", "mesh0")
 
 
-def ip(host: nshelp.Host, *args: str) -> str:
+def ip(host: Host, *args: str) -> str:
     return host.run(["ip", *args]).stdout
 
 
@@ -98,10 +95,3 @@ def test_errors_are_clear(lab):
         missing.routes()
     link.set_mtu(1280)
     assert "mtu 1280" in ip(host, "-o", "link", "show", "mesh0")
-
-
-def test_invalid_arguments_without_a_link():
-    with pytest.raises(InvalidInput):
-        LinkConfig("bad name with spaces")
-    with pytest.raises(InvalidInput):
-        LinkConfig("wg0", mtu=100)

@@ -19,8 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from controltower import admin
 from ipam.store import ZoneStore
-from tests.redisproc import RedisProcess, free_port
-from tests.towerproc import TowerProcess
+from testbed.redisserver import free_port
 from wire.proof import generate_private_key, public_key_of
 
 # No setting of the machine running the tests leaks in (None unsets a variable).
@@ -38,31 +37,17 @@ def cli() -> click.Group:
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    proc = RedisProcess(tmp_path_factory.mktemp("redis")).start()
-    yield proc
-    proc.cleanup()
-
-
-@pytest.fixture(scope="module")
-def tower(redis_server, tmp_path_factory):
-    proc = TowerProcess(redis_server.url, tmp_path_factory.mktemp("tower"),
-                        extra=["--stun-port", "0"]).start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def store(redis_server) -> ZoneStore:
-    return ZoneStore(redis_server.client())
+def redis_proc(module_redis):
+    """One Redis for the module, so that one tower serves every test (``store`` is on it)."""
+    return module_redis
 
 
 @pytest.fixture
-def run(cli, tower, tmp_path):
+def run(cli, module_tower, tmp_path):
     """Run `controltower ARGS...` as an operator on the tower host would (token file)."""
     token_file = tmp_path / "token"
-    token_file.write_text(tower.token + "\n")
-    env = {**CLEAN_ENV, "CONTROLTOWER_API_URL": tower.api,
+    token_file.write_text(module_tower.token + "\n")
+    env = {**CLEAN_ENV, "CONTROLTOWER_API_URL": module_tower.api,
            "CONTROLTOWER_TOKEN_FILE": str(token_file),
            "CONTROLTOWER_DATA_DIR": str(tmp_path / "no-tower-here")}
 
@@ -199,7 +184,7 @@ def test_rotate_secret(run):
     assert r.exit_code == 1 and r.stderr.strip() == "Error: zone zone-nope does not exist"
 
 
-def test_token_sources_and_auth_errors(run, tower, tmp_path):
+def test_token_sources_and_auth_errors(run, module_tower, tmp_path):
     no_file = {"CONTROLTOWER_TOKEN_FILE": None}
     r = run("zone", "create", "zone-auth", "--cidr", "10.145.0.0/24", env_extra=no_file)
     assert r.exit_code == 1
@@ -208,11 +193,11 @@ def test_token_sources_and_auth_errors(run, tower, tmp_path):
     assert r.exit_code == 1 and r.stderr.strip() == "Error: the token is not valid"
     # --token wins over the token file; the environment works too
     r = run("zone", "create", "zone-auth", "--cidr", "10.145.0.0/24",
-            env_extra={**no_file, "CONTROLTOWER_TOKEN": tower.token})
+            env_extra={**no_file, "CONTROLTOWER_TOKEN": module_tower.token})
     assert r.exit_code == 0, r.output
     # on the tower host: the token the tower generated in its data directory
     r = run("zone", "delete", "zone-auth",
-            env_extra={**no_file, "CONTROLTOWER_DATA_DIR": str(tower.data_dir)})
+            env_extra={**no_file, "CONTROLTOWER_DATA_DIR": str(module_tower.data_dir)})
     assert r.exit_code == 0, r.output
     r = run("zone", "list", "--token-file", str(tmp_path / "missing"))
     assert r.exit_code == 2 and "cannot read" in r.stderr

@@ -1,6 +1,6 @@
 """The agent's follow loop against a real Redis and a real `controltower serve`.
 
-The agent is aircrew's own Agent (tests/simagents.py: only the WireGuard device is a
+The agent is aircrew's own Agent (testbed/simagent.py: only the WireGuard device is a
 RecordingDevice). Zone changes are committed with ZoneStore (the tower's own Lua scripts)
 and published with ``ZoneStore.flush``, as the tower's worker does, so a test decides
 when (or whether) a change is published.
@@ -18,9 +18,7 @@ from aircrew.device import RecordingDevice
 from aircrew.device_errors import DeviceError
 from aircrew.state import StateFiles
 from ipam.store import ZoneStore
-from tests import simagents
-from tests.redisproc import RedisProcess
-from tests.towerproc import TowerProcess
+from testbed import simagent
 from wire.proof import generate_private_key, public_key_of
 
 pytestmark = pytest.mark.slow
@@ -30,25 +28,15 @@ SYNC_WITHIN = 10.0
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("follow")
-    redis_proc = RedisProcess(root / "redis")
-    tower = None
-    try:
-        redis_proc.start()
-        tower = TowerProcess(redis_proc.url, root / "tower", extra=["--stun-port", "0"])
-        tower.start()
-        client = redis_proc.client()
-        store = ZoneStore(client)
-        for i in range(20):
-            join(store, i)
-        store.flush(ZONE)
-        yield redis_proc, store
-        client.close()
-    finally:
-        if tower is not None:
-            tower.stop()
-        redis_proc.cleanup()
+def world(module_redis, module_tower):
+    """(Redis, its zone store) with a tower and 20 nodes in the zone, for the module."""
+    client = module_redis.client()
+    store = ZoneStore(client)
+    for i in range(20):
+        join(store, i)
+    store.flush(ZONE)
+    yield module_redis, store
+    client.close()
 
 
 def join(store: ZoneStore, i: int, prefixes: tuple[str, ...] = ()) -> str:
@@ -90,8 +78,8 @@ class CountingFiles(StateFiles):
         super().save(cache, records, wg_quick)
 
 
-def agent_with(redis_proc, tmp_path, index, **settings) -> simagents.SimAgent:
-    sim = simagents.make_agent(redis_proc.url, tmp_path / f"agent{index}", index,
+def agent_with(redis_proc, tmp_path, index, **settings) -> simagent.SimAgent:
+    sim = simagent.make_agent(redis_proc.url, tmp_path / f"agent{index}", index,
                                heartbeat_interval=3600, endpoint_interval=3600, **settings)
     sim.device = sim.agent.device = CountingDevice()
     sim.agent.state = CountingFiles(sim.agent.state.directory, "wg0")
@@ -106,8 +94,8 @@ async def until(predicate, timeout: float, what: str) -> None:
 
 
 async def started(sim, client) -> None:
-    simagents.start(sim)
-    await simagents.wait_in_sync([sim], client, SYNC_WITHIN)
+    simagent.start(sim)
+    await simagent.wait_in_sync([sim], client, SYNC_WITHIN)
     await asyncio.sleep(0.3)    # our own registration's update has come and gone
 
 
@@ -136,9 +124,9 @@ def test_one_change_is_one_device_operation_without_a_device_read(world, tmp_pat
             assert device.reads == reads, "a one-peer update read the whole device"
             assert sim.links.route_set == set()       # added with the join, removed again
             assert sim.agent.resyncs == resyncs and not sim.errors
-            assert simagents.in_sync(sim, simagents.zone_view(store.redis))
+            assert simagent.in_sync(sim, simagent.zone_view(store.redis))
         finally:
-            await simagents.stop([sim])
+            await simagent.stop([sim])
     run(scenario)
 
 
@@ -163,9 +151,9 @@ def test_revision_check_waits_for_publication_and_catches_a_lost_update(world, t
             # (resyncs counts a resync when it starts; the device holds the key once done)
             await until(lambda: sim.agent.resyncs > resyncs and key in sim.device.state.peers,
                         6, "the revision check's resync")
-            assert simagents.in_sync(sim, simagents.zone_view(store.redis)) and not sim.errors
+            assert simagent.in_sync(sim, simagent.zone_view(store.redis)) and not sim.errors
         finally:
-            await simagents.stop([sim])
+            await simagent.stop([sim])
     run(scenario)
 
 
@@ -179,9 +167,9 @@ def test_drift_check_repairs_a_changed_device(world, tmp_path):
             victim = next(iter(sim.device.state.peers))
             del sim.device.state.peers[victim]          # `wg set wg0 peer ... remove`
             await until(lambda: victim in sim.device.state.peers, 5, "the drift repair")
-            assert simagents.in_sync(sim, simagents.zone_view(store.redis)) and not sim.errors
+            assert simagent.in_sync(sim, simagent.zone_view(store.redis)) and not sim.errors
         finally:
-            await simagents.stop([sim])
+            await simagent.stop([sim])
     run(scenario)
 
 
@@ -199,9 +187,9 @@ def test_failed_device_operation_reconciles_the_whole_zone(world, tmp_path):
             await until(lambda: key in sim.device.state.peers, 5, "the retried join")
             assert sim.device.reads == reads + 1 and not sim.device.fail_next
             assert not sim.task.done() and not sim.errors
-            assert simagents.in_sync(sim, simagents.zone_view(store.redis))
+            assert simagent.in_sync(sim, simagent.zone_view(store.redis))
         finally:
-            await simagents.stop([sim])
+            await simagent.stop([sim])
     run(scenario)
 
 
@@ -226,7 +214,7 @@ def test_state_files_are_written_at_most_once_a_second_and_on_exit(world, tmp_pa
             assert all(gap >= SAVE_INTERVAL for gap in gaps), gaps
             assert burst[0] >= burst_started
         finally:
-            await simagents.stop([sim])
+            await simagent.stop([sim])
         cache = files.load()
         assert cache.rev == sim.agent.mirror.rev          # the last change, written on exit
         assert set(cache.peer_map()) == set(sim.agent.mirror.peers)

@@ -5,26 +5,7 @@ import urllib.parse
 
 import pytest
 
-from controltower.app import create_app
-from ipam.store import ZoneStore
 from wire.proof import generate_private_key, public_key_of
-
-
-@pytest.fixture
-def app(redis_proc):
-    app = create_app({"REDIS_URL": redis_proc.url, "TESTING": True})
-    app.extensions["zone_store"].ensure_default_zone()
-    return app
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def store(app) -> ZoneStore:
-    return app.extensions["zone_store"]
 
 
 def add_node(store, zone="default", **kw):

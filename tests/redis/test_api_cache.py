@@ -12,28 +12,14 @@ import pytest
 
 from controltower.api import peercache, render
 from controltower.api.peercache import PeerCache
-from controltower.app import create_app
-from ipam.store import ZoneStore
 from wire.proof import generate_private_key, public_key_of
 
 LONG = 3600.0
 
 
 @pytest.fixture
-def app(redis_proc):
-    app = create_app({"REDIS_URL": redis_proc.url, "TESTING": True, "PEERS_CACHE_SECONDS": LONG})
-    app.extensions["zone_store"].ensure_default_zone()
-    return app
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def store(app) -> ZoneStore:
-    return app.extensions["zone_store"]
+def app_config():
+    return {"PEERS_CACHE_SECONDS": LONG}
 
 
 def add_node(store, zone="default", session="s", **kw) -> str:

@@ -5,31 +5,10 @@ from __future__ import annotations
 import http.client
 import json
 
-import pytest
-
-from ipam.store import ZoneStore
-from tests.redisproc import RedisProcess
-from tests.towerproc import TowerProcess
+from testbed.tower import TowerProcess
 from wire.proof import generate_private_key, public_key_of
 
 ASKS = 12          # fresh connections per check: gunicorn's 2 workers share the accepts
-
-
-@pytest.fixture
-def stack(tmp_path):
-    redis_proc = RedisProcess(tmp_path / "redis")
-    tower = None
-    try:
-        redis_proc.start()
-        tower = TowerProcess(redis_proc.url, tmp_path / "tower", extra=["--stun-port", "0"])
-        tower.start()
-        store = ZoneStore(redis_proc.client())
-        yield store, tower
-        store.redis.close()
-    finally:
-        if tower is not None:
-            tower.stop()
-        redis_proc.cleanup()
 
 
 def get(tower: TowerProcess, path: str, headers: dict[str, str] | None = None):
@@ -52,8 +31,8 @@ def answers(tower: TowerProcess, zone: str = "default") -> set[frozenset[str]]:
     return out
 
 
-def test_every_worker_answers_the_current_set(stack):
-    store, tower = stack
+def test_every_worker_answers_the_current_set(store, tower_proc):
+    tower = tower_proc
     keys: list[str] = []
     for i in range(6):
         key = public_key_of(generate_private_key())
@@ -71,8 +50,8 @@ def test_every_worker_answers_the_current_set(stack):
     assert {get(tower, "/peers?zone=default")[0] for _ in range(ASKS)} == {404}
 
 
-def test_not_modified_through_gunicorn(stack):
-    store, tower = stack
+def test_not_modified_through_gunicorn(store, tower_proc):
+    tower = tower_proc
     store.register("default", public_key_of(generate_private_key()), listen_port=51820,
                    session="s")
     status, headers, body = get(tower, "/peers?zone=default")

@@ -25,10 +25,10 @@ from redis.retry import Retry
 import yaml
 
 from tests.clicheck import envvars_of, parse_command, roots
-from tests.redisproc import free_port
-from tests.towerproc import TowerProcess
+from testbed.redisserver import free_port
+from testbed.tower import TowerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "deploy" / "compose.env.example"
 DOCKERFILES = {"controltower": ROOT / "deploy" / "Dockerfile.controltower",

@@ -20,9 +20,7 @@ import pytest
 
 from aircrew.session import TowerSession
 from ipam.store import ZoneStore
-from tests import simagents
-from tests.redisproc import RedisProcess
-from tests.towerproc import TowerProcess
+from testbed import simagent
 from wire.keys import REQUEST_GROUP, Keys
 from wire.proof import generate_private_key
 
@@ -35,25 +33,10 @@ SYNC_WITHIN = 5.0
 AGENTS = 5
 
 
-@pytest.fixture
-def world(tmp_path):
-    redis_proc = RedisProcess(tmp_path / "redis")
-    tower = None
-    try:
-        redis_proc.start()
-        tower = TowerProcess(redis_proc.url, tmp_path / "tower", extra=["--stun-port", "0"])
-        tower.start()
-        yield redis_proc, tower
-    finally:
-        if tower is not None:
-            tower.stop()
-        redis_proc.cleanup()
-
-
 async def storm(port: int, answered: dict[str, str], failures: list, n: int) -> None:
     """n nodes register, 100 at a time; like agents, each retries (new session, same key)
     until answered. answered: public key -> address of its first ok reply."""
-    client = await simagents.open_client(port)
+    client = await simagent.open_client(port)
     sem = asyncio.Semaphore(100)
     deadline = time.monotonic() + 60
 
@@ -80,18 +63,18 @@ async def storm(port: int, answered: dict[str, str], failures: list, n: int) -> 
         await client.aclose()
 
 
-def test_redis_sigkill_mid_storm_keeps_every_answered_registration(world, tmp_path):
-    redis_proc, tower = world
+def test_redis_sigkill_mid_storm_keeps_every_answered_registration(redis_proc, tower_proc,
+                                                                   tmp_path):
     keys = Keys()
 
     async def scenario():
         client = redis_proc.client()
-        sims = [simagents.make_agent(redis_proc.url, tmp_path / f"agent{i}", i)
+        sims = [simagent.make_agent(redis_proc.url, tmp_path / f"agent{i}", i)
                 for i in range(AGENTS)]
         for sim in sims:
-            simagents.start(sim)
+            simagent.start(sim)
         try:
-            await simagents.wait_in_sync(sims, client, 15)
+            await simagent.wait_in_sync(sims, client, 15)
             answered: dict[str, str] = {}
             failed: list = []
             storm_task = asyncio.create_task(storm(redis_proc.port, answered, failed, STORM))
@@ -135,7 +118,7 @@ def test_redis_sigkill_mid_storm_keeps_every_answered_registration(world, tmp_pa
                 assert time.monotonic() < drained, "the request stream was never drained"
                 await asyncio.sleep(0.1)
             # And follows the zone: equal to it within 5 s of the last change.
-            final_sync = await simagents.wait_in_sync(sims, client, SYNC_WITHIN)
+            final_sync = await simagent.wait_in_sync(sims, client, SYNC_WITHIN)
             assert len(answered) == STORM, "some nodes never got an answer"
             print(f"{len(answered)} answered after {len(failed)} failed attempts; storm over "
                   f"{storm_done:.1f}s and stream drained {time.monotonic() - back - final_sync:.1f}s "
@@ -162,31 +145,31 @@ def test_redis_sigkill_mid_storm_keeps_every_answered_registration(world, tmp_pa
                 assert sim.agent.mirror.rev == rev
             client.close()
         finally:
-            await simagents.stop(sims)
+            await simagent.stop(sims)
 
     asyncio.run(asyncio.wait_for(scenario(), 150))
 
 
-def test_update_published_while_agent_connections_drop_is_not_lost(world, tmp_path):
+def test_update_published_while_agent_connections_drop_is_not_lost(redis_proc, tower_proc,
+                                                                   tmp_path):
     """A node leaves at the very instant every agent's pub/sub connection drops (as when
     Redis restarts, or kills a slow subscriber at its output-buffer limit), so no agent
     receives that update: each must notice the drop, resync, and remove the node within
     5 s. (Guards against a client that reconnects silently, such as a redis-py client
     with retries, which would hide the drop from the agent.)"""
-    redis_proc, tower = world
     keys = Keys()
 
     async def scenario():
         client = redis_proc.client()
-        sims = [simagents.make_agent(redis_proc.url, tmp_path / f"agent{i}", i) for i in range(3)]
+        sims = [simagent.make_agent(redis_proc.url, tmp_path / f"agent{i}", i) for i in range(3)]
         for sim in sims:
-            simagents.start(sim)
-        leaver_client = await simagents.open_client(redis_proc.port)
+            simagent.start(sim)
+        leaver_client = await simagent.open_client(redis_proc.port)
         leaver = TowerSession(leaver_client, "default", generate_private_key())
         try:
             await leaver.open()
             await leaver.request("register", {"listen_port": 51820}, timeout=10)
-            await simagents.wait_in_sync(sims, client, 15)
+            await simagent.wait_in_sync(sims, client, 15)
             assert all(leaver.public_key in s.peer_view() for s in sims)
             # Atomically: drop every pub/sub connection, remove the node, publish.
             store = ZoneStore(client)
@@ -202,14 +185,14 @@ def test_update_published_while_agent_connections_drop_is_not_lost(world, tmp_pa
                 killed, removed, published = pipe.execute()
             assert killed >= len(sims) and removed[0] == "ok" and published == 1
             resyncs = [s.agent.resyncs for s in sims]
-            took = await simagents.wait_in_sync(sims, client, SYNC_WITHIN)
+            took = await simagent.wait_in_sync(sims, client, SYNC_WITHIN)
             print(f"\nagents in sync {took:.2f}s after their connections dropped")
             assert all(s.agent.resyncs > r for s, r in zip(sims, resyncs))
             assert all(leaver.public_key not in s.peer_view() for s in sims)
         finally:
             await leaver.close()
             await leaver_client.aclose()
-            await simagents.stop(sims)
+            await simagent.stop(sims)
             client.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 90))
@@ -223,23 +206,23 @@ BUG_BACKOFF_RESET = (
     "_register() and _resync() have succeeded (e.g. a flag set in _connected)")
 
 
-def test_agent_reconnects_promptly_after_each_of_several_drops(world, tmp_path, monkeypatch):
+def test_agent_reconnects_promptly_after_each_of_several_drops(redis_proc, tower_proc, tmp_path,
+                                                              monkeypatch):
     """Three connection drops, each after the agent had reconnected and synced: each is
     retried after the initial delay (1 s; jitter pinned to x1 here), not 1, 2, then 4 s."""
-    redis_proc, tower = world
     monkeypatch.setattr("aircrew.agent.random.uniform", lambda a, b: (a + b) / 2)
 
     async def scenario():
         client = redis_proc.client()
-        sim = simagents.make_agent(redis_proc.url, tmp_path / "agent", 1)
-        simagents.start(sim)
+        sim = simagent.make_agent(redis_proc.url, tmp_path / "agent", 1)
+        simagent.start(sim)
         delays = []
         try:
-            await simagents.wait_in_sync([sim], client, 15)
+            await simagent.wait_in_sync([sim], client, 15)
             for _ in range(3):
                 await asyncio.sleep(0.5)   # connected and in sync for a while
                 resyncs = sim.agent.resyncs
-                name = simagents.client_name(sim.agent.s.hostname)
+                name = simagent.client_name(sim.agent.s.hostname)
                 ids = [c["id"] for c in client.client_list() if c.get("name") == name]
                 assert ids, "the agent has no connection to drop"
                 for conn_id in ids:
@@ -253,7 +236,7 @@ def test_agent_reconnects_promptly_after_each_of_several_drops(world, tmp_path, 
                 delays.append(time.monotonic() - dropped)
             print(f"\nreconnected {[round(d, 2) for d in delays]}s after each drop")
         finally:
-            await simagents.stop([sim])
+            await simagent.stop([sim])
             client.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

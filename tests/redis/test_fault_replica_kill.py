@@ -25,9 +25,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from aircrew.session import TowerRefused, TowerSession
-from tests import simagents
-from tests.redisproc import RedisProcess
-from tests.towerproc import TowerProcess
+from testbed import simagent
+from testbed.tower import TowerProcess
 from wire.keys import REQUEST_GROUP, Keys
 from wire.proof import generate_private_key
 
@@ -39,11 +38,9 @@ KILL_AFTER = 80
 
 
 @pytest.fixture
-def replicas(tmp_path):
-    redis_proc = RedisProcess(tmp_path / "redis")
+def replicas(redis_proc, tmp_path):
     towers: list[TowerProcess] = []
     try:
-        redis_proc.start()
         client = redis_proc.client()
         stream = Keys().requests("default")
 
@@ -71,7 +68,6 @@ def replicas(tmp_path):
             if tower.proc is not None and tower.proc.poll() is None:
                 os.kill(tower.proc.pid, signal.SIGCONT)  # in case the test froze it
             tower.stop()
-        redis_proc.cleanup()
 
 
 def _consumers(client, stream: str) -> set[str]:
@@ -108,12 +104,12 @@ def test_sigkilled_replica_loses_and_duplicates_nothing(replicas, tmp_path):
         collector = asyncio.create_task(collect_updates(redis_proc.port, keys.updates("default"),
                                                         updates, ready))
         await ready.wait()
-        sims = [simagents.make_agent(redis_proc.url, tmp_path / f"agent{i}", i) for i in range(3)]
+        sims = [simagent.make_agent(redis_proc.url, tmp_path / f"agent{i}", i) for i in range(3)]
         for sim in sims:
-            simagents.start(sim)
-        storm_client = await simagents.open_client(redis_proc.port)
+            simagent.start(sim)
+        storm_client = await simagent.open_client(redis_proc.port)
         try:
-            await simagents.wait_in_sync(sims, client, 15)
+            await simagent.wait_in_sync(sims, client, 15)
             privates = [generate_private_key() for _ in range(NEW)]
             first: dict[int, asyncio.Future] = {}
             results: list[tuple[str, int, object]] = []   # (kind, index, reply or error)
@@ -226,14 +222,14 @@ def test_sigkilled_replica_loses_and_duplicates_nothing(replicas, tmp_path):
                         replayed.pop(c["key"], None)
             assert replayed == peers
 
-            await simagents.wait_in_sync(sims, client, 5)
+            await simagent.wait_in_sync(sims, client, 5)
             for sim in sims:
                 assert not sim.errors and not sim.task.done(), sim.errors
         finally:
             collector.cancel()
             await asyncio.gather(collector, return_exceptions=True)
             await storm_client.aclose()
-            await simagents.stop(sims)
+            await simagent.stop(sims)
 
     asyncio.run(asyncio.wait_for(scenario(), 150))
 

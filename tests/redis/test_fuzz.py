@@ -35,8 +35,8 @@ from hypothesis import strategies as st
 from aircrew.session import TowerSession
 from controltower.worker import RequestWorker
 from ipam.store import ZoneStore
-from tests import simagents
-from tests.redisproc import RedisProcess
+from testbed import simagent
+from testbed.redisserver import RedisProcess
 from wire import messages, proof
 from wire.errors import InvalidInput
 from wire.keys import Keys
@@ -401,7 +401,7 @@ def worker(fuzz_redis):
 
 async def _register(port: int, private: str | None = None, body: dict | None = None,
                     timeout: float = 10.0) -> dict:
-    client = await simagents.open_client(port)
+    client = await simagent.open_client(port)
     session = TowerSession(client, "default", private or generate_private_key())
     try:
         await session.open()
@@ -426,15 +426,15 @@ def test_flood_of_junk_changes_nothing_and_kills_nothing(worker, fuzz_redis, tmp
         logging.getLogger(name).addHandler(errors)
 
     async def scenario():
-        sims = [simagents.make_agent(fuzz_redis.url, tmp_path / f"a{i}", i,
+        sims = [simagent.make_agent(fuzz_redis.url, tmp_path / f"a{i}", i,
                                      heartbeat_interval=3600, revision_interval=3600,
                                      endpoint_interval=3600) for i in range(3)]
         for sim in sims:
-            simagents.start(sim)
+            simagent.start(sim)
         try:
             await _register(fuzz_redis.port, body={"listen_port": 51820,
                                                    "child_prefixes": ["172.25.0.0/24"]})
-            await simagents.wait_in_sync(sims, client, 10)
+            await simagent.wait_in_sync(sims, client, 10)
             before = redis_state(client)
             agents_before = [(s.agent.session, s.agent.resyncs, s.agent.mirror.rev,
                               dict(s.agent.mirror.peers), s.device.operations) for s in sims]
@@ -483,12 +483,12 @@ def test_flood_of_junk_changes_nothing_and_kills_nothing(worker, fuzz_redis, tmp
             # Still serving: a valid registration is answered and reaches every agent.
             reply = await _register(fuzz_redis.port)
             assert reply["ok"] and reply["rev"] == rev + 1
-            await simagents.wait_in_sync(sims, client, 5)
+            await simagent.wait_in_sync(sims, client, 5)
             for sim, (session, resyncs, mrev, _, _) in zip(sims, agents_before):
                 assert sim.agent.session is session and sim.agent.resyncs == resyncs
                 assert sim.agent.mirror.rev == mrev + 1
         finally:
-            await simagents.stop(sims)
+            await simagent.stop(sims)
 
     try:
         asyncio.run(asyncio.wait_for(scenario(), 200))
@@ -616,11 +616,11 @@ def test_agent_session_survives_junk_on_its_channels(worker, fuzz_redis, tmp_pat
     client = fuzz_redis.client()
 
     async def scenario():
-        sim = simagents.make_agent(fuzz_redis.url, tmp_path / "a", 1, heartbeat_interval=3600,
+        sim = simagent.make_agent(fuzz_redis.url, tmp_path / "a", 1, heartbeat_interval=3600,
                                    revision_interval=3600, endpoint_interval=3600)
-        simagents.start(sim)
+        simagent.start(sim)
         try:
-            await simagents.wait_in_sync([sim], client, 10)
+            await simagent.wait_in_sync([sim], client, 10)
             session, resyncs = sim.agent.session, sim.agent.resyncs
             channel = (Keys().updates("default") if where == "updates"
                        else Keys().reply("default", sim.public_key))
@@ -632,7 +632,7 @@ def test_agent_session_survives_junk_on_its_channels(worker, fuzz_redis, tmp_pat
                 "the agent dropped its session"
             assert sim.agent.resyncs == resyncs
         finally:
-            await simagents.stop([sim])
+            await simagent.stop([sim])
     try:
         asyncio.run(asyncio.wait_for(scenario(), 30))
     finally:

@@ -7,20 +7,13 @@ import time
 
 import pytest
 
-from ipam.store import ZoneStore, order_score
+from ipam.store import order_score
 from wire.errors import Conflict, InvalidInput, NotFound, Superseded
 from wire.proof import generate_private_key, public_key_of
 
 
 def new_key() -> str:
     return public_key_of(generate_private_key())
-
-
-@pytest.fixture
-def store(redis_client):
-    s = ZoneStore(redis_client, expiry=60)
-    s.ensure_default_zone()
-    return s
 
 
 def register(store, zone="default", key=None, **kw):

@@ -16,7 +16,7 @@ from aircrew.device import RecordingDevice
 from aircrew.endpoint import StaticEndpoint
 from aircrew.state import StateFiles
 from controltower import logs
-from tests.towerproc import TowerProcess
+from testbed.tower import TowerProcess
 from wire.proof import generate_private_key, public_key_of
 
 

@@ -25,8 +25,8 @@ from aircrew.state import StateFiles
 from controltower.app import create_app
 from controltower.serve import new_run_dir
 from controltower.worker import RequestWorker
-from tests.redisproc import free_port
-from tests.towerproc import TowerProcess
+from testbed.redisserver import free_port
+from testbed.tower import TowerProcess
 from wire.proof import generate_private_key, public_key_of
 
 REGISTER = {"listen_port": 51820, "endpoint": "203.0.113.7:51820"}
@@ -40,13 +40,6 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 
 def value(text: str, name: str, **labels) -> float:
     return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-@pytest.fixture
-def app(redis_proc):
-    app = create_app({"REDIS_URL": redis_proc.url, "TESTING": True, "OFFLINE_AFTER": 30.0})
-    app.extensions["zone_store"].ensure_default_zone()
-    return app
 
 
 @pytest.fixture

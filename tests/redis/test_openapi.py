@@ -13,8 +13,6 @@ from schemathesis.checks import (not_a_server_error, response_schema_conformance
                                  status_code_conformance)
 
 from controltower import openapi
-from controltower.api import openapi as openapi_api
-from controltower.app import create_app
 from wire.proof import generate_private_key, public_key_of
 
 IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
@@ -27,19 +25,14 @@ EXAMPLE_EXAMPLES = 5
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
 
 
-def make_app(redis_url: str, **config):
-    app = create_app({"REDIS_URL": redis_url, "TESTING": True, **config})
-    if "openapi" not in app.blueprints:          # until app.py registers it itself
-        app.register_blueprint(openapi_api.bp)
+# `controltower serve`'s settings: agent ACLs and an admin token that reads need too.
+PRODUCTION = {"AGENT_ACL": True, "ADMIN_TOKEN": TOKEN, "READ_AUTH": True}
+
+
+def worker_beats(app) -> None:
+    """As if a request worker ran (GET /ready answers 200)."""
     store = app.extensions["zone_store"]
-    store.ensure_default_zone()
-    store.redis.set(store.keys.tower_worker("test"), 1)   # a request worker beats: /ready
-    return app
-
-
-@pytest.fixture
-def app(redis_proc):
-    return make_app(redis_proc.url)
+    store.redis.set(store.keys.tower_worker("test"), 1)
 
 
 def flask_operations(app) -> set[tuple[str, str]]:
@@ -72,14 +65,15 @@ def test_document_is_valid_openapi_with_unique_operation_ids(app):
     assert {op.ok().label for op in schema.get_all_operations()}
 
 
-def test_api_keeps_to_the_document(redis_proc):
+@pytest.mark.parametrize("app_config", [PRODUCTION], ids=["production"])
+def test_api_keeps_to_the_document(app):
     """A bounded schemathesis run: no 5xx, every response as documented.
 
     Driven through Hypothesis directly (schemathesis' pytest plugin does not run on this
     pytest). The app has the production settings of `controltower serve`: agent ACLs and
     an admin token, which every generated request carries.
     """
-    app = make_app(redis_proc.url, AGENT_ACL=True, ADMIN_TOKEN=TOKEN, READ_AUTH=True)
+    worker_beats(app)
     add_peers(app.extensions["zone_store"])
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
     statuses: dict[str, Counter] = {}

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from aircrew.session import TowerRefused, TowerSession
-from tests.towerproc import TowerProcess
+from testbed.tower import TowerProcess
 from wire.keys import REQUEST_GROUP, Keys
 from wire.proof import generate_private_key
 

@@ -21,8 +21,8 @@ from aircrew import config
 from aircrew.agent import controller_client
 from aircrew.session import TowerSession
 from controltower.redisconn import parse_sentinel_url
-from tests.redisproc import RedisProcess, free_port
-from tests.towerproc import TowerProcess
+from testbed.redisserver import RedisProcess, free_port
+from testbed.tower import TowerProcess
 from wire.errors import InvalidInput
 from wire.proof import generate_private_key
 

@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 
 from aircrew.session import TowerSession
 from tests.certs import CA
-from tests.redisproc import free_port
-from tests.towerproc import TowerProcess
+from testbed.redisserver import free_port
+from testbed.tower import TowerProcess
 from wire.proof import generate_private_key
 
 pytestmark = pytest.mark.slow

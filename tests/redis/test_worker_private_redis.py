@@ -10,7 +10,7 @@ from pathlib import Path
 import redis
 
 from controltower.private_redis import MAX_CLIENTS, RESERVED_FDS, PrivateRedis
-from tests.redisproc import free_port
+from testbed.redisserver import free_port
 
 
 def _soft_open_files(pid: int) -> int:

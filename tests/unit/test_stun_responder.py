@@ -8,10 +8,9 @@ import pytest
 
 from aircrew import stun_client
 from controltower.stun_responder import StunResponder
+from tests.stunvectors import RFC5769_IPV4_RESPONSE, RFC5769_REQUEST, RFC5769_TID
 from wire import stun
 from wire.errors import InvalidInput
-
-from tests.test_stun_codec import RFC5769_IPV4_RESPONSE, RFC5769_REQUEST, RFC5769_TID
 
 
 def _free_udp_port(host: str = "127.0.0.1") -> int:

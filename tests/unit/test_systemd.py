@@ -17,7 +17,7 @@ import pytest
 
 from tests.clicheck import envvars_of, parse_command
 
-UNITS = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
+UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 INSTALL_BIN = "/opt/apex-mesh/bin/"
 INSTANCE = "wg1"
 # unit -> (example env file, the command, capabilities it keeps)

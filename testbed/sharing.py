@@ -150,7 +150,7 @@ class ProcessShared:
         self._cache: OrderedDict[str, ZoneUpdate] = OrderedDict()
         self._configs: dict[int, tuple[Peer, PeerConfig]] = {}
         self._originals: dict[str, Any] = {}
-        self._pool: aioredis.ConnectionPool | None = None
+        self._pool_owner: aioredis.Redis | None = None
 
     # -- the shared functions --------------------------------------------------------
 
@@ -206,18 +206,20 @@ class ProcessShared:
                        make: Callable[[str], aioredis.Redis]) -> Callable[[str], aioredis.Redis]:
         """A factory of clients on one connection pool for the process: the pool of the
         client ``make`` (the agent's own factory) builds, with room for ``connections``."""
-        if self._pool is None:
-            self._pool = make(url).connection_pool
-            self._pool.max_connections = connections
+        if self._pool_owner is None:
+            self._pool_owner = make(url)
+            self._pool_owner.connection_pool.max_connections = connections
+        pool = self._pool_owner.connection_pool
 
         def client(_url: str) -> aioredis.Redis:
-            return aioredis.Redis(connection_pool=self._pool)
+            return aioredis.Redis(connection_pool=pool)   # aclose() leaves the pool open
         return client
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-            self._pool = None
+        """Close the shared connection pool."""
+        if self._pool_owner is not None:
+            await self._pool_owner.aclose()
+            self._pool_owner = None
 
     # -- putting it in place ---------------------------------------------------------
 

@@ -7,7 +7,7 @@ import signal
 import sys
 from types import ModuleType
 
-from . import api, footprint, join, reconcile, storm
+from . import api, footprint, join, reconcile, storm, throughput
 from .report import emit
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -16,6 +16,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "api": api,
     "reconcile": reconcile,
     "agent-footprint": footprint,
+    "throughput": throughput,
 }
 
 

@@ -1,6 +1,6 @@
 """``agent-footprint``: a real ``aircrew`` process in a zone of N peers, watched while idle.
 
-Set-up: a network namespace with its own mount namespace (tests.nshelp.Host) runs
+Set-up: a network namespace with its own mount namespace (a testbed host) runs
 ``wireguard-go -f wg0`` and the real ``aircrew`` command, exactly as a node would
 (private key file in its /etc/wireguard, the zone's agent secret in
 AIRCREW_CONTROLLER_PASSWORD, never in argv; ``--local-endpoint-ip``, so no STUN). A veth
@@ -192,7 +192,7 @@ def link_to_root(host: Any) -> tuple[str, str, str]:
     root_ip, host_ip = (str(a) for a in list(subnet.hosts())[:2])
     root_link = f"fp{secrets.token_hex(4)}"
     inner = host.new_link_name()
-    _ip("link", "add", root_link, "type", "veth", "peer", "name", inner, "netns", host.name)
+    _ip("link", "add", root_link, "type", "veth", "peer", "name", inner, "netns", host.ns)
     _ip("addr", "add", f"{root_ip}/30", "dev", root_link)
     _ip("link", "set", root_link, "up")
     host.run(["ip", "addr", "add", f"{host_ip}/30", "dev", inner])
@@ -239,7 +239,7 @@ def agent_argv(controller: str, zone: str, endpoint_ip: str) -> list[str]:
 
 
 def start_agent(host: Any, argv: list[str], secret: str, log_path: Path) -> subprocess.Popen[bytes]:
-    from tests.nshelp import REPO
+    from testbed.worker import REPO
     from wire.proof import generate_private_key
     from wire.secretfile import write_secret
     write_secret(host.etc_dir / "private.key", generate_private_key() + "\n")
@@ -283,7 +283,7 @@ def wait_for_peers(device: Any, peers: int, proc: subprocess.Popen[bytes],
 
 
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM, then SIGKILL after 10 s (Host.close removes anything left)."""
+    """SIGTERM, then SIGKILL after 10 s (closing the host removes anything left)."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
@@ -311,10 +311,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reason = "; ".join(missing)
         log.error("bench agent-footprint cannot run: %s", reason)
         return {"peers": args.peers, "not_run": reason, "command": command_of(args)}
-    from tests.nshelp import Host
+    from testbed.lab import standalone
     result: dict[str, Any] = {"peers": args.peers}
-    with Host("fp") as host:
-        log_path = host.root / "aircrew.log"
+    with standalone("fp") as host:
+        log_path = host.dir / "aircrew.log"
         root_link = None
         try:
             root_link, root_ip, host_ip = link_to_root(host)

@@ -8,11 +8,12 @@ record, read in one transaction with the revision) on a channel of its own::
 
     {"v": 1, "zone": "bench", "rev": 42, "peers": [<peer record>, <peer record>, ...]}
 
-Agents in full-list mode subscribe to that channel instead of the delta channel (a
-``Keys`` whose ``updates`` names it), parse the whole list on every message, load it
-into their mirror and reconcile the full desired state against the device. The
-publisher adds one local hop (a few ms) that the original did not have; the bytes each
-agent receives per change are what the original sent.
+Agents in full-list mode are the real agent following that channel instead of the delta
+channel (a ``Keys`` whose ``updates`` names it). Each full list is a snapshot to the agent
+(:class:`ListSnapshots`): it loads the whole list into its mirror and reconciles the whole
+zone against its device on every message (its resync). The publisher adds one local hop (a few ms) that the
+original did not have; the bytes each agent receives per change are what the original
+sent.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import redis
 from wire import messages
 from wire.errors import InvalidInput
 from wire.keys import Keys
-from wire.messages import Peer
+from aircrew.session import ZoneSnapshot
+from wire.messages import Peer, ZoneUpdate
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,31 @@ def parse(payload: bytes | str) -> FullList:
         peer = messages.parse_peer(record)
         peers[peer.key] = peer
     return FullList(messages.zone_name(data.get("zone")), rev, peers)
+
+
+class ListSnapshots:
+    """Full lists as the agent takes them: each one is a snapshot.
+
+    A list reaches the agent as an update that starts past the agent's revision (a gap),
+    so the agent resyncs; the snapshot it then reads (``latest``, in place of a read from
+    Redis) is the newest list. The agent thus loads the whole list into its mirror and
+    reconciles the whole zone against its device on every message, as the original's
+    agents rebuilt from every list."""
+
+    def __init__(self) -> None:
+        self.latest: FullList | None = None
+
+    def __call__(self, payload: bytes | str) -> ZoneUpdate:
+        full = parse(payload)
+        if self.latest is None or full.rev >= self.latest.rev:
+            self.latest = full
+        return ZoneUpdate(full.zone, full.rev, full.rev, ())
+
+    def snapshot(self, cidr: str) -> ZoneSnapshot | None:
+        """The newest list as a zone snapshot (None before the first list)."""
+        if self.latest is None:
+            return None
+        return ZoneSnapshot(cidr, self.latest.rev, self.latest.peers)
 
 
 class FullListPublisher:

@@ -23,8 +23,8 @@ import redis
 
 from controltower.private_redis import TCP_BACKLOG
 from ipam.store import ZoneStore
-from tests.redisproc import RedisProcess
-from tests.towerproc import TowerProcess
+from testbed.redisserver import RedisProcess
+from testbed.tower import TowerProcess
 from wire import proof
 
 log = logging.getLogger(__name__)
@@ -90,16 +90,17 @@ class Identity:
 def make_identity(index: int, prefix: str = "sim") -> Identity:
     """A node with a fresh key and a register body in the form the tower stores it.
 
-    The body is already canonical (what ``wire.messages`` makes of it), so a direct
-    pre-registration and a later register request through the tower produce the same
-    peer record: the second one is idempotent and publishes nothing.
+    The body is what the agent sends with a static endpoint (``--local-endpoint-ip``) and
+    already canonical (what ``wire.messages`` makes of it), so a direct pre-registration
+    and a later register request through the tower, by the agent with this session id,
+    produce the same peer record: the second one is idempotent and publishes nothing.
     """
     private = proof.generate_private_key()
     net = ENDPOINT_NETS[index % len(ENDPOINT_NETS)]
     host = (index // len(ENDPOINT_NETS)) % 254 + 1
     port = 10000 + index // (len(ENDPOINT_NETS) * 254)
     body = {"endpoint": f"{net}.{host}:{port}", "listen_port": 51820, "request_ip": None,
-            "child_prefixes": [], "nat_type": "cone", "hostname": f"{prefix}-{index}"}
+            "child_prefixes": [], "nat_type": "static", "hostname": f"{prefix}-{index}"}
     session = f"{prefix}-{index}-{secrets.token_hex(6)}"
     return Identity(private, proof.public_key_of(private), session, body)
 

@@ -32,7 +32,6 @@ from .fleet import Fleet, split
 from .harness import (Stack, add_stack_arguments, make_identities, make_identity, stack_for,
                       stack_options)
 from .report import Target, percentile
-from .simagent import full_reconcile_ms
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parse each message once per simulator process, or per agent")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds to wait for all agents to apply one join")
+    parser.add_argument("--spread", type=float, default=None,
+                        help="seconds over which the agents start following the zone, so "
+                             "that their heartbeats and checks are out of step as on "
+                             "independent nodes (default: the heartbeat interval, at most 10)")
 
 
 def auto_processes(agents: int) -> int:
@@ -86,6 +89,8 @@ def command_of(args: argparse.Namespace) -> str:
         parts.append(f"--parse {args.parse}")
     if args.heartbeat != 10.0:
         parts.append(f"--heartbeat {args.heartbeat:g}")
+    if args.spread is not None:
+        parts.append(f"--spread {args.spread:g}")
     return " ".join(parts) + stack_options(args)
 
 
@@ -160,13 +165,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             jobs = [{"redis_url": stack.redis_url, "zone": stack.zone,
                      "agents": [(i.private_key, i.session, i.body) for i in part],
                      "mode": args.mode, "keep_peers": args.state == "full",
-                     "parse_shared": args.parse == "shared", "heartbeat": args.heartbeat}
+                     "parse_shared": args.parse == "shared", "heartbeat": args.heartbeat,
+                     "spread": args.spread}
                     for part in split(identities, processes)]
             started = time.monotonic()
-            setup = fleet.call("setup", jobs, timeout=120 + args.agents * 0.05)
+            setup = fleet.call("setup", jobs, timeout=180 + args.agents * 0.05)
             setup_s = time.monotonic() - started
+            at_setup = fleet.call("stats", {}, timeout=30)
             snapshot = stack.store().snapshot(stack.zone)
-            reconcile_ms = full_reconcile_ms(identities[0].public_key, snapshot.peers)
+            reconcile_ms = full_reconcile_ms(identities[0].private_key, snapshot.peers)
             client = stack.client()
             publisher = (fulllist.FullListPublisher(client, stack.zone) if args.mode == "full-list"
                          else contextlib.nullcontext())
@@ -209,10 +216,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "processes": processes, "preregister_s": round(prereg_s, 1),
         "setup_s": round(setup_s, 1),
         "register_s": round(max(r["register_s"] for r in setup), 1),
+        "setup_updates": sum(a["update_messages"] for a in at_setup),
         "resyncs": sum(a["resyncs"] for a in after),
         "check_resyncs": sum(a["check_resyncs"] for a in after),
-        "heartbeat_failures": sum(a["failures"] for a in after),
         "reconnects": sum(a["reconnects"] for a in after),
+        "agent_warnings": sum(a["warnings"] for a in after),
         "agent_errors": sum(a["error_count"] for a in after),
         "sim_cpu_s": round(sum(a["cpu_s"] for a in after), 1),
         "sim_rss_mb": round(sum(a["rss_mb"] for a in after)),
@@ -222,7 +230,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for reply in after:
         for error in reply["errors"]:
             log.warning("agent error: %s", error)
+        for warning in reply["warning_samples"]:
+            log.warning("agent warning: %s", warning)
     return result
+
+
+def full_reconcile_ms(own_private: str, peers: dict[str, Any], repeat: int = 3) -> float:
+    """What the agent's whole-zone pass costs at this zone size (median, ms).
+
+    The real agent (``Agent._reconcile_all``, as at start, after a resync and on the
+    drift check: desired over every peer, diff against the whole device read back,
+    apply) on a recording device holding the zone, after a one-peer change each time.
+    """
+    from dataclasses import replace
+
+    from testbed.simagent import make_agent
+
+    sim = make_agent("redis://127.0.0.1:1/0", None, 0, private_key=own_private,
+                     inline_device=True)
+    agent = sim.agent
+    sim.device.create()
+    others = [k for k in peers if k != agent.public_key][:repeat]
+
+    async def measure() -> list[float]:
+        agent.mirror.load(1, peers)
+        await agent._reconcile_all()
+        times = []
+        for n, key in enumerate(others):
+            agent.mirror.peers[key] = replace(peers[key], endpoint=f"203.0.113.{n + 1}:4{n:04d}")
+            started = time.perf_counter()
+            await agent._reconcile_all()
+            times.append((time.perf_counter() - started) * 1000)
+        return times
+    times = asyncio.run(measure())
+    return sorted(times)[len(times) // 2] if times else 0.0
 
 
 @dataclass

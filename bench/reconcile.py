@@ -1,6 +1,6 @@
 """``reconcile``: the real agent's follow loop on a real wireguard-go device holding N peers.
 
-A network namespace (tests.nshelp.Host: its own /run/wireguard) runs ``wireguard-go -f
+A network namespace (a testbed host: its own /run/wireguard) runs ``wireguard-go -f
 wg0``; the agent (``aircrew.agent.Agent``, unchanged) drives it through its UAPI socket
 with ``aircrew.uapi.UserspaceDevice``. The tower's side is replaced by a stand-in session
 that hands the agent a snapshot and then zone updates, so what is timed is the agent's
@@ -193,10 +193,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from aircrew.endpoint import StaticEndpoint
     from aircrew.session import ZoneSnapshot
     from aircrew.state import StateFiles
-    from tests.nshelp import Host
+    from testbed.lab import standalone
+    from testbed.simagent import RecordingLinks
     from wire import proof
-
-    from .simagent import RecordingLinks
 
     own = proof.generate_private_key()
     own_key = proof.public_key_of(own)
@@ -208,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     state_dir = Path(tempfile.mkdtemp(prefix="ct-bench-state-"))
     files = StateFiles(state_dir, "wg0")
     try:
-        with Host("bench") as host:
+        with standalone("bench") as host:
             device = _start_device(host, "wg0")
             settings = AgentSettings(zone=ZONE, private_key=own,
                                      controller_urls=["redis://127.0.0.1:1/0"], listen_port=51820)

@@ -3,6 +3,9 @@
 Started by ``bench.fleet.Fleet`` (multiprocessing, spawn). Commands arrive on a pipe as
 ``{"op": name, "args": {...}}``; every command gets one reply ``{"ok": bool, ...}``.
 Times are ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for every process on Linux).
+
+Each simulated agent is the real ``aircrew.agent.Agent`` (``testbed.simagent``) with a
+``NotingDevice``; what the agents of the process share is ``testbed.sharing``.
 """
 from __future__ import annotations
 
@@ -20,15 +23,21 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.utils
 
-from aircrew.session import NoReply, TowerRefused
+from aircrew.session import NoReply, TowerRefused, TowerSession
+from testbed import simagent
+from testbed.sharing import ProcessShared, SharedMirror
+from testbed.simagent import NotingDevice, SimAgent
 from wire.errors import Unavailable
 
 from . import fulllist
-from .simagent import BenchSession, FullListSession, ProcessShared, SimAgent
 
 log = logging.getLogger(__name__)
 
 POLL = 0.005
+NEVER = float("inf")
+# The agents' start is spread over this many seconds at most (their heartbeats and
+# revision checks then run out of step, as on independent nodes).
+MAX_SPREAD = 10.0
 
 
 def main(conn: Connection, log_level: str = "WARNING") -> None:
@@ -44,21 +53,29 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def client_for(url: str, connections: int) -> aioredis.Redis:
-    """Settings of the agent's own client (aircrew.agent), with room for many agents."""
-    return aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=10,
-                                   socket_keepalive=True, health_check_interval=15,
-                                   max_connections=connections)
+class Warnings(logging.Handler):
+    """Counts the agents' warnings and keeps the first few distinct ones."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.samples: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.samples) < 5:
+            text = f"{record.name}: {record.getMessage()}"[:200]
+            if text not in self.samples:
+                self.samples.append(text)
 
 
 class Simulator:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.client: aioredis.Redis | None = None
-        self.shared = ProcessShared()
-        self.agents: list[SimAgent] = []
-        self.tasks: list[asyncio.Task[None]] = []
-        self.errors: list[str] = []
+        self.shared: ProcessShared | None = None
+        self.sims: list[SimAgent] = []
+        self.warnings = Warnings()
+        logging.getLogger("aircrew").addHandler(self.warnings)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -83,100 +100,146 @@ class Simulator:
 
     async def op_setup(self, redis_url: str, zone: str, agents: list[tuple[str, str, dict]],
                        mode: str = "delta", keep_peers: bool = True, parse_shared: bool = True,
-                       heartbeat: float = 10.0, concurrency: int = 200) -> dict[str, Any]:
-        """Start agents: subscribe + register (PoP) each, one snapshot, load, follow."""
+                       heartbeat: float = 10.0, concurrency: int = 200,
+                       spread: float | None = None) -> dict[str, Any]:
+        """Start the agents: each subscribes and registers (proof of possession), then
+        one snapshot is read for all of them; their start is spread over ``spread``
+        seconds (default: the heartbeat interval, at most 10 s)."""
         started = time.monotonic()
-        self.shared = ProcessShared(parse_shared)
-        self.client = client_for(redis_url, 2 * len(agents) + concurrency + 64)
         full = mode == "full-list"
-        keys = fulllist.FullListKeys() if full else None
-        session_class = FullListSession if full else BenchSession
+        lists = fulllist.ListSnapshots() if full else None
+        shared = self.shared = ProcessShared(
+            parse_shared, keep_peers, parser=lists, resync_from=lists.snapshot if lists else None)
+        shared.install()
+        factory = None
         for private, session_id, body in agents:
-            session = session_class(self.client, zone, private, keys=keys, session_id=session_id,
-                                    shared=self.shared)
-            self.agents.append(SimAgent(session, body, full_list=full, keep_peers=keep_peers,
-                                        heartbeat=heartbeat))
-        gate = asyncio.Semaphore(concurrency)
-
-        async def connect(agent: SimAgent) -> None:
-            async with gate:
-                await agent.connect()
-        await asyncio.gather(*(connect(a) for a in self.agents))
-        registered = time.monotonic()
-        if not self.agents:     # a scenario without observers (storm --observers 0)
-            return {"agents": 0, "register_s": 0.0, "setup_s": registered - started,
+            host, _, port = body["endpoint"].rpartition(":")
+            sim = simagent.make_agent(
+                redis_url, None, len(self.sims), zone, private_key=private,
+                session=session_id, device=NotingDevice(shared.applied),
+                endpoint=(host, int(port)), inline_device=True,
+                hostname=body["hostname"], listen_port=int(body["listen_port"]),
+                heartbeat_interval=heartbeat if heartbeat > 0 else NEVER,
+                drift_interval=NEVER)
+            if factory is None:   # the agent's own client settings, one pool for all
+                factory = shared.client_factory(redis_url, 2 * len(agents) + concurrency + 64,
+                                                sim.default_clients)
+            sim.use_clients(factory)
+            sim.agent.mirror = SharedMirror(shared, sim.public_key)
+            if full:
+                sim.agent.keys = fulllist.FullListKeys(sim.agent.keys.prefix)
+            self.sims.append(sim)
+        if not self.sims:     # a scenario without observers (storm --observers 0)
+            return {"agents": 0, "register_s": 0.0, "setup_s": time.monotonic() - started,
                     "snapshot_rev": None, "snapshot_peers": 0, "pid": os.getpid()}
-        snapshot = await self.agents[0].session.snapshot()
-        self.shared.initial = snapshot.peers
-        gaps = [agent for agent in self.agents if not agent.load(snapshot)]
-        for agent in gaps:
-            await agent.resync()
-        self.tasks = [asyncio.create_task(self._follow(a)) for a in self.agents]
+        gate = shared.gate
+        for n, sim in enumerate(self.sims):
+            while n - gate.arrived - self._ended() >= concurrency:
+                gate.progress.clear()
+                await asyncio.wait_for(gate.progress.wait(), 60)
+            simagent.start(sim)
+        while gate.arrived + self._ended() < len(self.sims):
+            gate.progress.clear()
+            try:
+                await asyncio.wait_for(gate.progress.wait(), 60)
+            except asyncio.TimeoutError:
+                raise RuntimeError(f"{len(self.sims) - gate.arrived} agents did not register "
+                                   f"within 60 s: {self._problems()}") from None
+        registered = time.monotonic()
+        if spread is None:
+            spread = min(heartbeat, MAX_SPREAD) if heartbeat > 0 else MAX_SPREAD
+        snapshot = await shared.release_gate(spread)
+        if snapshot is None:
+            raise RuntimeError(f"no agent reached the snapshot: {self._problems()}")
+        deadline = time.monotonic() + spread + 60 + len(self.sims) * 0.01
+        while not all(s.agent.mirror.rev >= snapshot.rev for s in self.sims):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agents did not load the snapshot: {self._problems()}")
+            await asyncio.sleep(0.02)
+        if self._ended():
+            raise RuntimeError(f"agents ended during set-up: {self._problems()}")
         # Thousands of agents' state is one heap here (on real nodes, one agent's each):
         # keep the cyclic GC from scanning it all, pausing every agent of the process.
         gc.collect()
         gc.freeze()
-        return {"agents": len(self.agents), "register_s": registered - started,
+        return {"agents": len(self.sims), "register_s": registered - started,
                 "setup_s": time.monotonic() - started, "snapshot_rev": snapshot.rev,
-                "snapshot_peers": len(snapshot.peers), "pid": os.getpid()}
+                "snapshot_peers": len(snapshot.peers), "pid": os.getpid(),
+                "sessions_kept": all(s.agent.session.session_id == a[1]
+                                     for s, a in zip(self.sims, agents)),
+                "gate_served": shared.gate.served}
 
-    async def _follow(self, agent: SimAgent) -> None:
-        try:
-            await agent.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - counted and reported
-            self.errors.append(f"{agent.public_key}: {type(exc).__name__}: {exc}")
+    def _ended(self) -> int:
+        return sum(1 for s in self.sims if s.task is not None and s.task.done())
+
+    def _problems(self) -> list[str]:
+        errors = [f"{type(e).__name__}: {e}" for s in self.sims for e in s.errors]
+        return (errors + self.warnings.samples)[:5]
 
     async def op_await_keys(self, keys: list[str], timeout: float) -> dict[str, Any]:
-        """Wait until every agent has applied these peers: {key: [agents, last time]}."""
-        want = len(self.agents)
+        """Wait until every agent has applied these peers: {key: [agents, last, first]}."""
+        want = len(self.sims)
         deadline = time.monotonic() + timeout
-        applied = self.shared.applied
+        applied = self._shared().applied
         while time.monotonic() < deadline:
-            if all(applied.get(k, (0,))[0] >= want for k in keys):
+            if all(applied.get(k)[0] >= want for k in keys):
                 break
             await asyncio.sleep(POLL)
-        return {"applied": {k: list(applied.get(k, (0, 0.0))) for k in keys}, "agents": want}
+        else:
+            lagging = [s for s in self.sims if not set(keys) <= s.device.state.peers.keys()]
+            log.warning("%d agents lack %s: %s", len(lagging), keys, [
+                (s.agent.s.hostname, s.agent.mirror.rev, len(s.device.state.peers),
+                 s.agent.session.updates.qsize() if hasattr(s.agent.session, "updates") else None,
+                 s.task.done() if s.task else None) for s in lagging[:5]])
+        return {"applied": {k: list(applied.get(k)) for k in keys}, "agents": want}
 
     async def op_watch(self, new_peers: int) -> dict[str, Any]:
-        """Storm: each agent converges when its mirror holds ``new_peers`` more peers."""
-        for agent in self.agents:
-            agent.target = len(agent.mirror.peers) + new_peers
-            agent.reached_at = None
+        """Storm: each agent converges when its device holds ``new_peers`` more peers."""
+        for sim in self.sims:
+            sim.device.watch(new_peers)
         return {}
 
     async def op_await_converged(self, timeout: float, check_keys: list[str] | None = None
                                  ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(a.reached_at is not None for a in self.agents):
+            if all(s.device.reached_at is not None for s in self.sims):
                 break
             await asyncio.sleep(0.02)
-        reached = [a.reached_at for a in self.agents if a.reached_at is not None]
+        reached = [s.device.reached_at for s in self.sims if s.device.reached_at is not None]
         missing = 0
         if check_keys:
-            missing = sum(1 for a in self.agents if a.reached_at is not None
-                          and any(k not in a.mirror.peers for k in check_keys))
-        return {"agents": len(self.agents), "converged": len(reached),
+            missing = sum(1 for s in self.sims if s.device.reached_at is not None
+                          and any(k not in s.device.state.peers for k in check_keys))
+        return {"agents": len(self.sims), "converged": len(reached),
                 "last": max(reached) if reached else None, "wrong_peers": missing}
 
     async def op_stats(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return {"update_bytes": self.shared.update_bytes,
-                "update_messages": self.shared.update_messages,
-                "parses": self.shared.parses,
-                "resyncs": sum(a.resyncs for a in self.agents),
-                "gap_resyncs": sum(a.gap_resyncs for a in self.agents),
-                "check_resyncs": sum(a.check_resyncs for a in self.agents),
-                "heartbeats": sum(a.heartbeats for a in self.agents),
-                "failures": sum(a.failures for a in self.agents),
-                "reconnects": sum(a.reconnects for a in self.agents),
-                "reconnect_errors": sorted({a.last_error[:200] for a in self.agents
-                                            if a.last_error})[:5],
-                "device_ops": sum(a.device.operations for a in self.agents),
-                "errors": self.errors[:20], "error_count": len(self.errors),
+        shared = self._shared()
+        reconnects = sum(max(0, s.connections - 1) for s in self.sims)
+        resyncs = sum(max(0, s.agent.resyncs - 1) for s in self.sims)
+        gaps = sum(s.agent.mirror.gaps for s in self.sims)
+        return {"update_bytes": shared.update_bytes,
+                "update_messages": shared.update_messages,
+                "parses": shared.parses,
+                "resyncs": resyncs,
+                "gap_resyncs": gaps,
+                "check_resyncs": max(0, resyncs - gaps - reconnects),
+                "reconnects": reconnects,
+                "warnings": self.warnings.count,
+                "warning_samples": self.warnings.samples,
+                "device_ops": sum(s.device.operations for s in self.sims),
+                "errors": [f"{s.public_key}: {type(e).__name__}: {e}"
+                           for s in self.sims for e in s.errors][:20],
+                "error_count": sum(len(s.errors) for s in self.sims),
                 "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}
+
+    def _shared(self) -> ProcessShared:
+        if self.shared is None:
+            self.shared = ProcessShared()
+            self.shared.install()
+        return self.shared
 
     # -- registering nodes (storm) -----------------------------------------------------
 
@@ -193,16 +256,17 @@ class Simulator:
         Returns one row per node: [public key, address or None, outcome, sent, answered],
         and the CPU seconds the process spent from ``start_at`` to the last reply.
         """
-        client = client_for(redis_url, 2 * concurrency + 64)   # pub/sub + command each
+        self._shared()      # the updates they receive meanwhile: parsed once
+        client = aioredis.Redis.from_url(   # the agent's client settings, room for many
+            redis_url, decode_responses=True, socket_connect_timeout=10, socket_keepalive=True,
+            health_check_interval=15, max_connections=2 * concurrency + 64)
         gate = asyncio.Semaphore(concurrency)
         rows: list[list[Any]] = []
-        shared = ProcessShared()    # the updates they receive meanwhile: parsed once
-        sessions = [(BenchSession(client, zone, private, shared=shared), body)
-                    for private, body in nodes]
+        sessions = [(TowerSession(client, zone, private), body) for private, body in nodes]
         gc.collect()
         gc.freeze()     # the sessions made up front: no cyclic GC pass scans them again
 
-        async def one(session: BenchSession, body: dict) -> None:
+        async def one(session: TowerSession, body: dict) -> None:
             async with gate:
                 sent = time.monotonic()
                 try:
@@ -238,12 +302,10 @@ class Simulator:
         return {}
 
     async def _close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.tasks = []
-        await asyncio.gather(*(a.close() for a in self.agents), return_exceptions=True)
-        self.agents = []
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        if self.sims:
+            await simagent.stop(self.sims, timeout=30)
+            self.sims = []
+        if self.shared is not None:
+            await self.shared.close()
+            self.shared.uninstall()
+            self.shared = None

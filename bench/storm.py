@@ -2,7 +2,7 @@
 
 The N nodes register as agents do (own key, subscribe, signed register request, wait for
 the reply) from a few registering processes, ``--concurrency`` requests in flight in all.
-The M observers are simulated agents of the zone (see bench.simagent).
+The M observers are simulated agents of the zone: the real agent (see testbed.simagent).
 
 registrations_per_s: answered registrations / (last reply - first request).
 converged_s: from the first request until every observer's mirror holds all N new peers.
@@ -59,10 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="observer heartbeat interval in seconds (0: none)")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds to wait for a reply and for convergence")
+    parser.add_argument("--spread", type=float, default=None,
+                        help="seconds over which the observers start following the zone "
+                             "(default: the heartbeat interval, at most 10)")
 
 
 def command_of(args: argparse.Namespace) -> str:
     extra = f" --heartbeat {args.heartbeat:g}" if args.heartbeat != 10.0 else ""
+    extra += f" --spread {args.spread:g}" if args.spread is not None else ""
     return (f"python -m bench storm --nodes {args.nodes} --observers {args.observers}{extra}"
             + stack_options(args))
 
@@ -78,8 +82,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             watchers.call("setup", [
                 {"redis_url": stack.redis_url, "zone": stack.zone,
                  "agents": [(i.private_key, i.session, i.body) for i in part],
-                 "heartbeat": args.heartbeat}
-                for part in split(observers, processes)], timeout=120 + args.observers * 0.05)
+                 "heartbeat": args.heartbeat, "spread": args.spread}
+                for part in split(observers, processes)], timeout=180 + args.observers * 0.05)
             watchers.call("watch", {"new_peers": args.nodes}, timeout=30)
             before = watchers.call("stats", {}, timeout=30)
             cpu_before = stack.cpu_seconds()
@@ -197,8 +201,9 @@ def _result(args: argparse.Namespace, rows: list[list[Any]], converged: list[dic
                                      - sum(b["update_messages"] for b in before)),
         "observer_errors": sum(a["error_count"] for a in after),
         "observer_reconnects": sum(a["reconnects"] for a in after),
+        "observer_warnings": sum(a["warnings"] for a in after),
         "observer_problems": sorted({e[:160] for a in after
-                                     for e in a["reconnect_errors"] + a["errors"]})[:6],
+                                     for e in a["warning_samples"] + a["errors"]})[:6],
         "sim_cpu_s": round(sum(a["cpu_s"] for a in after), 1),
         "registrars": registrars, "processes": processes, "concurrency": args.concurrency,
         "command": command_of(args),

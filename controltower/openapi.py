@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the ControlTower REST API.
 
 One hand-written description of every route in ``controltower/api`` and of the JSON
-shapes built by ``controltower/api/render.py``. ``tests/test_openapi.py`` keeps it in
+shapes built by ``controltower/api/render.py``. ``tests/redis/test_openapi.py`` keeps it in
 step with the code: every Flask route is documented (methods too) and a schemathesis run
 checks that the live API answers as documented. Served at ``GET /openapi.json``.
 """

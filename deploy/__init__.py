@@ -1,1 +1,1 @@
-"""Deployment support: container and service files, and the network lab (`deploy.lab`)."""
+"""What deploys: container and service files, compose helpers, and `make demo` (on `testbed`)."""

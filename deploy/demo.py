@@ -4,6 +4,9 @@ Topology: a tower; three public nodes; a "laptop" behind a cone NAT that opens n
 inbound port; a second spoke behind a symmetric NAT. Zones: `default` (pub1, pub2,
 laptop) and `zone-blue` (pub3, spoke2). Every in-zone pair must reach each other over
 wg0 and no pair across zones may. Ends with `demo: N/N checks passed`.
+
+The lab, the tower and agent processes in it and the checks are the test bed's
+(``testbed.lab``, ``testbed.mesh``); the commands run in it are the real ones.
 """
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ import argparse
 import sys
 import time
 
-from .lab import Lab
-from .mesh import Mesh, MeshError
+from testbed.errors import LabError
+from testbed.lab import Lab
+from testbed.mesh import Mesh
 
 MEMBERS = {"pub1": "default", "pub2": "default", "laptop": "default",
            "pub3": "zone-blue", "spoke2": "zone-blue"}
@@ -92,12 +96,12 @@ def run(keep: bool) -> int:
             f"({time.monotonic() - started:.0f}s)")
         if keep:
             lab.detach()
-            print(f"\nThe lab is kept. Enter a host:  {sys.executable} -m deploy.lab shell "
+            print(f"\nThe lab is kept. Enter a host:  {sys.executable} -m testbed.lab shell "
                   f"{lab.prefix} pub1\n   e.g. then:  wg show; ping {addresses['laptop']}\n"
-                  f"Tear it down:  {sys.executable} -m deploy.lab teardown {lab.prefix}")
+                  f"Tear it down:  {sys.executable} -m testbed.lab teardown {lab.prefix}")
         say(f"{passed}/{len(checks)} checks passed")
         return 0 if passed == len(checks) else 1
-    except MeshError as exc:
+    except LabError as exc:
         say(f"error: {exc}")
         say("0/1 checks passed")
         return 1

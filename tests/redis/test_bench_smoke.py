@@ -1,0 +1,76 @@
+"""The benchmark harness runs end to end at small sizes and prints well-formed JSON.
+
+Figures at these sizes mean little; the point is that every scenario still works
+(real Redis, real `controltower serve`, simulated agents) and reports every key.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
+                                reason="redis-server is not installed")
+
+
+def bench(*argv: str, timeout: float = 50) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "bench", *argv, "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    return json.loads(last)
+
+
+def test_join():
+    result = bench("join", "--agents", "20", "--joins", "5", "--interval", "0.1",
+                   "--spread", "0.5")
+    assert set(result) >= {"agents", "p50_ms", "p99_ms", "bytes_per_agent"}
+    assert result["agents"] == 20 and result["incomplete_joins"] == 0
+    assert 0 < result["p50_ms"] <= result["p99_ms"] < 5000
+    # One upsert per join, whatever the zone size: a few hundred bytes.
+    assert 100 < result["bytes_per_agent"] <= 1024
+    assert result["agent_errors"] == 0 and result["agent_warnings"] == 0
+    # The agents registered again with the session of their pre-registered record: the
+    # tower changed nothing and published nothing while they started.
+    assert result["setup_updates"] == 0 and result["resyncs"] == 0
+    assert result["agent_full_reconcile_ms"] > 0
+
+
+@pytest.mark.parametrize("argv", [["--mode", "full-list"], ["--state", "rev-only"]],
+                         ids=["full-list", "rev-only"])
+def test_join_variants(argv):
+    result = bench("join", "--agents", "10", "--joins", "3", "--interval", "0.1",
+                   "--spread", "0.2", *argv)
+    assert result["incomplete_joins"] == 0 and result["agent_errors"] == 0
+    assert result["setup_updates"] == 0 and result["check_resyncs"] == 0
+    if argv[0] == "--mode":
+        # Every agent gets the whole list of 11-13 peers, and takes each as a snapshot.
+        assert result["bytes_per_agent"] > 5 * result["delta_bytes_per_join"]
+        assert result["resyncs"] >= 10 * 3
+    else:
+        assert result["resyncs"] == 0
+
+
+def test_storm():
+    result = bench("storm", "--nodes", "100", "--observers", "10", "--timeout", "30",
+                   "--spread", "0.5")
+    assert set(result) >= {"nodes", "registrations_per_s", "converged_s", "duplicates",
+                           "unanswered"}
+    assert result["nodes"] == 100
+    assert result["duplicates"] == 0 and result["unanswered"] == 0 and result["refused"] == 0
+    assert result["registrations_per_s"] > 0
+    assert result["converged_s"] is not None and result["converged_observers"] == 10
+    assert result["observers_with_wrong_peers"] == 0
+    assert result["observer_errors"] == 0 and result["observer_resyncs"] == 0
+
+
+def test_api():
+    result = bench("api", "--peers", "50", "--duration", "2", "--warmup", "0.5")
+    assert set(result) >= {"rps", "p99_ms"}
+    assert result["errors"] == 0 and result["rps"] > 0 and result["p99_ms"] > 0

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from wire import redisconn
 from wire.errors import MeshError, NotFound, Superseded, Unavailable, code_of
 from wire.keys import Keys
+from wire.messages import ZoneUpdate
 from wire.proof import public_key_of
 
 from .applier import Links, apply_ops, apply_zone, ensure_device
@@ -62,6 +63,8 @@ RETRY_MAX = 2.0
 # A published revision above ours is taken for a missed update only when a second look
 # this much later still finds it missing (it may have been in a socket buffer).
 REVISION_RECHECK = 2.0
+# Snapshots in a row a resync takes while updates buffered meanwhile show a gap.
+RESYNC_ATTEMPTS = 3
 
 
 def controller_client(url: str, tls: dict[str, str] | None = None) -> aioredis.Redis:
@@ -245,14 +248,25 @@ class Agent:
     # -- following the zone ------------------------------------------------------------------
 
     async def _resync(self) -> None:
-        self.resyncs += 1
-        snapshot = await self.session.snapshot()
-        self.mirror.load(snapshot.rev, snapshot.peers)
-        while not self.session.updates.empty():  # buffered while the snapshot was read
-            self._apply_update(self.session.updates.get_nowait())
+        for _ in range(RESYNC_ATTEMPTS):
+            self.resyncs += 1
+            snapshot = await self.session.snapshot()
+            self.mirror.load(snapshot.rev, snapshot.peers)
+            # Updates buffered while the snapshot was read; a gap among them (one lost
+            # between the snapshot and them) takes another snapshot at once.
+            if self._apply_buffered():
+                break
         self._check_membership()
         await self._reconcile_all()
         self._state_changed(urgent=True)
+
+    def _apply_buffered(self) -> bool:
+        """Apply every update waiting in the queue; False at a gap (a resync is needed)."""
+        updates = self.session.updates
+        while not updates.empty():
+            if not self._apply_update(updates.get_nowait()):
+                return False
+        return True
 
     def _apply_update(self, update) -> bool:
         """Apply one update; False when a resync is needed."""
@@ -286,16 +300,9 @@ class Agent:
             if session.lost.is_set():
                 raise Unavailable("lost the connection to the controller")
             due = min(next_heartbeat, next_endpoint, next_revision, next_drift)
-            timeout = max(0.0, due - time.monotonic())
-            try:
-                update = await asyncio.wait_for(session.updates.get(), min(timeout, 1.0))
-            except asyncio.TimeoutError:
-                update = None
+            update = await self._next_update(max(0.0, min(due - time.monotonic(), 1.0)))
             if update is not None:
-                ok = self._apply_update(update)
-                while ok and not session.updates.empty():
-                    ok = self._apply_update(session.updates.get_nowait())
-                if not ok:
+                if not (self._apply_update(update) and self._apply_buffered()):
                     await self._resync()
                     continue
                 if self.public_key not in self.mirror.peers:
@@ -322,6 +329,19 @@ class Agent:
                 next_drift = now + self.s.drift_interval
                 if await self._reconcile_all():
                     self._state_changed()
+
+    async def _next_update(self, timeout: float) -> ZoneUpdate | None:
+        """The next zone update, waiting up to ``timeout`` seconds for one. (``asyncio.timeout``
+        rather than ``wait_for``: no task per wait, which was most of an update's cost in a
+        simulated agent.)"""
+        updates = self.session.updates
+        if not updates.empty():
+            return updates.get_nowait()
+        try:
+            async with asyncio.timeout(timeout):
+                return await updates.get()
+        except TimeoutError:
+            return None
 
     async def _check_revision(self) -> float:
         """Resync when the tower published a revision that never reached us; returns the

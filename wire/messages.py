@@ -13,7 +13,7 @@ import math
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import proof
@@ -293,11 +293,67 @@ def parse_peer(data: Any) -> Peer:
     )
 
 
+def peer_record(peer: Peer) -> str:
+    """A peer record as stored in the zone's peers hash and sent in snapshots and
+    updates: every field but ``registered``, the address last."""
+    fields = peer.to_dict()
+    del fields["registered"]
+    fields["address"] = fields.pop("address")
+    return _compact(fields)
+
+
+# An address no peer record can hold: its JSON form marks where the address goes.
+_ADDRESS_SLOT = "\x00"
+_ADDRESS_SLOT_JSON = json.dumps(_ADDRESS_SLOT)
+
+
+def peer_record_parts(peer: Peer) -> tuple[str, str]:
+    """``peer_record`` split around its address (``peer.address`` is ignored):
+    ``before + address + after`` is the record of that address. For the register script,
+    which picks an IPv4 zone's new address itself (an IP address needs no JSON escaping)."""
+    text = peer_record(replace(peer, address=_ADDRESS_SLOT))
+    before, slot, after = text.rpartition(_ADDRESS_SLOT_JSON)   # the address is last
+    if not slot:
+        raise ValueError("peer record without its address slot")
+    return before + '"', '"' + after
+
+
+def _compact(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
 # -- replies and updates -----------------------------------------------------------------
+#
+# Every message the tower sends is built here: replies, zone updates and their changes.
+# (The Lua scripts of ipam/ return data and publish what they are given.)
 
 def reply(request_id: str, kind: str, ok: bool, **fields: Any) -> str:
-    return json.dumps({"v": VERSION, "id": request_id, "type": kind, "ok": ok, **fields},
-                      separators=(",", ":"))
+    return _compact({"v": VERSION, "id": request_id, "type": kind, "ok": ok, **fields})
+
+
+def upsert_change(rev: int, record: str) -> str:
+    """A change that adds or replaces a peer; ``record``: its ``peer_record`` text."""
+    return f'{{"rev":{int(rev)},"op":"upsert","peer":{record}}}'
+
+
+def remove_change(rev: int, key: str, reason: str) -> str:
+    return _compact({"rev": int(rev), "op": "remove", "key": key, "reason": reason})
+
+
+def zone_deleted_change(rev: int) -> str:
+    return _compact({"rev": int(rev), "op": "zone-deleted"})
+
+
+def update(zone: str, since: int, rev: int, changes: list[str]) -> str:
+    """A zone update: ``changes`` (texts of the functions above, in revision order)
+    take the zone from revision ``since`` to ``rev``."""
+    return (f'{{"v":{VERSION},"zone":{json.dumps(zone)},"since":{int(since)},'
+            f'"rev":{int(rev)},"changes":[{",".join(changes)}]}}')
+
+
+def zone_deleted(zone: str, rev: int) -> str:
+    """The last update of a deleted zone (``rev``: its revision plus one)."""
+    return update(zone, rev - 1, rev, [zone_deleted_change(rev)])
 
 
 @dataclass(frozen=True)

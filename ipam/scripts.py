@@ -7,8 +7,8 @@ from importlib import resources
 from redis import Redis
 from redis.commands.core import Script
 
-NAMES = ("candidate", "register", "replace_peer", "remove_peer", "heartbeat", "flush",
-         "create_zone", "delete_zone")
+NAMES = ("candidate", "register", "replace_peer", "remove_peer", "heartbeat", "pending",
+         "publish", "create_zone", "delete_zone")
 
 
 @cache
@@ -18,7 +18,8 @@ def source(name: str) -> str:
 
 
 class Scripts:
-    """Registered scripts: ``scripts.register(keys=[...], args=[...])`` (EVALSHA, EVAL on miss)."""
+    """Registered scripts (their SHA1 is computed here, without Redis): the store's
+    ``Call``s run them with EVALSHA (ipam/calls.py)."""
 
     def __init__(self, client: Redis) -> None:
         self.client = client
@@ -26,8 +27,10 @@ class Scripts:
             setattr(self, name, client.register_script(source(name)))
 
     def load(self) -> None:
-        """Load every script into Redis now (one round trip), so that a pipeline of
-        EVALSHA calls finds them (see ZoneStore.run_many for when Redis lost them)."""
+        """Load every script into Redis now (one round trip), so that the first
+        pipeline of EVALSHA calls finds them. (A call whose script Redis lost later,
+        after a restart or SCRIPT FLUSH, is sent again with its script: see
+        ipam/calls.py settle.)"""
         with self.client.pipeline(transaction=False) as pipe:
             for name in NAMES:
                 pipe.script_load(getattr(self, name).script)
@@ -38,6 +41,7 @@ class Scripts:
     replace_peer: Script
     remove_peer: Script
     heartbeat: Script
-    flush: Script
+    pending: Script
+    publish: Script
     create_zone: Script
     delete_zone: Script

@@ -2,11 +2,15 @@
 
 Every write that must stay consistent runs as one Lua script (see ipam/lua/), so
 several ControlTower replicas on one Redis never hand one address or one prefix to
-two nodes and never leave state half-written.
+two nodes and never leave state half-written. The scripts return data; the messages
+the tower sends (peer records, changes, zone updates) are built in wire/messages.py.
 
-The writes the request worker makes are also available as ``Call`` objects
-(``register_call``, ``heartbeat_call``, ``remove_call``), which ``run_many`` sends in one
-pipeline: one round trip for a whole batch of requests.
+The writes the request worker makes are ``Call``s (ipam/calls.py: ``register_call``,
+``heartbeat_call``, ``endpoint_call``, ``remove_call``, ``flush_call``...): the worker
+sends them in its own pipelines and settles their replies, purely, into a result, a
+refusal (the one table: ipam/refusals.py) or the next Call, when the operation needs
+another round trip. The methods of the same names without ``_call`` run a call to its
+end, one round trip per step (``run``): for the REST API, tools and tests.
 
 Requests from the request stream carry their *order* (their stream entry id): a request
 older than the last one applied for the same key (one handled again after a replica died
@@ -18,22 +22,21 @@ import ipaddress
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Callable
 
-import redis
 from redis import Redis
-from redis.client import Pipeline
-from redis.commands.core import Script
 
 from wire import messages
 from wire import snapshot as snapshots
-from wire.errors import Conflict, InvalidInput, NotFound, Superseded
+from wire.errors import Conflict, InvalidInput, NotFound
 from wire.keys import REQUEST_GROUP, Keys
 from wire.messages import Peer
 
 from . import cidr as cidrs
+from .calls import MAX_STEPS, Call, queue, settle
+from .refusals import refusal
 from .scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,11 @@ DEFAULT_CIDR = "10.200.0.0/20"
 DEFAULT_DESCRIPTION = "Default zone"
 CHANGE_LOG_LENGTH = 10000
 MAX_DESCRIPTION = 256
+MAX_CHANGES = 1000           # changes per zone update message
+PENDING_MESSAGES = 10        # update messages' worth of changes read at once
+REGISTER_ATTEMPTS = 64       # candidates (IPv6) or sweeps of leased addresses (IPv4)
+ENDPOINT_ATTEMPTS = 16       # compare-and-sets of an endpoint update
+PUBLISH_ATTEMPTS = 64        # publications overtaken by another replica's
 
 
 @dataclass(frozen=True)
@@ -65,15 +73,15 @@ class Assignment:
     rev: int
 
 
-@dataclass
-class Call:
-    """One script call of the store: run it alone (``ZoneStore.run``) or with others in
-    one pipeline (``ZoneStore.run_many``). ``done`` turns the script's reply into the
-    result, raising a MeshError for a refusal (it may call Redis again, rarely)."""
-    script: Script
-    keys: list[str]
-    args: list[Any]
-    done: Callable[[Any], Any]
+@dataclass(frozen=True)
+class Guard:
+    """The replay guard of a request from the request stream, checked by the script
+    that acts on it: ``key`` (the request's nonce key) keeps ``entry_id`` (the request's
+    stream entry id) for ``ttl`` seconds; another entry with the same nonce is refused
+    as a replay, the same entry handled again is not."""
+    key: str
+    entry_id: str
+    ttl: int
 
 
 def order_score(entry_id: str) -> str:
@@ -120,8 +128,8 @@ class ZoneStore:
                                      client=pipe)
             pipe.sadd(k.zones, name)
             created, _ = pipe.execute()
-        if not created:
-            raise Conflict(f"zone {name} already exists")
+        if created[0] != "ok":
+            raise refusal(created[0], zone=name)
         log.info("zone %s created with CIDR %s", name, zone.cidr)
         return zone
 
@@ -138,7 +146,7 @@ class ZoneStore:
         return _zone(data)
 
     def cached_zone(self, name: str) -> Zone:
-        """A zone's immutable settings, cached (the worker's hot path)."""
+        """A zone's immutable settings, cached (``register``)."""
         zone = self._zone_cache.get(name)
         if zone is None:
             zone = self._zone_cache[name] = self.get_zone(name)
@@ -147,8 +155,9 @@ class ZoneStore:
     def zone_names(self) -> list[str]:
         return sorted(self.redis.smembers(self.keys.zones))
 
-    def list_zones(self) -> list[Zone]:
-        names = self.zone_names()
+    def list_zones(self, names: list[str] | None = None) -> list[Zone]:
+        """Every zone, or those of ``names`` that exist (one round trip for them)."""
+        names = self.zone_names() if names is None else names
         with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(self.keys.zone(name))
@@ -157,146 +166,185 @@ class ZoneStore:
 
     def delete_zone(self, name: str, force: bool = False) -> None:
         name = messages.zone_name(name)
+        self.run(self._delete_zone_call(name, force, 0))
+        self.redis.srem(self.keys.zones, name)
+        self._zone_cache.pop(name, None)
+        log.info("zone %s deleted", name)
+
+    def _delete_zone_call(self, name: str, force: bool, attempt: int) -> Call:
+        """Read the zone's revision; then delete the zone and publish its last update
+        (for that revision plus one) in one script, unless the revision moved."""
         k = self.keys
         zone_keys = [k.zone(name), k.peers(name), k.rev(name), k.leases(name), k.prefixes(name),
                      k.free(name), k.cursor(name), k.published(name), k.changes(name),
                      k.seen(name), k.applied(name), k.requests(name)]
-        result = self.scripts.delete_zone(keys=zone_keys, args=[int(force), k.updates(name), name])
-        if result[0] == "missing":
-            raise NotFound(f"zone {name} does not exist")
-        if result[0] == "busy":
-            raise Conflict(f"zone {name} still has {result[1]} nodes; delete them first "
-                           "or use force=true")
-        self.redis.srem(k.zones, name)
-        self._zone_cache.pop(name, None)
-        log.info("zone %s deleted", name)
+
+        def deleted(reply: list[Any]) -> Call | None:
+            if reply[0] == "ok":
+                return None
+            if reply[0] == "moved" and attempt + 1 < PUBLISH_ATTEMPTS:
+                return self._delete_zone_call(name, force, attempt + 1)
+            raise refusal("contended" if reply[0] == "moved" else reply[0], zone=name,
+                          nodes=_at(reply, 1), what=f"the revision of zone {name}")
+
+        def read(replies: list[Any]) -> Call:
+            rev = int(replies[0] or 0)
+            return Call.script(self.scripts.delete_zone, zone_keys,
+                               [int(force), k.updates(name), rev,
+                                messages.zone_deleted(name, rev + 1)], deleted)
+        return Call((("GET", k.rev(name)),), read)
 
     # -- registration ------------------------------------------------------------------
 
     def register(self, zone_name: str, key: str, **kwargs: Any) -> Assignment:
         """Register a node; see ``register_call`` for the arguments."""
-        return self.run(self.register_call(zone_name, key, **kwargs))
+        try:
+            return self.run(self.register_call(self.cached_zone(zone_name), key, **kwargs))
+        except NotFound:
+            self._zone_cache.pop(zone_name, None)
+            raise
 
-    def register_call(self, zone_name: str, key: str, *, listen_port: int, session: str,
+    def register_call(self, zone: Zone, key: str, *, listen_port: int, session: str,
                       endpoint: str | None = None, request_ip: str | None = None,
                       child_prefixes: list[str] | tuple[str, ...] = (),
                       nat_type: str | None = None, hostname: str | None = None,
-                      now: float | None = None, order: str | None = None) -> Call:
+                      now: float | None = None, order: str | None = None,
+                      guard: Guard | None = None) -> Call:
         """The register script call; its result is an Assignment. ``order``: the request's
-        stream entry id (None: not from the request stream, no order check)."""
-        zone = self.cached_zone(zone_name)
+        stream entry id (None: not from the request stream, no order check); ``guard``:
+        its replay guard. Raises InvalidInput for a requested address or child prefix
+        the zone cannot have."""
         network = zone.network
         requested = cidrs.host_address(network, request_ip) if request_ip else ""
         prefixes = cidrs.child_prefixes(network, child_prefixes)
         wanted = json.dumps([[str(p), *cidrs.span(p)] for p in prefixes])
-        record = Peer(key=key, address="", endpoint=endpoint,
-                      child_prefixes=tuple(str(p) for p in prefixes), listen_port=listen_port,
-                      nat_type=nat_type, session=session, hostname=hostname).to_dict()
-        del record["address"], record["registered"]
-        head = json.dumps(record, separators=(",", ":"))[:-1]
+        before, after = messages.peer_record_parts(Peer(
+            key=key, address="", endpoint=endpoint,
+            child_prefixes=tuple(str(p) for p in prefixes), listen_port=listen_port,
+            nat_type=nat_type, session=session, hostname=hostname))
         now = time.time() if now is None else now
-        # An IPv4 zone's script takes new addresses itself; an IPv6 zone's gets a
-        # candidate computed here (see _registered).
+        # An IPv4 zone's script takes new addresses itself; an IPv6 zone's asks for a
+        # candidate ('need'), computed by the candidate script and here (RFC 5952).
         base = str(int(network.network_address)) if network.version == 4 else ""
         k = self.keys
         keys = [k.zone(zone.name), k.peers(zone.name), k.leases(zone.name), k.prefixes(zone.name),
                 k.free(zone.name), k.rev(zone.name), k.changes(zone.name), k.seen(zone.name),
-                k.cursor(zone.name), k.applied(zone.name)]
-        args = [key, head, now, self.expiry, requested, "", wanted, self.change_log_length,
-                _score(order), base, cidrs.pool_size(network)]
-        return Call(self.scripts.register, keys, args,
-                    lambda result: self._registered(zone, key, keys, args, result, order))
+                k.cursor(zone.name), k.applied(zone.name), *_keys(guard)]
+        args = [key, before, after, now, self.expiry, requested, "", wanted,
+                self.change_log_length, _score(order), base, cidrs.pool_size(network),
+                *_args(guard)]
+        return self._register_step(zone, keys, args, order, 0)
 
-    def _registered(self, zone: Zone, key: str, keys: list[str], args: list[Any],
-                    result: list[Any], order: str | None) -> Assignment:
-        now, requested = args[2], args[4]
-        prefix_len = zone.network.prefixlen
-        for _ in range(64):
-            status = result[0]
+    def _register_step(self, zone: Zone, keys: list[str], args: list[Any], order: str | None,
+                       attempt: int) -> Call:
+        key, now, requested, ipv4 = args[0], args[3], args[5], bool(args[10])
+
+        def decode(reply: list[Any]) -> Assignment | Call:
+            status = reply[0]
             if status == "ok":
-                return Assignment(result[1], prefix_len, zone.cidr, int(result[2]))
+                return Assignment(reply[1], zone.network.prefixlen, zone.cidr, int(reply[2]))
             if status == "stale":
-                log.info("ignored a register of %s in zone %s: its request (%s) is older than "
-                         "one applied since", key, zone.name, order)
-                if not result[1]:
-                    raise Conflict("a newer request of this node was handled already")
-                return Assignment(result[1], prefix_len, zone.cidr, int(result[2]))
-            if status == "nozone":
-                self._zone_cache.pop(zone.name, None)
-                raise NotFound(f"zone {zone.name} does not exist")
+                log.info("ignored a register of %s in zone %s: its request (%s) is older "
+                         "than one applied since", key, zone.name, order)
+                if not reply[1]:
+                    raise refusal("overtaken")
+                return Assignment(reply[1], zone.network.prefixlen, zone.cidr, int(reply[2]))
+            if status in ("need", "retry"):
+                # IPv4: found only leased addresses, tries on; IPv6: wants a (new) candidate.
+                if attempt + 1 >= REGISTER_ATTEMPTS:
+                    raise refusal("exhausted", zone=zone.name)
+                if ipv4:
+                    return self._register_step(zone, keys, args, order, attempt + 1)
+                return self._candidate_call(zone, lambda address: self._register_step(
+                    zone, keys, [*args[:6], address, *args[7:]], order, attempt + 1))
             if status == "held":
-                age = max(0.0, now - float(result[2]))
-                raise Conflict(f"{requested} is held by another node (last seen {age:.0f}s ago)")
+                raise refusal(status, requested=requested,
+                              age=max(0.0, now - float(reply[2])))
             if status == "prefix":
-                raise Conflict(f"child prefix {result[1]} overlaps {result[2]}, "
-                               "already used by another node in this zone")
-            if status == "full":
-                raise Conflict(f"zone {zone.name} has no free address left in {zone.cidr}")
-            # 'need' or 'retry': an IPv6 zone's script wants a (new) candidate address;
-            # an IPv4 zone's found only leased ones and tries on.
-            if not args[9]:
-                args[5] = self._candidate(zone)
-            result = self.scripts.register(keys=keys, args=args)
-        raise Conflict(f"could not find a free address in zone {zone.name}")
+                raise refusal(status, wanted=reply[1], held=reply[2])
+            raise refusal(status, zone=zone.name, cidr=zone.cidr)
+        return Call.script(self.scripts.register, keys, args, decode)
 
-    def _candidate(self, zone: Zone) -> str:
+    def _candidate_call(self, zone: Zone, then: Callable[[str], Call]) -> Call:
+        """A new address candidate of an IPv6 zone: a released address, else the next
+        offset; its result is ``then(address)``."""
         network = zone.network
-        result = self.scripts.candidate(keys=[self.keys.free(zone.name), self.keys.cursor(zone.name)],
-                                        args=[cidrs.pool_size(network)])
-        if result[0] == "a":
-            return result[1]
-        if result[0] == "o":
-            return cidrs.address_at(network, int(result[1]))
-        raise Conflict(f"zone {zone.name} has no free address left in {zone.cidr}")
+
+        def decode(reply: list[Any]) -> Call:
+            if reply[0] == "a":
+                return then(reply[1])
+            if reply[0] == "o":
+                return then(cidrs.address_at(network, int(reply[1])))
+            raise refusal(reply[0], zone=zone.name, cidr=zone.cidr)
+        return Call.script(self.scripts.candidate,
+                           [self.keys.free(zone.name), self.keys.cursor(zone.name)],
+                           [cidrs.pool_size(network)], decode)
 
     def heartbeat(self, zone: str, key: str, session: str, now: float | None = None) -> None:
         self.run(self.heartbeat_call(zone, key, session, now))
 
-    def heartbeat_call(self, zone: str, key: str, session: str, now: float | None = None) -> Call:
-        return Call(self.scripts.heartbeat, [self.keys.peers(zone), self.keys.seen(zone)],
-                    [key, session, time.time() if now is None else now],
-                    lambda result: self._check_session(result[0], zone))
+    def heartbeat_call(self, zone: str, key: str, session: str, now: float | None = None,
+                       guard: Guard | None = None) -> Call:
+        """Its result is None."""
+        def decode(reply: list[Any]) -> None:
+            if reply[0] != "ok":
+                raise refusal(reply[0], peer="this node", zone=zone)
+        return Call.script(self.scripts.heartbeat,
+                           [self.keys.peers(zone), self.keys.seen(zone), *_keys(guard)],
+                           [key, session, time.time() if now is None else now, *_args(guard)],
+                           decode)
 
     def update_endpoint(self, zone: str, key: str, session: str, endpoint: str,
                         nat_type: str | None, now: float | None = None,
                         order: str | None = None) -> int:
-        """Set a node's endpoint; returns the revision. Reads the record first (one round
-        trip) and writes it back if unchanged meanwhile (compare and set)."""
+        """Set a node's endpoint; returns the revision."""
+        return self.run(self.endpoint_call(zone, key, session, endpoint, nat_type, now, order))
+
+    def endpoint_call(self, zone: str, key: str, session: str, endpoint: str,
+                      nat_type: str | None, now: float | None = None,
+                      order: str | None = None, guard: Guard | None = None,
+                      attempt: int = 0) -> Call:
+        """Check the replay guard and read the node's record; its result is the revision
+        (a stale request changes nothing) or the compare-and-set Call that writes the
+        record with the new endpoint if it is still the one read (else reads again)."""
         k = self.keys
         score = _score(order)
-        for _ in range(16):
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hget(k.peers(zone), key)
-                pipe.zscore(k.applied(zone), key)
-                pipe.get(k.rev(zone))
-                current, last, rev = pipe.execute()
+        now = time.time() if now is None else now
+
+        def written(reply: list[Any]) -> int | Call:
+            if reply[0] in ("ok", "stale"):
+                return int(reply[1])
+            if reply[0] == "retry":
+                if attempt + 1 >= ENDPOINT_ATTEMPTS:
+                    raise refusal("contended", what="the peer record")
+                return self.endpoint_call(zone, key, session, endpoint, nat_type, now, order,
+                                          None, attempt + 1)
+            raise refusal(reply[0], peer="this node", zone=zone)
+
+        def read(replies: list[Any]) -> int | Call:
+            if guard is not None:
+                holder, *replies = replies
+                if holder is not None and holder != guard.entry_id:
+                    raise refusal("replayed")
+            current, last, rev = replies
             if score and last is not None and float(last) > float(score):
                 log.info("ignored an endpoint update of %s in zone %s: its request (%s) is "
                          "older than one applied since", key, zone, order)
                 return int(rev or 0)
             if current is None:
-                self._check_session("missing", zone)
+                raise refusal("missing", peer="this node", zone=zone)
             peer = messages.parse_peer(current)
             if peer.session != session:
-                self._check_session("superseded", zone)
-            record = json.loads(current)
-            record.update(endpoint=endpoint, nat_type=nat_type)
-            result = self.scripts.replace_peer(
-                keys=[k.peers(zone), k.rev(zone), k.changes(zone), k.seen(zone),
-                      k.applied(zone)],
-                args=[key, current, json.dumps(record, separators=(",", ":")),
-                      time.time() if now is None else now, self.change_log_length, score])
-            if result[0] in ("ok", "stale"):
-                return int(result[1])
-            self._check_session(result[0], zone)
-        raise Conflict("the peer record kept changing; try again")
-
-    @staticmethod
-    def _check_session(status: str, zone: str) -> None:
-        if status == "missing":
-            raise NotFound(f"this node is not registered in zone {zone}")
-        if status == "superseded":
-            raise Superseded("this key was registered again from another host (superseded)")
+                raise refusal("superseded")
+            record = messages.peer_record(replace(peer, endpoint=endpoint, nat_type=nat_type))
+            return Call.script(
+                self.scripts.replace_peer,
+                [k.peers(zone), k.rev(zone), k.changes(zone), k.seen(zone), k.applied(zone)],
+                [key, current, record, now, self.change_log_length, score], written)
+        guarded = () if guard is None else (
+            ("SET", guard.key, guard.entry_id, "NX", "GET", "EX", guard.ttl, {"get": True}),)
+        return Call((*guarded, ("HGET", k.peers(zone), key), ("ZSCORE", k.applied(zone), key),
+                     ("GET", k.rev(zone))), read)
 
     def remove_peer(self, zone: str, key: str, reason: str, session: str = "",
                     seen_before: float | None = None, order: str | None = None) -> int | None:
@@ -304,37 +352,45 @@ class ZoneStore:
         return self.run(self.remove_call(zone, key, reason, session, seen_before, order))
 
     def remove_call(self, zone: str, key: str, reason: str, session: str = "",
-                    seen_before: float | None = None, order: str | None = None) -> Call:
+                    seen_before: float | None = None, order: str | None = None,
+                    guard: Guard | None = None) -> Call:
         """The remove script call; its result is the new revision (the current one for a
         stale request), or None when the node was not removed (``seen_before``)."""
         k = self.keys
         keys = [k.peers(zone), k.leases(zone), k.prefixes(zone), k.free(zone), k.rev(zone),
-                k.changes(zone), k.seen(zone), k.applied(zone)]
+                k.changes(zone), k.seen(zone), k.applied(zone), *_keys(guard)]
         args = [key, reason, session, "" if seen_before is None else seen_before,
-                self.change_log_length, _score(order)]
+                self.change_log_length, _score(order), *_args(guard)]
 
-        def done(result: list[Any]) -> int | None:
-            if result[0] in ("ok", "stale"):
-                return int(result[1])
-            if result[0] == "missing":
-                raise NotFound(f"peer {key} is not in zone {zone}")
-            if result[0] == "superseded":
-                self._check_session("superseded", zone)
-            return None
-        return Call(self.scripts.remove_peer, keys, args, done)
+        def decode(reply: list[Any]) -> int | None:
+            if reply[0] in ("ok", "stale"):
+                return int(reply[1])
+            if reply[0] == "alive":
+                return None
+            raise refusal(reply[0], peer=f"peer {key}", zone=zone)
+        return Call.script(self.scripts.remove_peer, keys, args, decode)
 
     def expire(self, zone: str, now: float | None = None) -> list[str]:
         """Remove nodes silent for longer than the expiry; returns their keys."""
-        cutoff = (time.time() if now is None else now) - self.expiry
-        stale = self.redis.zrangebyscore(self.keys.seen(zone), "-inf", f"({cutoff}")
+        cutoff = self.expiry_cutoff(now)
         removed = []
-        for key in stale:
+        for key in self.run(self.silent_call(zone, cutoff)):
             try:
                 if self.remove_peer(zone, key, "expired", seen_before=cutoff) is not None:
                     removed.append(key)
             except NotFound:
                 pass
         return removed
+
+    def expiry_cutoff(self, now: float | None = None) -> float:
+        """Nodes last seen before this (unix time) have expired."""
+        return (time.time() if now is None else now) - self.expiry
+
+    def silent_call(self, zone: str, cutoff: float) -> Call:
+        """Its result: the keys of the zone's nodes last seen before ``cutoff``; remove
+        each with ``remove_call(..., "expired", seen_before=cutoff)``."""
+        return Call((("ZRANGEBYSCORE", self.keys.seen(zone), "-inf", f"({cutoff!r}"),),
+                    lambda replies: list(replies[0]))
 
     def forget_orders(self, zones: list[str], before: float) -> int:
         """Drop the request order of keys whose last applied request came before
@@ -345,56 +401,61 @@ class ZoneStore:
                 pipe.zremrangebyscore(self.keys.applied(zone), "-inf", f"({before * 1000!r}")
             return sum(pipe.execute())
 
-    # -- running calls ---------------------------------------------------------------------
-
-    def run(self, call: Call) -> Any:
-        return call.done(call.script(keys=call.keys, args=call.args))
-
-    def run_many(self, calls: list[Call]) -> list[Any]:
-        """Run calls in one pipeline (one round trip, in order, not atomically as a whole);
-        returns what ``results`` returns."""
-        if not calls:
-            return []
-        with self.redis.pipeline(transaction=False) as pipe:
-            self.queue(pipe, calls)
-            return self.results(calls, pipe.execute(raise_on_error=False))
-
-    @staticmethod
-    def queue(pipe: Pipeline, calls: list[Call]) -> None:
-        """Add calls to a pipeline (executed by the caller with raise_on_error=False)."""
-        for call in calls:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-
-    def results(self, calls: list[Call], replies: list[Any]) -> list[Any]:
-        """Each queued call's result, or the exception it raised (a MeshError for a
-        refusal, a ResponseError for a script error), so that one call's failure is its
-        own only. Connection errors are raised: the calls may then have run or not."""
-        out: list[Any] = []
-        for call, reply in zip(calls, replies):
-            try:
-                if isinstance(reply, redis.exceptions.NoScriptError):
-                    # Redis lost its scripts (restart, SCRIPT FLUSH): this call did not
-                    # run; Script.__call__ loads the script and runs it.
-                    reply = call.script(keys=call.keys, args=call.args)
-                if isinstance(reply, Exception):
-                    raise reply
-                out.append(call.done(reply))
-            except redis.exceptions.ConnectionError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - returned: the caller answers it
-                out.append(exc)
-        return out
-
     # -- publishing ------------------------------------------------------------------------
 
-    def flush(self, zone: str, max_changes: int = 1000) -> int:
+    def flush(self, zone: str, max_changes: int = MAX_CHANGES) -> int:
         """Publish unpublished changes of a zone; returns the number of messages."""
         return self.run(self.flush_call(zone, max_changes))
 
-    def flush_call(self, zone: str, max_changes: int = 1000) -> Call:
+    def flush_call(self, zone: str, max_changes: int = MAX_CHANGES, published: int = 0,
+                   attempt: int = 0) -> Call:
+        """Read the zone's unpublished changes. Its result is ``published`` (the number
+        of messages published so far) when there are none, else the Call that publishes
+        them (``publish.lua``: only if nothing was published since this read), whose
+        result is the number of messages, or this read again (overtaken by another
+        replica, or more changes than one read takes)."""
         k = self.keys
-        return Call(self.scripts.flush, [k.changes(zone), k.published(zone)],
-                    [k.updates(zone), zone, max_changes], int)
+        limit = max_changes * PENDING_MESSAGES
+
+        def read(reply: list[Any]) -> int | Call:
+            since, entries = int(reply[0]), reply[1]
+            if not entries:
+                return published
+            return self._publish_call(zone, since, entries, max_changes, published, attempt,
+                                      more=len(entries) >= limit)
+        return Call.script(self.scripts.pending, [k.changes(zone), k.published(zone)],
+                           [limit], read)
+
+    def _publish_call(self, zone: str, since: int, entries: list[Any], max_changes: int,
+                      published: int, attempt: int, more: bool) -> Call:
+        def sent(reply: list[Any]) -> int | Call:
+            if reply[0] == "ok":
+                count = published + int(reply[1])
+                return self.flush_call(zone, max_changes, count) if more else count
+            if reply[0] == "moved" and attempt + 1 < PUBLISH_ATTEMPTS:
+                return self.flush_call(zone, max_changes, published, attempt + 1)
+            raise refusal("contended" if reply[0] == "moved" else reply[0],
+                          what=f"the published revision of zone {zone}")
+        args: list[Any] = [self.keys.updates(zone), since]
+        for rev, message in updates(zone, entries, max_changes):
+            args += [rev, message]
+        return Call.script(self.scripts.publish, [self.keys.published(zone)], args, sent)
+
+    # -- running calls ---------------------------------------------------------------------
+
+    def run(self, call: Call) -> Any:
+        """Run a call to its end, one round trip per step; returns its result or raises
+        its refusal."""
+        for _ in range(MAX_STEPS):
+            with self.redis.pipeline(transaction=False) as pipe:
+                queue(pipe, call)
+                outcome = settle(call, pipe.execute(raise_on_error=False))
+            if isinstance(outcome, Exception):
+                raise outcome
+            if not isinstance(outcome, Call):
+                return outcome
+            call = outcome
+        raise RuntimeError(f"a store operation took more than {MAX_STEPS} steps")
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -427,6 +488,50 @@ class ZoneStore:
     def last_seen(self, zone: str) -> dict[str, float]:
         return {key: score for key, score in
                 self.redis.zrange(self.keys.seen(zone), 0, -1, withscores=True)}
+
+
+def updates(zone: str, entries: list[Any], max_changes: int = MAX_CHANGES) -> list[tuple[int, str]]:
+    """The zone update messages of change log entries (as pending.lua returns them, in
+    revision order): (the revision each ends at, its text), at most ``max_changes``
+    changes each, each starting from the revision before its first change."""
+    out = []
+    for start in range(0, len(entries), max_changes):
+        group = entries[start:start + max_changes]
+        first, last = _rev(group[0][0]), _rev(group[-1][0])
+        out.append((last, messages.update(zone, first - 1, last, [change(e) for e in group])))
+    return out
+
+
+def change(entry: list[Any]) -> str:
+    """The protocol text of one change log entry ``[id, [field, value, ...]]``."""
+    entry_id, flat = entry
+    fields = dict(zip(flat[::2], flat[1::2]))
+    op = fields.get("op")
+    if op == "upsert":
+        return messages.upsert_change(_rev(entry_id), fields["peer"])
+    if op == "remove":
+        return messages.remove_change(_rev(entry_id), fields["key"], fields["reason"])
+    if "c" in fields:       # logged as JSON by a tower before the change log held data
+        return fields["c"]
+    raise ValueError(f"change log entry {entry_id} is malformed")
+
+
+def _rev(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
+
+
+def _keys(guard: Guard | None) -> list[str]:
+    """A script's last KEYS for a guard (none without)."""
+    return [] if guard is None else [guard.key]
+
+
+def _args(guard: Guard | None) -> list[Any]:
+    """A script's last ARGV for a guard (none without)."""
+    return [] if guard is None else [guard.entry_id, guard.ttl]
+
+
+def _at(reply: list[Any], index: int) -> Any:
+    return reply[index] if len(reply) > index else None
 
 
 def _zone(data: dict[str, Any]) -> Zone:

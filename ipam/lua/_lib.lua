@@ -1,11 +1,12 @@
 -- Shared helpers, prepended to every script by ipam/scripts.py.
 
--- Bump the zone revision and append one change to the bounded change log.
--- `body` is the JSON of the change without its revision, e.g. '"op":"remove","key":"..."'.
-local function log_change(rev_key, changes_key, maxlen, body)
+-- Bump the zone revision and append one change to the bounded change log, as data:
+-- field/value pairs, 'op', 'upsert', 'peer', <record> or 'op', 'remove', 'key', <key>,
+-- 'reason', <reason>. The tower builds the protocol's messages from them when it
+-- publishes (see pending.lua and publish.lua).
+local function log_change(rev_key, changes_key, maxlen, ...)
   local rev = redis.call('INCR', rev_key)
-  local change = '{"rev":' .. rev .. ',' .. body .. '}'
-  redis.call('XADD', changes_key, 'MAXLEN', '~', maxlen, rev .. '-1', 'c', change)
+  redis.call('XADD', changes_key, 'MAXLEN', '~', maxlen, rev .. '-1', ...)
   return rev
 end
 
@@ -30,8 +31,7 @@ local function drop_peer(k, key, record, reason, maxlen)
   end
   redis.call('ZREM', k.seen, key)
   drop_prefixes(k.prefixes, key, nil)
-  return log_change(k.rev, k.changes, maxlen,
-    '"op":"remove","key":' .. cjson.encode(key) .. ',"reason":' .. cjson.encode(reason))
+  return log_change(k.rev, k.changes, maxlen, 'op', 'remove', 'key', key, 'reason', reason)
 end
 
 -- Requests carry their order (a number made of their request-stream entry id, see
@@ -48,6 +48,17 @@ local function mark_applied(applied_key, key, order)
   if applied_key and order ~= nil and order ~= '' then
     redis.call('ZADD', applied_key, 'GT', order, key)
   end
+end
+
+-- The replay guard of a request from the request stream, checked by the script that
+-- acts on it: the nonce key keeps the stream entry id of the first request that used the
+-- nonce, for `ttl` seconds; another entry with that nonce is a replay (the same entry
+-- handled again, claimed after a replica died or run again for a next step, is not).
+-- No key: the request is not from the stream (REST, tools).
+local function replayed(nonce_key, entry_id, ttl)
+  if not nonce_key then return false end
+  local holder = redis.call('SET', nonce_key, entry_id, 'NX', 'GET', 'EX', ttl)
+  return holder ~= false and holder ~= entry_id
 end
 
 local function current_rev(rev_key)

@@ -1,23 +1,28 @@
 -- Register (or re-register) a node: address, child prefixes and peer record, atomically.
 -- KEYS: 1 zone, 2 peers, 3 leases, 4 prefixes, 5 free, 6 rev, 7 changes, 8 seen,
---       9 cursor, 10 applied
--- ARGV: 1 public key, 2 peer record JSON without its closing '}' and without "address",
---       3 now, 4 expiry seconds, 5 requested address or '', 6 candidate address or '',
---       7 child prefixes JSON [[prefix, first hex, last hex], ...], 8 change log length,
---       9 request order or '', 10 IPv4 zone: its network address as an integer, so the
+--       9 cursor, 10 applied, 11 the request's nonce key (optional, see `replayed`)
+-- ARGV: 1 public key, 2 and 3 the peer record before and after its address (built by
+--       wire/messages.py peer_record_parts: the record is ARGV[2] .. address .. ARGV[3]),
+--       4 now, 5 expiry seconds, 6 requested address or '', 7 candidate address or '',
+--       8 child prefixes JSON [[prefix, first hex, last hex], ...], 9 change log length,
+--       10 request order or '', 11 IPv4 zone: its network address as an integer, so the
 --       script takes a new address from the pool itself; '' (IPv6): the caller passes
---       a candidate (answer 'need'), 11 pool size (highest usable host offset)
+--       a candidate (answer 'need'), 12 pool size (highest usable host offset),
+--       13 and 14 with KEYS[11]: the request's stream entry id, the nonce's lifetime
 -- Returns {'ok', address, rev} | {'stale', current address or '', rev} | {'nozone'}
+--       | {'replayed'}
 --       | {'need'} | {'retry'} | {'full'}
 --       | {'held', holder key, last seen} | {'prefix', wanted, held, holder key}
 local k = {zone = KEYS[1], peers = KEYS[2], leases = KEYS[3], prefixes = KEYS[4],
            free = KEYS[5], rev = KEYS[6], changes = KEYS[7], seen = KEYS[8],
            cursor = KEYS[9], applied = KEYS[10]}
-local key, head, now, expiry = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local requested, candidate, maxlen, order = ARGV[5], ARGV[6], ARGV[8], ARGV[9]
-local base, pool = tonumber(ARGV[10]), tonumber(ARGV[11])
-local wanted = cjson.decode(ARGV[7])
+local key, before, after = ARGV[1], ARGV[2], ARGV[3]
+local now, expiry = tonumber(ARGV[4]), tonumber(ARGV[5])
+local requested, candidate, maxlen, order = ARGV[6], ARGV[7], ARGV[9], ARGV[10]
+local base, pool = tonumber(ARGV[11]), tonumber(ARGV[12])
+local wanted = cjson.decode(ARGV[8])
 
+if replayed(KEYS[11], ARGV[13], ARGV[14]) then return {'replayed'} end
 if redis.call('EXISTS', k.zone) == 0 then return {'nozone'} end
 
 local old = redis.call('HGET', k.peers, key)
@@ -116,10 +121,10 @@ end
 redis.call('ZADD', k.seen, now, key)
 mark_applied(k.applied, key, order)
 
-local record = head .. ',"address":' .. cjson.encode(addr) .. '}'
+local record = before .. addr .. after
 local rev = current_rev(k.rev)
 if record ~= old then
   redis.call('HSET', k.peers, key, record)
-  rev = log_change(k.rev, k.changes, maxlen, '"op":"upsert","peer":' .. record)
+  rev = log_change(k.rev, k.changes, maxlen, 'op', 'upsert', 'peer', record)
 end
 return {'ok', addr, rev}

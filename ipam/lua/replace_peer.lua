@@ -13,4 +13,4 @@ if ARGV[3] == current then
   return {'ok', current_rev(KEYS[2])}
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return {'ok', log_change(KEYS[2], KEYS[3], ARGV[5], '"op":"upsert","peer":' .. ARGV[3])}
+return {'ok', log_change(KEYS[2], KEYS[3], ARGV[5], 'op', 'upsert', 'peer', ARGV[3])}

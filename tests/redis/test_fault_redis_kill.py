@@ -19,6 +19,7 @@ import time
 import pytest
 
 from aircrew.session import TowerSession
+from ipam.calls import Call, queue, settle
 from ipam.store import ZoneStore
 from testbed import simagent
 from wire.keys import REQUEST_GROUP, Keys
@@ -157,7 +158,6 @@ def test_update_published_while_agent_connections_drop_is_not_lost(redis_proc, t
     receives that update: each must notice the drop, resync, and remove the node within
     5 s. (Guards against a client that reconnects silently, such as a redis-py client
     with retries, which would hide the drop from the agent.)"""
-    keys = Keys()
 
     async def scenario():
         client = redis_proc.client()
@@ -171,19 +171,17 @@ def test_update_published_while_agent_connections_drop_is_not_lost(redis_proc, t
             await leaver.request("register", {"listen_port": 51820}, timeout=10)
             await simagent.wait_in_sync(sims, client, 15)
             assert all(leaver.public_key in s.peer_view() for s in sims)
-            # Atomically: drop every pub/sub connection, remove the node, publish.
+            # Remove the node (logged, not published yet) and read the change to publish;
+            # then atomically: drop every pub/sub connection, publish.
             store = ZoneStore(client)
-            z = "default"
+            store.remove_peer("default", leaver.public_key, "left")
+            publish = settle(read := store.flush_call("default"), _replies(client, read))
+            assert isinstance(publish, Call)
             with client.pipeline(transaction=True) as pipe:
                 pipe.client_kill_filter(_type="pubsub")
-                store.scripts.remove_peer(
-                    keys=[keys.peers(z), keys.leases(z), keys.prefixes(z), keys.free(z),
-                          keys.rev(z), keys.changes(z), keys.seen(z)],
-                    args=[leaver.public_key, "left", "", "", 10000], client=pipe)
-                store.scripts.flush(keys=[keys.changes(z), keys.published(z)],
-                                    args=[keys.updates(z), z, 1000], client=pipe)
-                killed, removed, published = pipe.execute()
-            assert killed >= len(sims) and removed[0] == "ok" and published == 1
+                queue(pipe, publish)
+                killed, published = pipe.execute()
+            assert killed >= len(sims) and published == ["ok", 1]
             resyncs = [s.agent.resyncs for s in sims]
             took = await simagent.wait_in_sync(sims, client, SYNC_WITHIN)
             print(f"\nagents in sync {took:.2f}s after their connections dropped")
@@ -196,6 +194,12 @@ def test_update_published_while_agent_connections_drop_is_not_lost(redis_proc, t
             client.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+def _replies(client, call: Call) -> list:
+    with client.pipeline(transaction=False) as pipe:
+        queue(pipe, call)
+        return pipe.execute(raise_on_error=False)
 
 
 BUG_BACKOFF_RESET = (

@@ -420,7 +420,8 @@ def test_flood_of_junk_changes_nothing_and_kills_nothing(worker, fuzz_redis, tmp
     keys = Keys()
     errors = ErrorCounter()
     quiet = {name: logging.getLogger(name).level
-             for name in ("controltower.worker", "aircrew.session", "aircrew.agent")}
+             for name in ("controltower.worker", "controltower.admission",
+                          "controltower.publisher", "aircrew.session", "aircrew.agent")}
     for name in quiet:
         logging.getLogger(name).setLevel(logging.ERROR)
         logging.getLogger(name).addHandler(errors)

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from ipam.store import order_score
-from wire.errors import Conflict, InvalidInput, NotFound, Superseded
+from ipam.calls import Call, queue, settle_all
+from ipam.store import Guard, order_score
+from wire.errors import Conflict, Forbidden, InvalidInput, NotFound, Superseded
 from wire.proof import generate_private_key, public_key_of
 
 
@@ -240,27 +241,94 @@ def test_delete_zone_removes_the_request_orders(store, redis_client):
     assert not redis_client.exists(store.keys.applied("zone-red"))
 
 
-# -- calls in one pipeline ------------------------------------------------------------------
+# -- calls in one pipeline (as the request worker sends them) -----------------------------
 
-def test_run_many_isolates_each_call(store):
+@pytest.fixture
+def loaded(store):
+    """The scripts loaded, as the request worker loads them when it starts."""
+    store.scripts.load()
+    return store
+
+
+def pipeline(redis_client, calls):
+    """One round trip of calls; each one's outcome."""
+    with redis_client.pipeline(transaction=False) as pipe:
+        for call in calls:
+            queue(pipe, call)
+        return settle_all(calls, pipe.execute(raise_on_error=False))
+
+
+def test_calls_in_one_pipeline_settle_each_on_its_own(loaded, redis_client):
+    store = loaded
     keys = [new_key() for _ in range(3)]
-    calls = [store.register_call("default", keys[0], listen_port=51820, session="s"),
-             store.register_call("default", keys[1], listen_port=51820, session="s",
+    zone = store.get_zone("default")
+    calls = [store.register_call(zone, keys[0], listen_port=51820, session="s"),
+             store.register_call(zone, keys[1], listen_port=51820, session="s",
                                  request_ip="10.200.0.1"),     # taken by the first
              store.heartbeat_call("default", keys[2], "s"),    # not registered
-             store.register_call("default", keys[2], listen_port=51820, session="s")]
-    first, held, missing, last = store.run_many(calls)
+             store.register_call(zone, keys[2], listen_port=51820, session="s")]
+    first, held, missing, last = pipeline(redis_client, calls)
     assert first.address == "10.200.0.1" and last.address == "10.200.0.2"
     assert isinstance(held, Conflict) and "is held by another node" in str(held)
     assert isinstance(missing, NotFound)
-    assert store.run_many([]) == []
 
 
-def test_run_many_reloads_scripts_redis_lost(store, redis_client):
+def test_calls_whose_scripts_redis_lost_come_back_with_their_scripts(store, redis_client):
     redis_client.script_flush()
-    calls = [store.register_call("default", new_key(), listen_port=51820, session="s")
+    zone = store.get_zone("default")
+    calls = [store.register_call(zone, new_key(), listen_port=51820, session="s")
              for _ in range(3)]
-    assert [a.address for a in store.run_many(calls)] == [f"10.200.0.{i}" for i in (1, 2, 3)]
+    again = pipeline(redis_client, calls)
+    assert all(isinstance(call, Call) and call.reload for call in again)
+    assert not store.peers("default")                  # nothing ran
+    assert [a.address for a in pipeline(redis_client, again)] == [
+        f"10.200.0.{i}" for i in (1, 2, 3)]
+
+
+def test_an_ipv6_registration_takes_its_steps(loaded, redis_client):
+    store = loaded
+    store.create_zone("v6", "fd00:1::/64")
+    call = store.register_call(store.get_zone("v6"), new_key(), listen_port=51820, session="s")
+    steps = 0
+    while isinstance(call, Call):
+        [call] = pipeline(redis_client, [call])
+        steps += 1
+    assert call.address == "fd00:1::1" and steps == 3   # need, candidate, register
+
+
+def test_an_endpoint_update_overtaken_between_read_and_write_reads_again(loaded, redis_client):
+    store = loaded
+    key = new_key()
+    register(store, key=key, session="s")
+    [write] = pipeline(redis_client, [store.endpoint_call("default", key, "s",
+                                                          "192.0.2.9:5000", None)])
+    store.update_endpoint("default", key, "s", "192.0.2.1:1", "cone")   # meanwhile
+    [read] = pipeline(redis_client, [write])
+    assert isinstance(read, Call)                     # the record changed: read again
+    assert isinstance(rev := store.run(read), int)
+    _, peer = store.find_peer(key)
+    assert (peer.endpoint, peer.nat_type) == ("192.0.2.9:5000", None)
+    assert int(redis_client.get(store.keys.rev("default"))) == rev
+
+
+def test_publications_of_two_replicas_never_repeat_a_change(loaded, redis_client):
+    """Two replicas read the same unpublished changes; the first to publish wins, the
+    other reads again and publishes only what came since."""
+    store = loaded
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(store.keys.updates("default"))
+    pubsub.get_message(timeout=1)
+    register(store)
+    a, b = pipeline(redis_client, [store.flush_call("default"), store.flush_call("default")])
+    register(store)
+    assert pipeline(redis_client, [a]) == [1]
+    [b_again] = pipeline(redis_client, [b])
+    assert isinstance(b_again, Call)
+    assert store.run(b_again) == 1
+    got = [json.loads(pubsub.get_message(timeout=2)["data"]) for _ in range(2)]
+    assert [(u["since"], u["rev"]) for u in got] == [(0, 1), (1, 2)]
+    assert pubsub.get_message(timeout=0.2) is None
+    pubsub.close()
 
 
 def test_ipv4_addresses_come_from_the_script_itself(store, redis_client):
@@ -270,3 +338,26 @@ def test_ipv4_addresses_come_from_the_script_itself(store, redis_client):
     with pytest.raises(Conflict, match="no free address left"):
         register(store, "tiny")
     assert redis_client.get(store.keys.cursor("tiny")) == "2"   # skipped .2, not past the pool
+
+
+def test_the_scripts_refuse_a_replayed_request_but_not_the_same_entry_again(store, redis_client):
+    key = new_key()
+    nonce = store.keys.nonce("default", key, "cd" * 8)
+    zone = store.get_zone("default")
+    first = store.run(store.register_call(zone, key, listen_port=51820, session="s",
+                                          order="1000-0", guard=Guard(nonce, "1000-0", 120)))
+    again = store.run(store.register_call(zone, key, listen_port=51820, session="s",
+                                          order="1000-0", guard=Guard(nonce, "1000-0", 120)))
+    assert again == first                         # a redelivery: answered again
+    for call in (store.register_call(zone, key, listen_port=51820, session="s",
+                                     order="2000-0", guard=Guard(nonce, "2000-0", 120)),
+                 store.heartbeat_call("default", key, "s", guard=Guard(nonce, "2000-0", 120)),
+                 store.remove_call("default", key, "left", session="s", order="2000-0",
+                                   guard=Guard(nonce, "2000-0", 120)),
+                 store.endpoint_call("default", key, "s", "192.0.2.1:1", None,
+                                     order="2000-0", guard=Guard(nonce, "2000-0", 120))):
+        with pytest.raises(Forbidden, match="replayed request refused"):
+            store.run(call)
+    assert redis_client.get(nonce) == "1000-0" and 0 < redis_client.ttl(nonce) <= 120
+    _, peer = store.find_peer(key)
+    assert peer.endpoint is None                  # nothing of the replays was applied

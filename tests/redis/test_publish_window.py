@@ -11,7 +11,9 @@ import uuid
 
 import pytest
 
-from controltower.worker import PublishWindow, RequestWorker
+from controltower.publisher import Publisher, PublishWindow
+from ipam.calls import Call
+from controltower.worker import RequestWorker
 from ipam.store import ZoneStore
 from wire.messages import Request
 from wire.proof import generate_private_key, public_key_of
@@ -81,6 +83,58 @@ def test_a_maximum_at_or_below_the_base_keeps_the_window_fixed():
 def test_a_zero_base_window_publishes_every_change_at_once():
     window = PublishWindow(0.0, MAXIMUM)
     assert publications(window, [0.0] * 3) == [0.0] * 3
+
+
+# -- the publications under way (pure: no Redis) --------------------------------------------
+
+class Reads:
+    """Stands in for the store: each flush_call is a distinct read Call."""
+
+    def __init__(self) -> None:
+        self.made: list[Call] = []
+
+    def flush_call(self, zone: str) -> Call:
+        self.made.append(Call((("READ", zone, len(self.made)),), lambda replies: 0))
+        return self.made[-1]
+
+
+def publisher(base: float = BASE) -> tuple[Publisher, Clock, list[float]]:
+    clock, observed = Clock(), []
+    return Publisher(Reads(), base, MAXIMUM, clock, observed.append), clock, observed
+
+
+def test_a_publication_reads_when_due_then_takes_the_steps_it_is_given():
+    pub, clock, observed = publisher()
+    assert pub.calls() == [] and pub.wait() is None
+    pub.changed("z")
+    [read] = pub.calls()
+    assert (read.zone, read.call) == ("z", pub.store.made[0])
+    assert pub.wait() is None                 # the step is the caller's until settled
+    publish = Call((("PUBLISH",),), lambda replies: 1)
+    pub.settled([read], [publish])
+    assert pub.wait() == 0.0 and pub.unpublished()
+    clock.now += 0.003
+    [step] = pub.calls()
+    assert step.call is publish
+    pub.settled([step], [1])
+    assert not pub.unpublished() and observed == [pytest.approx(0.003)]
+
+
+def test_a_zone_due_again_reads_after_its_publication_under_way_and_supersedes_it():
+    pub, clock, observed = publisher(base=0.0)
+    pub.changed("z")
+    [read] = pub.calls()
+    pub.settled([read], [Call((("PUBLISH", 1),), lambda replies: 1)])
+    pub.changed("z")
+    publish, read_again = pub.calls()
+    assert publish.call.commands == (("PUBLISH", 1),) and read_again.call.commands[0][0] == "READ"
+    # The publication was overtaken ('moved': read again); the read after it already did.
+    pub.settled([publish, read_again], [Call((("READ", "z", "again"),), lambda r: 0),
+                                        Call((("PUBLISH", 2),), lambda r: 2)])
+    [step] = pub.calls()
+    assert step.call.commands == (("PUBLISH", 2),) and step.changed_at == read.changed_at
+    pub.settled([step], [RuntimeError("boom")])         # logged; tried at the next change
+    assert not pub.unpublished() and observed == []
 
 
 # -- the worker ------------------------------------------------------------------------------
@@ -161,9 +215,9 @@ def arrivals(zone: Zone, rounds: int, per_round: int, gap: float) -> list[dict]:
         zone.register(per_round)
         zone.step(gap)
     for _ in range(3):
-        if zone.worker._dirty:
+        if zone.worker.publisher.unpublished():
             zone.step(MAXIMUM)
-    assert not zone.worker._dirty
+    assert not zone.worker.publisher.unpublished()
     return zone.updates()
 
 
@@ -204,13 +258,13 @@ def test_bursts_go_out_in_fewer_messages_than_with_a_fixed_window(zone_of):
 def test_a_lone_change_after_a_burst_is_published_at_once(zone_of):
     zone = zone_of(MAXIMUM)
     burst(zone)
-    assert zone.worker._windows["default"].window > BASE
+    assert zone.worker.publisher.windows["default"].window > BASE
     zone.clock.now += 1.0                   # the zone stays quiet a while
     [key] = zone.register(1)
     zone.step(0.0)                          # the step that handles it also publishes it
-    assert not zone.worker._dirty
+    assert not zone.worker.publisher.unpublished()
     assert changed_keys(zone.updates()) == [key]
-    assert zone.worker._windows["default"].window == BASE
+    assert zone.worker.publisher.windows["default"].window == BASE
 
 
 def test_a_change_soon_after_a_lone_one_waits_the_base_window(zone_of):
@@ -220,6 +274,6 @@ def test_a_change_soon_after_a_lone_one_waits_the_base_window(zone_of):
     [second] = zone.register(1)
     zone.step(BASE - 0.005)                 # 5 ms after the first publication: held
     assert changed_keys(zone.updates()) == [first]
-    assert zone.worker._windows["default"].window == BASE
+    assert zone.worker.publisher.windows["default"].window == BASE
     zone.step(0.0)                          # 20 ms after it: published
     assert changed_keys(zone.updates()) == [second]

@@ -166,7 +166,7 @@ def test_scripts_lost_by_redis_are_loaded_and_every_change_published(world, redi
                                                            "nat_type": None})))
     drain(store, worker)
     deadline = time.monotonic() + 5
-    while worker._dirty and time.monotonic() < deadline:
+    while worker.publisher.unpublished() and time.monotonic() < deadline:
         worker.step()
     received = messages(listener)
     assert all(m["ok"] for kind, m in received if kind == "reply")
@@ -211,3 +211,90 @@ def test_reaper_forgets_request_orders_older_than_ten_skew_windows(redis_client)
     redis_client.zadd(applied, {"old": now_ms - 601_000, "recent": now_ms - 599_000})
     worker.step()
     assert redis_client.zrange(applied, 0, -1) == ["recent"]
+
+
+class PipelineCounter:
+    """Counts the pipelines a worker executes (its round trips besides XREADGROUP)."""
+
+    def __init__(self, worker) -> None:
+        self.count = 0
+        real = worker.redis.pipeline
+
+        def pipeline(*args, **kwargs):
+            pipe = real(*args, **kwargs)
+            execute = pipe.execute
+
+            def counted(*a, **kw):
+                self.count += 1
+                return execute(*a, **kw)
+            pipe.execute = counted
+            return pipe
+        worker.redis = worker.store.redis = _Proxy(worker.redis, pipeline)
+
+
+class _Proxy:
+    def __init__(self, client, pipeline) -> None:
+        self._client, self.pipeline = client, pipeline
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def one_batch(store, worker, zone: str, requests) -> int:
+    """Queue requests, then let the worker read them as one batch; its pipelines."""
+    queue(store, worker, zone, *requests)
+    counter = PipelineCounter(worker)
+    worker._process(zone, worker.redis.xreadgroup(REQUEST_GROUP, worker.consumer,
+                                                   {store.keys.requests(zone): ">"},
+                                                   count=worker.batch)[0][1], ack=True)
+    worker._publish()
+    return counter.count
+
+
+@pytest.mark.parametrize("count", [1, 64, 130])
+def test_a_batch_takes_a_pipeline_per_chunk_and_per_publication_and_one_more(redis_client,
+                                                                             count):
+    """One pipeline per chunk of 64 (the store calls with their replay guards, the read
+    of the changes to publish, the replies of the chunk before), one per publication
+    (here, with a window of 0, one per chunk), one for the last replies."""
+    store = ZoneStore(redis_client, expiry=3600)
+    store.ensure_default_zone()
+    worker = RequestWorker(store, publish_window=0.0)
+    worker._refresh_zones()
+    listener = redis_client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(store.keys.updates("default"))
+    listener.psubscribe(store.keys.reply_pattern("default"))
+    nodes = [Node() for _ in range(count)]
+    pipelines = one_batch(store, worker, "default",
+                          [(n, n.request("register", BODY)) for n in nodes])
+    chunks = -(-count // 64)
+    received = messages(listener)
+    updates = [m for kind, m in received if kind == "update"]
+    assert len(updates) == chunks and pipelines == chunks + chunks + 1
+    assert [c["rev"] for u in updates for c in u["changes"]] == list(range(1, count + 1))
+    # Each update leaves before the replies of the requests it carries.
+    kinds = [kind for kind, _ in received]
+    assert kinds[0] == "update" and kinds.index("reply") > 0
+    assert not worker.publisher.unpublished()
+    listener.close()
+
+
+def test_steps_after_the_first_are_batched_across_the_chunk(world):
+    """IPv6 registrations (candidate, then register) and endpoint updates (read, then
+    compare-and-set) take the same extra pipelines for one request or for twenty."""
+    store, worker, listener = world
+    worker.chunk = 64
+    store.create_zone("v6", "fd00:1::/64")
+    worker._refresh_zones()
+    nodes = [Node() for _ in range(20)]
+    # The chunk (register: 'need'), candidates, registers, the replies (and the read of
+    # the changes made after the chunk's pipeline), their publication.
+    assert one_batch(store, worker, "v6", [(n, n.request("register", BODY, zone="v6"))
+                                           for n in nodes]) == 1 + 2 + 1 + 1
+    updates = [(n, n.request("endpoint-update", {"endpoint": f"192.0.2.{i + 1}:4000",
+                                                 "nat_type": "cone"}, zone="v6"))
+               for i, n in enumerate(nodes)]
+    # The reads of the records ride in the chunk's pipeline; the compare-and-sets: one.
+    assert one_batch(store, worker, "v6", updates) == 1 + 1 + 1 + 1
+    assert sorted(p.endpoint for p in store.peers("v6")) == sorted(
+        f"192.0.2.{i + 1}:4000" for i in range(20))

@@ -58,6 +58,34 @@ def span(net: Network) -> tuple[str, str]:
     return f"{first:0{width + 1}x}", f"{last:0{width + 1}x}"
 
 
+# Ranges no child prefix may touch: not unicast space a node can route for others.
+NOT_UNICAST: tuple[tuple[Network, str], ...] = tuple(
+    (ipaddress.ip_network(net), why) for net, why in (
+        ("0.0.0.0/8", "'this network'"), ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"), ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved and broadcast"), ("::/128", "the unspecified address"),
+        ("::1/128", "loopback"), ("::ffff:0:0/96", "IPv4-mapped"),
+        ("fe80::/10", "link-local"), ("ff00::/8", "multicast")))
+
+
+def unicast_prefix(net: Network) -> Network:
+    """Refuse a prefix that is, or holds, space that is not routable unicast: default
+    routes (and their halves and quarters: 64.0.0.0/2 holds loopback, 192.0.0.0/2
+    multicast, 128.0.0.0/2 link-local), loopback, link-local, multicast, reserved."""
+    if net.prefixlen == 0:
+        raise InvalidInput(f"{net} is a default route, not a child prefix")
+    for bad, why in NOT_UNICAST:
+        if bad.version == net.version and net.overlaps(bad):
+            raise InvalidInput(f"child prefix {net} overlaps {bad} ({why}): not routable "
+                               "unicast space")
+    return net
+
+
+def within(net: Network, ranges: Iterable[Network]) -> bool:
+    """Whether ``net`` lies inside one of ``ranges``."""
+    return any(net.version == r.version and net.subnet_of(r) for r in ranges)
+
+
 def child_prefixes(zone: Network, prefixes: Iterable[str]) -> list[Network]:
     """Validate a node's child prefixes against its zone and each other."""
     nets: list[Network] = []
@@ -66,8 +94,9 @@ def child_prefixes(zone: Network, prefixes: Iterable[str]) -> list[Network]:
             net = ipaddress.ip_network(text, strict=True)
         except ValueError:
             raise InvalidInput(f"child prefix {text!r} is not a network address in CIDR form") from None
-        if net.overlaps(zone):
+        if net.version == zone.version and net.overlaps(zone):
             raise InvalidInput(f"child prefix {net} overlaps the zone's own CIDR {zone}")
+        unicast_prefix(net)
         for other in nets:
             if net.overlaps(other):
                 raise InvalidInput(f"child prefixes {other} and {net} overlap each other")

@@ -105,9 +105,68 @@ class Keys:
         """Pub/sub channel: zone updates (revision + changes)."""
         return self._z(zone, "updates")
 
-    def reply(self, zone: str, public_key: str) -> str:
-        """Pub/sub channel: replies to one node."""
-        return self._z(zone, f"reply:{node_id(public_key)}")
+    def reply(self, zone: str, public_key: str = "", *, node: str = "") -> str:
+        """Pub/sub channel: replies to one node (by public key, or by ``node`` id)."""
+        return self._z(zone, f"reply:{node or node_id(public_key)}")
+
+    # -- identity (issue 14): nodes publish, the tower's gate listens ------------
+    def request_channel(self, zone: str, node: str) -> str:
+        """Pub/sub channel: the requests of one node (node id); only it may publish."""
+        return self._z(zone, f"req:{node}")
+
+    def request_patterns(self, digits: str) -> list[str]:
+        """Globs of every zone's request channels whose node id starts with one of
+        ``digits`` (the gate's subscriptions are split by that first hex digit)."""
+        return [f"{self.prefix}*:req:{digit}*" for digit in digits]
+
+    def enroll_channel(self, zone: str, cred: str, node: str) -> str:
+        """Pub/sub channel: a node's enrollment request, made with credential ``cred``
+        (a join key id, or ``zone`` for the zone secret)."""
+        return self._z(zone, f"enroll:{cred}:{node}")
+
+    def enroll_pattern(self, zone: str, cred: str) -> str:
+        return self._z(zone, f"enroll:{cred}:*")
+
+    @property
+    def enroll_patterns(self) -> str:
+        """Glob of every enrollment channel of every zone."""
+        return f"{self.prefix}*:enroll:*"
+
+    def enrolled_channel(self, zone: str, cred: str, node: str) -> str:
+        """Pub/sub channel: the answer to an enrollment request."""
+        return self._z(zone, f"enrolled:{cred}:{node}")
+
+    def enrolled_pattern(self, zone: str, cred: str) -> str:
+        return self._z(zone, f"enrolled:{cred}:*")
+
+    def auth(self, zone: str) -> str:
+        """Hash (tower only): ``zone_secret_sha256``, ``zone_secret_at``."""
+        return self._z(zone, "auth")
+
+    def nodes(self, zone: str) -> str:
+        """Hash (tower only): node id -> node record JSON (key, name, user, credential
+        digest, tags, routes, approvals, expiry...)."""
+        return self._z(zone, "nodes")
+
+    def names(self, zone: str) -> str:
+        """Hash: node name -> node id (unique names in a zone)."""
+        return self._z(zone, "names")
+
+    def joinkeys(self, zone: str) -> str:
+        """Hash (tower only): join key id -> join key record JSON (digest, uses...)."""
+        return self._z(zone, "joinkeys")
+
+    def gone(self, zone: str, node: str) -> str:
+        """String: why a removed node was removed (its tombstone; only it may read it)."""
+        return self._z(zone, f"gone:{node}")
+
+    def node_user(self, zone: str, node: str) -> str:
+        """Redis ACL user of one node."""
+        return f"{self.prefix}node:{zone}:{node}"
+
+    def join_user(self, zone: str, key_id: str) -> str:
+        """Redis ACL user of one join key."""
+        return f"{self.prefix}join:{zone}:{key_id}"
 
     def reply_pattern(self, zone: str) -> str:
         """Glob matching every reply channel of one zone."""
@@ -118,7 +177,7 @@ class Keys:
         return self._z(zone, "*")
 
     def agent_user(self, zone: str) -> str:
-        """Redis ACL user name of a zone's agents."""
+        """Redis ACL user of a zone's agent secret (enrollment only)."""
         return f"{self.prefix}agent:{zone}"
 
 

@@ -20,7 +20,7 @@ from . import proof
 from .errors import InvalidInput
 
 VERSION = 1
-REQUEST_TYPES = ("register", "heartbeat", "endpoint-update", "leave")
+REQUEST_TYPES = ("register", "heartbeat", "endpoint-update", "leave", "enroll")
 # How a node is reached: STUN's classification (aircrew.nat), or "static" for an endpoint
 # given by its operator (--local-endpoint-ip, --internal-network).
 NAT_OPEN = "open"
@@ -31,6 +31,7 @@ NAT_STATIC = "static"
 NAT_TYPES = (NAT_OPEN, NAT_CONE, NAT_SYMMETRIC, NAT_UNKNOWN, NAT_STATIC)
 MAX_MESSAGE_BYTES = 16384
 MAX_CHILD_PREFIXES = 64
+MAX_TAGS = 32
 
 _ZONE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -224,6 +225,19 @@ def _endpoint_body(body: dict[str, Any]) -> dict[str, Any]:
     return {"endpoint": endpoint(body.get("endpoint")), "nat_type": nat_type(body.get("nat_type"))}
 
 
+def _enroll_body(body: dict[str, Any]) -> dict[str, Any]:
+    from .identity import check_digest, node_name
+    unknown = set(body) - {"credential_sha256", "name", "hostname"}
+    if unknown:
+        raise InvalidInput(f"unknown enroll fields: {', '.join(sorted(unknown))}")
+    hostname = body.get("hostname")
+    return {
+        "credential_sha256": check_digest(body.get("credential_sha256")),
+        "name": _optional(body.get("name"), node_name),
+        "hostname": None if hostname is None else _string(hostname, "hostname", _HOSTNAME_RE),
+    }
+
+
 def _empty_body(body: dict[str, Any]) -> dict[str, Any]:
     if body:
         raise InvalidInput("this request takes no body")
@@ -235,6 +249,7 @@ _BODY_VALIDATORS = {
     "heartbeat": _empty_body,
     "endpoint-update": _endpoint_body,
     "leave": _empty_body,
+    "enroll": _enroll_body,
 }
 
 
@@ -252,18 +267,29 @@ class Peer:
     session: str = ""
     hostname: str | None = None
     registered: float = 0.0
+    name: str | None = None                      # unique in the zone (enrollment)
+    tags: tuple[str, ...] = ()                   # from its join key
+    pending_prefixes: tuple[str, ...] = ()       # announced, not approved: nobody routes them
 
     def allowed_ips(self) -> tuple[str, ...]:
         host = 32 if ipaddress.ip_address(self.address).version == 4 else 128
         return (f"{self.address}/{host}", *self.child_prefixes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "key": self.key, "address": self.address, "endpoint": self.endpoint,
             "child_prefixes": list(self.child_prefixes), "listen_port": self.listen_port,
             "nat_type": self.nat_type, "session": self.session, "hostname": self.hostname,
             "registered": self.registered,
         }
+        # Identity fields only when set: records without them keep their old layout.
+        if self.name:
+            data["name"] = self.name
+        if self.tags:
+            data["tags"] = list(self.tags)
+        if self.pending_prefixes:
+            data["pending_prefixes"] = list(self.pending_prefixes)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -280,6 +306,12 @@ def parse_peer(data: Any) -> Peer:
         raise InvalidInput("peer child_prefixes must be a list")
     registered = timestamp(data.get("registered", 0.0), "peer registered")
     hostname = data.get("hostname")
+    name = data.get("name")
+    tags = data.get("tags") or []
+    pending = data.get("pending_prefixes") or []
+    if not isinstance(tags, list) or not isinstance(pending, list) \
+            or len(pending) > MAX_CHILD_PREFIXES or len(tags) > MAX_TAGS:
+        raise InvalidInput("peer tags and pending_prefixes must be lists")
     return Peer(
         key=public_key(data.get("key")),
         address=ip_address(data.get("address"), "peer address"),
@@ -290,6 +322,9 @@ def parse_peer(data: Any) -> Peer:
         session=str(data.get("session") or ""),
         hostname=hostname if isinstance(hostname, str) else None,
         registered=registered,
+        name=name if isinstance(name, str) else None,
+        tags=tuple(str(t) for t in tags),
+        pending_prefixes=tuple(str(network(p, "child prefix")) for p in pending),
     )
 
 

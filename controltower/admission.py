@@ -75,6 +75,10 @@ class Admission:
             job.error = exc
         return job
 
+    def authenticate(self, request: Request, payload: bytes, mac: str) -> None:
+        """Refuse (Forbidden) a request not signed by its key's private key, or too old."""
+        self._authenticate(request, payload, mac)
+
     def _authenticate(self, request: Request, payload: bytes, mac: str) -> None:
         if not proof.verify(self._mac_key(request.key), payload, mac):
             raise Forbidden("bad proof of possession: the request is not signed by the "

@@ -61,6 +61,21 @@ class WorkerMetrics:
             "its publication on the zone channel", buckets=LATENCY_BUCKETS)
 
 
+class GateMetrics:
+    """Counted by the gate (controltower/gate.py)."""
+
+    def __init__(self) -> None:
+        self.admitted = Counter("controltower_gate_admitted", "Requests the gate admitted "
+                                "into a zone's request stream")
+        self.dropped = Counter("controltower_gate_dropped", "Messages the gate did not admit, "
+                               "by why (drop: over the rate, suspend: flood, invalid, refused)",
+                               ["reason"])
+        self.suspensions = Counter("controltower_gate_suspensions", "Senders suspended for "
+                                   "flooding the tower")
+        self.enrollments = Counter("controltower_enrollments", "Enrollment requests, by result",
+                                   ["result"])
+
+
 class ApiMetrics:
     """Counted by the Flask app, per route template."""
 
@@ -73,6 +88,14 @@ class ApiMetrics:
 
 _worker: WorkerMetrics | None = None
 _api: ApiMetrics | None = None
+_gate: GateMetrics | None = None
+
+
+def gate() -> GateMetrics:
+    global _gate
+    if _gate is None:
+        _gate = GateMetrics()
+    return _gate
 
 
 def worker() -> WorkerMetrics:

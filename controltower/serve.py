@@ -35,7 +35,7 @@ from wire.redisconn import RedisTLS, connect
 from wire.secretfile import read_or_create_secret, write_secret
 
 from . import children, metrics
-from .acl import SECRET_FIELD, AgentCredentials, digest, new_secret
+from .acl import AgentCredentials, digest, new_secret
 from .private_redis import PrivateRedis
 from .worker import RequestWorker
 
@@ -169,7 +169,7 @@ class Tower:
         creds = AgentCredentials(store.redis, store.keys)
         creds.sync(store.zone_names())
         secret_file = self.settings.data_dir / "default-zone-secret"
-        stored = store.redis.hget(store.keys.zone(DEFAULT_ZONE), SECRET_FIELD)
+        stored = creds.zone_secret_digest(DEFAULT_ZONE)
         if secret_file.exists():
             secret = secret_file.read_text().strip()
             if stored != digest(secret):

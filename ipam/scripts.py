@@ -8,7 +8,7 @@ from redis import Redis
 from redis.commands.core import Script
 
 NAMES = ("candidate", "register", "replace_peer", "remove_peer", "heartbeat", "pending",
-         "publish", "create_zone", "delete_zone")
+         "publish", "create_zone", "delete_zone", "enroll", "remove_node", "admit")
 
 
 @cache
@@ -45,3 +45,6 @@ class Scripts:
     publish: Script
     create_zone: Script
     delete_zone: Script
+    enroll: Script
+    remove_node: Script
+    admit: Script

@@ -164,10 +164,26 @@ class Request:
             "nonce": self.nonce, "body": self.body,
         }, separators=(",", ":")).encode()
 
+    def packed(self, node_private: str, tower_public: str) -> bytes:
+        """The request as published on the node's request channel: its MAC (hex), a
+        newline, the message (``unpack`` splits it)."""
+        fields = self.signed(node_private, tower_public)
+        return str(fields["mac"]).encode() + b"\n" + bytes(fields["m"])
+
     def signed(self, node_private: str, tower_public: str) -> dict[str, bytes | str]:
         """Stream entry fields: the message and its MAC."""
         payload = self.to_json()
         return {"m": payload, "mac": proof.sign(proof.mac_key(node_private, tower_public), payload)}
+
+
+def unpack(data: bytes | str) -> tuple[bytes, str]:
+    """(message, MAC) of a published request (``Request.packed``)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    mac, sep, payload = data.partition(b"\n")
+    if not sep or len(mac) > 128:
+        raise InvalidInput("a request is '<mac>\\n<message>'")
+    return payload, mac.decode("ascii", "replace")
 
 
 def parse_request(payload: bytes) -> Request:

@@ -2,8 +2,10 @@
 
 One command gives a working tower on a single machine. The ``default`` Redis user is
 off; the tower connects as ``ct-tower``, whose password is generated on first start and
-kept in ``<data-dir>/redis-password`` (mode 0600). Zone agent users are added to the
-ACL file (``users.acl``) as zones are created. No secret is ever on a command line.
+kept in ``<data-dir>/redis-password`` (mode 0600). The ACL file (``users.acl``) holds
+only those two: the agents' users (per node, join key and zone secret) are applied by
+the tower from their stored digests at every start and after a failover (controltower/
+acl.py). No secret is ever on a command line.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ RESERVED_FDS = 32   # descriptors redis-server keeps for itself beyond maxclient
 # unaccepted connections overflows while it is busy, and each refused SYN costs an agent
 # a retransmission (1 s, 3 s, 7 s). The kernel caps it at net.core.somaxconn.
 TCP_BACKLOG = 4096
+# What all clients' buffers together may hold before Redis evicts the biggest (docs/security.md).
+MAX_CLIENT_MEMORY = "1gb"
 
 
 def raise_open_files(clients: int) -> int:
@@ -77,15 +81,13 @@ class PrivateRedis:
         redis_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(redis_dir, 0o700)
         acl_file = self.data_dir / "users.acl"
-        kept = [line for line in (acl_file.read_text().splitlines() if acl_file.exists() else [])
-                if not line.startswith(("user default ", f"user {TOWER_USER} "))]
         digest = hashlib.sha256(self.password.encode()).hexdigest()
         # The default user is off (no one can log in as it) but keeps full rights: Redis
         # replays the AOF as that user, and a transaction it may not run would be lost.
-        # The tower's own user is rewritten at every start; zone users are kept.
+        # The tower's own user is rewritten at every start; agents' users are applied
+        # by the tower from its registry (never saved here: ACL SAVE blocks Redis).
         write_secret(acl_file, "\n".join(["user default off ~* &* +@all",
-                                          f"user {TOWER_USER} on #{digest} ~* &* +@all",
-                                          *kept, ""]))
+                                          f"user {TOWER_USER} on #{digest} ~* &* +@all", ""]))
         config = self.data_dir / "redis.conf"
         binds = "* -::*" if self.bind in ("0.0.0.0", "::", "") else self.bind
         max_clients = raise_open_files(MAX_CLIENTS)
@@ -93,7 +95,12 @@ class PrivateRedis:
             f"bind {binds}", f"port {self.port}", f"dir {redis_dir}", "appendonly yes",
             "daemonize no", "protected-mode no", "loglevel warning",
             f"maxclients {max_clients}", f"tcp-backlog {TCP_BACKLOG}", "appendfsync always",
-            f"aclfile {acl_file}", ""]))
+            f"aclfile {acl_file}",
+            # No argument over 1 MB (Redis's lowest setting; a 150 MB one reached Redis
+            # whole before), and a bound on what all clients together make Redis hold
+            # (a refused command is read whole before the ACL check): the tower's own
+            # connections are exempt (CLIENT NO-EVICT, wire.redisconn.never_evicted).
+            "proto-max-bulk-len 1mb", f"maxmemory-clients {MAX_CLIENT_MEMORY}", ""]))
         log.info("starting a private redis-server on %s:%d (data in %s)", self.bind, self.port,
                  redis_dir)
         self.proc = children.spawn([binary, str(config)])

@@ -31,12 +31,13 @@ from ipam.store import DEFAULT_ZONE, ZoneStore
 from wire import logs
 from wire.errors import MeshError
 from wire.keys import Keys
-from wire.redisconn import RedisTLS, connect
+from wire.redisconn import RedisTLS, connect, never_evicted
 from wire.secretfile import read_or_create_secret, write_secret
 
 from . import children, metrics
 from .acl import AgentCredentials, digest, new_secret
 from .private_redis import PrivateRedis
+from .gate import Gate
 from .worker import RequestWorker
 
 log = logging.getLogger(__name__)
@@ -125,11 +126,13 @@ class Tower:
                 self.private_redis.start()
                 redis_url = self.private_redis.url
                 log.info("agents connect with --controller <this host>:%d", s.redis_port)
-            store = ZoneStore(connect(redis_url, s.redis_tls), Keys(s.key_prefix), expiry=s.expiry)
+            store = ZoneStore(connect(redis_url, s.redis_tls, redis_connect_func=never_evicted),
+                              Keys(s.key_prefix), expiry=s.expiry)
             store.ensure_default_zone()
+            creds = None
             if s.agent_acl:
                 server_id = self._server_id(store)     # before the users are applied
-                self._agent_credentials(store)
+                creds = self._agent_credentials(store)
                 self._thread(lambda stop: self._follow_redis(store, server_id, stop),
                              "redis-watch")
             token_file = s.admin_token_file or s.data_dir / "admin-token"
@@ -138,8 +141,12 @@ class Tower:
                 log.info("generated the admin token for write API calls in %s", token_file)
             self.token_file = token_file
             worker = RequestWorker(store, publish_window=s.publish_window,
-                                   publish_window_max=s.publish_window_max)
+                                   publish_window_max=s.publish_window_max, credentials=creds)
             self._thread(worker.run, "request-worker")
+            gate = Gate(store, lambda: connect(redis_url, s.redis_tls,
+                                               redis_connect_func=never_evicted),
+                        worker.tower_private, creds)
+            self._thread(gate.run, "gate")
             if s.stun_port:
                 # Two ports, so an agent asking both can tell a symmetric NAT (a new
                 # mapping per destination) from a cone NAT (one mapping).
@@ -161,7 +168,7 @@ class Tower:
         finally:
             self.shutdown()
 
-    def _agent_credentials(self, store: ZoneStore) -> None:
+    def _agent_credentials(self, store: ZoneStore) -> AgentCredentials:
         """Re-apply zone agent users; the default zone's secret lives in the data dir.
 
         A replica started with an empty data directory must not replace the secret the
@@ -177,10 +184,11 @@ class Tower:
         elif stored:
             log.warning("zone %s already has an agent secret (set by another replica); copy "
                         "its default-zone-secret into %s", DEFAULT_ZONE, self.settings.data_dir)
-            return
+            return creds
         else:
             creds.set(DEFAULT_ZONE, read_or_create_secret(secret_file, new_secret))
         log.info("agents of zone %s use --controller-password from %s", DEFAULT_ZONE, secret_file)
+        return creds
 
     @staticmethod
     def _server_id(store: ZoneStore) -> str:

@@ -42,11 +42,12 @@ import redis
 from ipam.calls import MAX_STEPS, Call, queue, settle_all
 from ipam.store import Guard, Zone, ZoneStore
 from wire import messages
-from wire.errors import MeshError, NotFound, protocol_code
+from wire.errors import Forbidden, MeshError, NotFound, protocol_code
 from wire.keys import REQUEST_GROUP
 from wire.messages import Request
 
 from . import metrics, towerkey
+from .acl import AgentCredentials
 from .admission import Admission, Job
 from .publisher import Publisher
 
@@ -63,7 +64,8 @@ class RequestWorker:
                  batch: int = 256, chunk: int = 64,
                  zone_refresh: float = 1.0, reap_interval: float = 5.0,
                  heartbeat_ttl: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 credentials: "AgentCredentials | None" = None) -> None:
         self.store = store
         self.redis = store.redis
         self.keys = store.keys
@@ -76,6 +78,7 @@ class RequestWorker:
         self.zone_refresh = zone_refresh
         self.reap_interval = reap_interval
         self.heartbeat_ttl = heartbeat_ttl
+        self.credentials = credentials   # the node users' manager: ephemeral/expired nodes
         self.tower_private, self.tower_public = towerkey.load_or_create(self.redis, self.keys)
         store.scripts.load()
         self.metrics = metrics.worker()
@@ -331,14 +334,17 @@ class RequestWorker:
         guard = Guard(self.keys.nonce(zone, r.key, r.nonce), job.entry_id,
                       int(self.clock_skew * 2) + 1)
         if r.type == "register":
-            return self.store.register_call(self._zone(zone), r.key, session=r.session,
-                                            order=job.entry_id, guard=guard, **r.body)
+            return self.store.enrolled_register_call(self._zone(zone), r.key,
+                                                     session=r.session, order=job.entry_id,
+                                                     guard=guard, **r.body)
         if r.type == "heartbeat":
             return self.store.heartbeat_call(zone, r.key, r.session, guard=guard)
         if r.type == "endpoint-update":
             return self.store.endpoint_call(zone, r.key, r.session, r.body["endpoint"],
                                             r.body["nat_type"], order=job.entry_id,
                                             guard=guard)
+        if r.type != "leave":
+            raise Forbidden(f"a {r.type} request does not go on the request stream")
         return self.store.remove_call(zone, r.key, "left", session=r.session,
                                       order=job.entry_id, guard=guard)
 

@@ -19,6 +19,7 @@ REFUSALS: dict[str, tuple[type[MeshError], str]] = {
     "missing": (NotFound, "{peer} is not registered in zone {zone}"),
     "superseded": (Superseded, "this key was registered again from another host (superseded)"),
     "replayed": (Forbidden, "replayed request refused"),
+    "removed": (Forbidden, "this node was removed from zone {zone}"),
     "held": (Conflict, "{requested} is held by another node (last seen {age:.0f}s ago)"),
     "prefix": (Conflict, "child prefix {wanted} overlaps {held}, already used by another "
                          "node in this zone"),

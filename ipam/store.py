@@ -31,7 +31,7 @@ from redis import Redis
 from wire import messages
 from wire import snapshot as snapshots
 from wire.errors import Conflict, InvalidInput, NotFound
-from wire.keys import REQUEST_GROUP, Keys
+from wire.keys import REQUEST_GROUP, Keys, node_id
 from wire.messages import Peer
 
 from . import cidr as cidrs
@@ -46,6 +46,8 @@ DEFAULT_CIDR = "10.200.0.0/20"
 DEFAULT_DESCRIPTION = "Default zone"
 CHANGE_LOG_LENGTH = 10000
 MAX_DESCRIPTION = 256
+AUTO_APPROVE = "auto_approve"     # zone hash field: JSON list of prefixes approved for anyone
+KEY_EXPIRY = "key_expiry"         # zone hash field: seconds a node credential lasts
 MAX_CHANGES = 1000           # changes per zone update message
 PENDING_MESSAGES = 10        # update messages' worth of changes read at once
 REGISTER_ATTEMPTS = 64       # candidates (IPv6) or sweeps of leased addresses (IPv4)
@@ -177,7 +179,8 @@ class ZoneStore:
         k = self.keys
         zone_keys = [k.zone(name), k.peers(name), k.rev(name), k.leases(name), k.prefixes(name),
                      k.free(name), k.cursor(name), k.published(name), k.changes(name),
-                     k.seen(name), k.applied(name), k.requests(name)]
+                     k.seen(name), k.applied(name), k.requests(name), k.auth(name),
+                     k.nodes(name), k.names(name), k.joinkeys(name)]
 
         def deleted(reply: list[Any]) -> Call | None:
             if reply[0] == "ok":
@@ -209,11 +212,14 @@ class ZoneStore:
                       child_prefixes: list[str] | tuple[str, ...] = (),
                       nat_type: str | None = None, hostname: str | None = None,
                       now: float | None = None, order: str | None = None,
-                      guard: Guard | None = None) -> Call:
+                      guard: Guard | None = None, name: str | None = None,
+                      tags: tuple[str, ...] = (), pending: tuple[str, ...] = ()) -> Call:
         """The register script call; its result is an Assignment. ``order``: the request's
         stream entry id (None: not from the request stream, no order check); ``guard``:
-        its replay guard. Raises InvalidInput for a requested address or child prefix
-        the zone cannot have."""
+        its replay guard. ``child_prefixes`` are the approved ones (routed by every
+        peer), ``pending`` the others (shown, routed by nobody); ``name`` and ``tags``
+        come from the node's enrollment. Raises InvalidInput for a requested address or
+        child prefix the zone cannot have."""
         network = zone.network
         requested = cidrs.host_address(network, request_ip) if request_ip else ""
         prefixes = cidrs.child_prefixes(network, child_prefixes)
@@ -221,7 +227,8 @@ class ZoneStore:
         before, after = messages.peer_record_parts(Peer(
             key=key, address="", endpoint=endpoint,
             child_prefixes=tuple(str(p) for p in prefixes), listen_port=listen_port,
-            nat_type=nat_type, session=session, hostname=hostname))
+            nat_type=nat_type, session=session, hostname=hostname, name=name,
+            tags=tuple(tags), pending_prefixes=tuple(pending)))
         now = time.time() if now is None else now
         # An IPv4 zone's script takes new addresses itself; an IPv6 zone's asks for a
         # candidate ('need'), computed by the candidate script and here (RFC 5952).
@@ -229,7 +236,8 @@ class ZoneStore:
         k = self.keys
         keys = [k.zone(zone.name), k.peers(zone.name), k.leases(zone.name), k.prefixes(zone.name),
                 k.free(zone.name), k.rev(zone.name), k.changes(zone.name), k.seen(zone.name),
-                k.cursor(zone.name), k.applied(zone.name), *_keys(guard)]
+                k.cursor(zone.name), k.applied(zone.name), k.gone(zone.name, node_id(key)),
+                *_keys(guard)]
         args = [key, before, after, now, self.expiry, requested, "", wanted,
                 self.change_log_length, _score(order), base, cidrs.pool_size(network),
                 *_args(guard)]
@@ -264,6 +272,28 @@ class ZoneStore:
                 raise refusal(status, wanted=reply[1], held=reply[2])
             raise refusal(status, zone=zone.name, cidr=zone.cidr)
         return Call.script(self.scripts.register, keys, args, decode)
+
+    def enrolled_register_call(self, zone: Zone, key: str, *, child_prefixes: Any = (),
+                               **kwargs: Any) -> Call:
+        """``register_call`` for a node whose identity the tower manages: one read first
+        (its registry record, the zone's auto-approve ranges), then the register with
+        its name, tags and the announced prefixes split into approved and pending
+        (ipam/registry.py ``approved_split``). A node without a record (a tower that does
+        not manage identities, or a test) registers as before, every prefix approved."""
+        from .registry import approved_split, parse_node
+        nid = node_id(key)
+        wanted = [str(p) for p in cidrs.child_prefixes(zone.network, child_prefixes)]
+
+        def read(replies: list[Any]) -> Call:
+            raw, auto = replies
+            node = parse_node(nid, raw) if raw else None
+            ranges = tuple(json.loads(auto)) if auto else ()
+            approved, pending = approved_split(wanted, node, ranges)
+            extra = {} if node is None else {"name": node.name, "tags": node.tags}
+            return self.register_call(zone, key, child_prefixes=approved, pending=tuple(pending),
+                                      **extra, **kwargs)
+        return Call((("HGET", self.keys.nodes(zone.name), nid),
+                     ("HGET", self.keys.zone(zone.name), AUTO_APPROVE)), read)
 
     def _candidate_call(self, zone: Zone, then: Callable[[str], Call]) -> Call:
         """A new address candidate of an IPv6 zone: a released address, else the next

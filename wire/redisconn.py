@@ -136,6 +136,20 @@ def connect(url: str, tls: RedisTLS = RedisTLS(), **kwargs) -> redis.Redis:
         raise InvalidInput(f"bad Redis URL: {exc}") from None
 
 
+def never_evicted(connection: Any) -> None:
+    """``redis_connect_func`` of the tower's connections: the usual hand-shake, then
+    ``CLIENT NO-EVICT on``, so that Redis's client eviction (``maxmemory-clients``),
+    which bounds what any agent can make Redis hold, never picks the tower's own
+    connections (under a flood its subscriber is the biggest client). Servers before
+    7.0 have no such command: ignored."""
+    connection.on_connect()
+    try:
+        connection.send_command("CLIENT", "NO-EVICT", "on")
+        connection.read_response()
+    except redis.exceptions.ResponseError:
+        pass
+
+
 class _SentinelClient(aioredis.Redis):
     """A client of a Sentinel-managed primary that closes its Sentinel connections too."""
     sentinel: AsyncSentinel | None = None

@@ -1,6 +1,7 @@
 -- Register (or re-register) a node: address, child prefixes and peer record, atomically.
 -- KEYS: 1 zone, 2 peers, 3 leases, 4 prefixes, 5 free, 6 rev, 7 changes, 8 seen,
---       9 cursor, 10 applied, 11 the request's nonce key (optional, see `replayed`)
+--       9 cursor, 10 applied, 11 the node's tombstone (a removed node cannot register),
+--       12 the request's nonce key (optional, see `replayed`)
 -- ARGV: 1 public key, 2 and 3 the peer record before and after its address (built by
 --       wire/messages.py peer_record_parts: the record is ARGV[2] .. address .. ARGV[3]),
 --       4 now, 5 expiry seconds, 6 requested address or '', 7 candidate address or '',
@@ -8,9 +9,9 @@
 --       10 request order or '', 11 IPv4 zone: its network address as an integer, so the
 --       script takes a new address from the pool itself; '' (IPv6): the caller passes
 --       a candidate (answer 'need'), 12 pool size (highest usable host offset),
---       13 and 14 with KEYS[11]: the request's stream entry id, the nonce's lifetime
+--       13 and 14 with KEYS[12]: the request's stream entry id, the nonce's lifetime
 -- Returns {'ok', address, rev} | {'stale', current address or '', rev} | {'nozone'}
---       | {'replayed'}
+--       | {'replayed'} | {'removed'}
 --       | {'need'} | {'retry'} | {'full'}
 --       | {'held', holder key, last seen} | {'prefix', wanted, held, holder key}
 local k = {zone = KEYS[1], peers = KEYS[2], leases = KEYS[3], prefixes = KEYS[4],
@@ -22,8 +23,9 @@ local requested, candidate, maxlen, order = ARGV[6], ARGV[7], ARGV[9], ARGV[10]
 local base, pool = tonumber(ARGV[11]), tonumber(ARGV[12])
 local wanted = cjson.decode(ARGV[8])
 
-if replayed(KEYS[11], ARGV[13], ARGV[14]) then return {'replayed'} end
+if replayed(KEYS[12], ARGV[13], ARGV[14]) then return {'replayed'} end
 if redis.call('EXISTS', k.zone) == 0 then return {'nozone'} end
+if redis.call('EXISTS', KEYS[11]) == 1 then return {'removed'} end
 
 local old = redis.call('HGET', k.peers, key)
 local old_addr = old and cjson.decode(old)['address'] or nil

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 import redis
 import redis.asyncio as aioredis
 
-from wire import redisconn
+from wire import identity, redisconn
 from wire.errors import MeshError, NotFound, Superseded, Unavailable, code_of
-from wire.keys import Keys
+from wire.keys import Keys, node_id
 from wire.messages import ZoneUpdate
 from wire.proof import public_key_of
 
@@ -35,6 +35,8 @@ from .device import Device, DeviceState
 from .device_errors import DeviceError
 from .mirror import Outcome, ZoneMirror
 from .reconcile import Applied
+from .credential import CredentialFile, NodeCredential
+from .enroll import EnrollRefused, enroll
 from .session import NoReply, TowerRefused, TowerSession
 from .state import StateFiles
 from .statewriter import AgentState, StateWriter
@@ -56,6 +58,9 @@ class AgentExit(MeshError):
 
 
 ENDED = 3
+# Reasons of a removal after which the node must not register again (protocol.md).
+REMOVED = {"deleted": "by an administrator", "key-expired": "its credential expired",
+           "ephemeral": "an ephemeral node, offline too long"}
 # Reconnect delays (seconds, before a 0.5-1.5 jitter): short, so a node that was cut off
 # converges within seconds of its link coming back; a refused connection is cheap.
 RETRY_MIN = 0.5
@@ -96,6 +101,13 @@ class AgentSettings:
     request_timeout: float = 5.0
     key_prefix: str = "ct:"
     hostname: str = field(default_factory=socket.gethostname)
+    # Per-node identity: the node's own credential (kept in ``credentials``), got once
+    # by enrolling with ``join_key`` or, where the zone allows it, the zone secret.
+    controller: str = ""                 # host[:port] or URL, without credentials
+    join_key: str | None = None
+    zone_secret: str | None = None
+    name: str | None = None
+    credentials: CredentialFile | None = None
 
 
 class Agent:
@@ -192,33 +204,148 @@ class Agent:
             pass
 
     async def _connected(self) -> None:
-        client = self.client_factory(self.urls[0])
-        try:
-            await client.ping()
-        except redis.exceptions.AuthenticationError:
-            await client.aclose()
-            if self._authenticated:
-                # They worked before: a failover or restart before the tower re-applied
-                # the agent users, most likely (or a rotated secret). Keep the tunnels.
-                raise Unavailable("the controller refused credentials that worked before")
-            if len(self.urls) == 1:
-                raise AgentExit(f"the controller refused the credentials for zone {self.s.zone}: "
-                                "wrong --controller-password, or no such zone") from None
-            self.urls.pop(0)  # not a tower-managed agent user: try the next form
-            return await self._connected()
-        self._authenticated = True
+        client = await self._login()
         session = TowerSession(client, self.s.zone, self.s.private_key, keys=self.keys,
                                session_id=self.session.session_id if self.session else None)
         self.session = session
         try:
-            await session.open()
-            await self._register()
+            try:
+                await session.open()
+                await self._register()
+            except redis.exceptions.NoPermissionError:
+                # Logged in, but may do nothing a node does: removed (its tombstone).
+                await self._removed(client)
             await self._resync()
             self._synced = True
             await self._follow()
         finally:
             await session.close()
             await client.aclose()
+
+    # -- credentials -----------------------------------------------------------------------
+
+    async def _login(self) -> aioredis.Redis:
+        """A client logged in as this node (its own credential, enrolling first when it
+        has none), or, towers without per-node identities, with the given password."""
+        stored = self._stored_credential()
+        if stored is not None:
+            client = self.client_factory(self._url(stored.user, stored.password))
+            try:
+                await client.ping()
+                self._authenticated = True
+                return client
+            except redis.exceptions.AuthenticationError:
+                await client.aclose()
+                if self._authenticated:
+                    # It worked before: a failover or restart before the tower re-applied
+                    # the users, most likely. Keep the tunnels and try again.
+                    raise Unavailable("the controller refused credentials that worked before")
+                if not (self.s.join_key or self.s.zone_secret):
+                    raise AgentExit(
+                        f"the controller refused this node's credential for zone {self.s.zone} "
+                        f"({self.s.credentials.path}): enroll again with --join-key") from None
+                log.warning("the controller refused this node's stored credential: enrolling "
+                            "again")
+        if self.s.join_key:
+            return await self._enroll_with(identity.parse_join_key(self.s.join_key))
+        if self.s.zone_secret and self.s.credentials is not None:
+            client = await self._enroll_with(None)
+            if client is not None:
+                return client
+        return await self._plain_login()
+
+    def _stored_credential(self) -> NodeCredential | None:
+        if self.s.credentials is None:
+            return None
+        stored = self.s.credentials.load()
+        if stored is not None and stored.zone != self.s.zone:
+            log.warning("the stored credential is for zone %s, not %s: not used", stored.zone,
+                        self.s.zone)
+            return None
+        return stored
+
+    async def _enroll_with(self, key: identity.JoinKey | None) -> aioredis.Redis | None:
+        """Enroll with a join key (or, ``key`` None, the zone secret), store the node's
+        credential, log in with it. None: the zone secret is no tower-managed user
+        (a plain Redis password: use it as it is)."""
+        if key is not None:
+            if key.zone != self.s.zone:
+                raise AgentExit(f"the join key is for zone {key.zone}, not {self.s.zone}")
+            user, secret, cred = self.keys.join_user(key.zone, key.key_id), key.secret, key.key_id
+        else:
+            user, secret = self.keys.agent_user(self.s.zone), self.s.zone_secret or ""
+            cred = identity.ZONE_SECRET_ID
+        client = self.client_factory(self._url(user, secret))
+        try:
+            try:
+                await client.ping()
+            except redis.exceptions.AuthenticationError:
+                if key is None:
+                    return None
+                raise AgentExit(f"the controller refused the join key {key.key_id} of zone "
+                                f"{key.zone}: unknown, revoked, or expired more than a week "
+                                "ago") from None
+            name = self.s.name or identity.name_from_host(self.s.hostname)
+            try:
+                credential = await enroll(client, self.keys, self.s.zone, cred,
+                                          self.s.private_key, name, self.s.hostname,
+                                          timeout=self.s.request_timeout)
+            except EnrollRefused as exc:
+                status = ENDED if "was removed" in str(exc) else 1
+                raise AgentExit(f"the tower refused to enroll this node: {exc}", status) from None
+        finally:
+            await client.aclose()
+        if self.s.credentials is not None:
+            self.s.credentials.save(credential)
+            log.info("this node's credential is in %s", self.s.credentials.path)
+        node = self.client_factory(self._url(credential.user, credential.password))
+        await node.ping()
+        self._authenticated = True
+        self._enrolled = credential
+        return node
+
+    async def _plain_login(self) -> aioredis.Redis:
+        client = self.client_factory(self.urls[0])
+        try:
+            await client.ping()
+        except redis.exceptions.AuthenticationError:
+            await client.aclose()
+            if self._authenticated:
+                raise Unavailable("the controller refused credentials that worked before")
+            if len(self.urls) == 1:
+                raise AgentExit(f"the controller refused the credentials for zone {self.s.zone}: "
+                                "wrong --controller-password, or no such zone") from None
+            self.urls.pop(0)  # not a tower-managed agent user: try the next form
+            return await self._plain_login()
+        self._authenticated = True
+        return client
+
+    def _url(self, user: str, password: str) -> str:
+        from .config import login_url
+        return login_url(self.s.controller or self.urls[0], user, password)
+
+    async def _removed(self, client: aioredis.Redis) -> None:
+        """This node's user may only read its tombstone: say why it was removed and stop
+        (or, given a join key, let the tower decide whether it may come back)."""
+        try:
+            raw = await client.get(self.keys.gone(self.s.zone, node_id(self.public_key)))
+        except redis.exceptions.RedisError:
+            raw = None
+        if raw is None:
+            raise Unavailable("the controller refused a command this node may run")
+        import json
+        try:
+            tomb = json.loads(raw)
+            why = f" ({tomb.get('reason')}, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(float(tomb.get('at'))))})"
+        except (ValueError, TypeError, AttributeError):
+            why = ""
+        if self.s.join_key and not getattr(self, "_rejoined", False):
+            self._rejoined = True
+            if self.s.credentials is not None:
+                self.s.credentials.remove()
+            raise Unavailable("this node was removed from the zone: enrolling again with the "
+                              "join key")
+        raise AgentExit(f"this node was removed from zone {self.s.zone}{why}", ENDED)
 
     async def _register(self) -> None:
         body = {"endpoint": self.endpoint, "listen_port": self.s.listen_port,
@@ -281,13 +408,17 @@ class Agent:
         return True
 
     def _check_membership(self) -> None:
-        reason = self.mirror.removed.get(self.public_key)
-        if reason == "deleted":
-            raise AgentExit("this node was deleted from the zone by an administrator", ENDED)
+        self._check_removed(self.mirror.removed.get(self.public_key))
         own = self.mirror.peers.get(self.public_key)
         if own is not None and own.session != self.session.session_id:
             raise AgentExit(f"this key was registered from another host (endpoint "
                             f"{own.endpoint or 'unknown'}); this agent stops", ENDED)
+
+    def _check_removed(self, reason: str | None) -> None:
+        """Stop (exit 3) when the zone says this node was removed for good."""
+        if reason in REMOVED:
+            raise AgentExit(f"this node was removed from zone {self.s.zone} "
+                            f"({REMOVED[reason]})", ENDED)
 
     async def _follow(self) -> None:
         session = self.session
@@ -307,8 +438,7 @@ class Agent:
                     continue
                 if self.public_key not in self.mirror.peers:
                     reason = self.mirror.removed.get(self.public_key, "")
-                    if reason == "deleted":
-                        raise AgentExit("this node was deleted from the zone by an administrator", ENDED)
+                    self._check_removed(reason)
                     log.warning("the tower removed this node (%s): registering again",
                                 reason or "unknown reason")
                     await self._register()

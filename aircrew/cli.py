@@ -32,7 +32,13 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "AIRCREW
 @click.option("--allow-insecure-key-file", is_flag=True,
               help="Accept a private key file that other users can read.")
 @click.option("--controller", help="The controller's Redis: host, host:port or redis(s):// URL.")
-@click.option("--controller-password", help="The zone's agent secret (Redis password).")
+@click.option("--controller-password",
+              help="The zone's agent secret: enrolls this node once where the zone accepts it "
+                   "(prefer --join-key).")
+@click.option("--join-key", help="A join key (`controltower joinkey create`): enrolls this node "
+                                 "once; its own credential is kept in the state directory.")
+@click.option("--name", help="This node's name in its zone (default: the host name; a suffix "
+                             "is added when taken).")
 @click.option("--controller-ca", type=click.Path(exists=True, dir_okay=False),
               help="CA of the controller's Redis (rediss:// URLs).")
 @click.option("--controller-cert", type=click.Path(exists=True, dir_okay=False),
@@ -90,9 +96,20 @@ def _run_agent(opts: dict) -> int:
     from .state import StateFiles
     from wire import messages
 
+    from wire import identity
+    from .credential import CredentialFile
+
     if not opts["controller"]:
         raise click.UsageError("--controller is required")
     zone = messages.zone_name(opts["zone"])
+    join_key = opts["join_key"]
+    if join_key:
+        key_zone = identity.parse_join_key(join_key).zone
+        if zone == "default" and key_zone != zone:
+            zone = key_zone                    # the key says which zone
+        elif key_zone != zone:
+            raise click.UsageError(f"the join key is for zone {key_zone}, not --zone {zone}")
+    node_name = identity.node_name(opts["name"], "--name") if opts["name"] else None
     private_key = config.read_private_key(opts["private_key"], opts["private_key_file"],
                                           opts["allow_insecure_key_file"])
     config.check_public_key(private_key, opts["public_key"])
@@ -114,7 +131,10 @@ def _run_agent(opts: dict) -> int:
                                           ("ssl_keyfile", opts["controller_key"])) if v},
         listen_port=port, child_prefixes=config.check_prefixes(opts["child_prefix"]),
         request_ip=config.check_ip(opts["request_ip"], "--request-ip"),
-        heartbeat_interval=opts["heartbeat_interval"], endpoint_interval=opts["endpoint_interval"])
+        heartbeat_interval=opts["heartbeat_interval"], endpoint_interval=opts["endpoint_interval"],
+        controller=opts["controller"], join_key=join_key,
+        zone_secret=opts["controller_password"], name=node_name,
+        credentials=CredentialFile(opts["state_dir"], opts["interface"]))
     name = opts["interface"]
     heap.use_one_arena()
     agent = Agent(settings, open_device(name), LinkConfig(name), endpoints,

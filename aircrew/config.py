@@ -28,6 +28,15 @@ def controller_urls(controller: str, password: str | None, zone: str) -> list[st
     return [urlunsplit(parts._replace(netloc=f"{user}{parts.netloc}")), plain]
 
 
+def login_url(controller: str, user: str, password: str) -> str:
+    """The controller's URL logged in as ``user`` (a node's, a join key's or the zone
+    secret's Redis user); any user and password in ``controller`` are replaced."""
+    parts = urlsplit(controller_url(controller, password))
+    hosts = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(
+        netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{hosts}"))
+
+
 def controller_url(controller: str, password: str | None) -> str:
     """A Redis URL from ``host``, ``host:port``, ``[v6]:port`` or a full redis(s)://,
     unix:// or redis+sentinel:// URL."""

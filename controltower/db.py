@@ -11,6 +11,7 @@ from wire.keys import Keys
 from wire.redisconn import RedisTLS, connect
 
 from .acl import AgentCredentials
+from .nodes import Nodes
 
 
 def init_app(app: Flask) -> None:
@@ -20,8 +21,9 @@ def init_app(app: Flask) -> None:
     keys = Keys(app.config["KEY_PREFIX"])
     zone_store = ZoneStore(client, keys, expiry=app.config["EXPIRY"])
     app.extensions["zone_store"] = zone_store
-    app.extensions["agent_credentials"] = (AgentCredentials(client, keys)
-                                           if app.config["AGENT_ACL"] else None)
+    creds = AgentCredentials(client, keys) if app.config["AGENT_ACL"] else None
+    app.extensions["agent_credentials"] = creds
+    app.extensions["nodes"] = Nodes(zone_store, creds)
 
 
 def store() -> ZoneStore:
@@ -31,3 +33,8 @@ def store() -> ZoneStore:
 def credentials() -> AgentCredentials | None:
     """The zone agent users' manager, or None when the tower does not manage ACLs."""
     return current_app.extensions["agent_credentials"]
+
+
+def nodes() -> Nodes:
+    """Nodes by key or name: removal (revocation), route approval, renewal."""
+    return current_app.extensions["nodes"]

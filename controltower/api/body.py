@@ -8,7 +8,7 @@ from flask import Request
 from wire.errors import InvalidInput
 
 
-def json_object(req: Request, fields: dict[str, type], required: tuple[str, ...] = ()) -> dict[str, Any]:
+def json_object(req: Request, fields: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
     """The body as a JSON object with only known fields of the right types."""
     body = req.get_json(silent=True, force=True)
     if not isinstance(body, dict):
@@ -20,6 +20,7 @@ def json_object(req: Request, fields: dict[str, type], required: tuple[str, ...]
         if name not in body:
             raise InvalidInput(f"{name} is required")
     for name, value in body.items():
-        if not isinstance(value, fields[name]):
-            raise InvalidInput(f"{name} must be a {fields[name].__name__}")
+        kinds = fields[name] if isinstance(fields[name], tuple) else (fields[name],)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise InvalidInput(f"{name} must be a {' or '.join(k.__name__ for k in kinds)}")
     return body

@@ -6,9 +6,10 @@ import time
 from flask import Blueprint, Flask, current_app, jsonify, request
 
 from wire import messages
-from wire.errors import NotFound
+from wire.errors import InvalidInput, NotFound
 
-from ..db import store
+from ..db import nodes, store
+from .body import json_object
 from . import render
 from .peercache import Answer, PeerCache, combined_etag
 
@@ -58,19 +59,53 @@ def _json_bytes(body: bytes, etag: str):
     return response.make_conditional(request)
 
 
-@bp.get("/peers/<wgkey:key>")
-def show_peer(key: str):
-    s = store()
-    zone, p = s.find_peer(messages.public_key(key))
-    seen = s.last_seen(zone).get(p.key)
-    return jsonify(render.peer(zone, p, seen, current_app.config["OFFLINE_AFTER"], time.time()))
+def _found(ref: str):
+    """A node by public key, name, or name.zone (``?zone=`` narrows a name)."""
+    return nodes().find(ref, request.args.get("zone") or None)
 
 
-@bp.delete("/peers/<wgkey:key>")
-def delete_peer(key: str):
-    s = store()
-    zone, p = s.find_peer(messages.public_key(key))
-    s.remove_peer(zone, p.key, "deleted")
-    s.flush(zone)
-    return jsonify({"Deleted": p.key, "Zone": zone, "ReleasedAddress": p.address,
-                    "ReleasedPrefixes": list(p.child_prefixes)})
+@bp.get("/peers/<wgkey:ref>")
+def show_peer(ref: str):
+    found = _found(ref)
+    if found.peer is None:
+        return jsonify(render.enrolled(found.zone, found.node))
+    seen = store().last_seen(found.zone).get(found.key)
+    data = render.peer(found.zone, found.peer, seen, current_app.config["OFFLINE_AFTER"],
+                       time.time())
+    return jsonify(render.with_identity(data, found.node))
+
+
+@bp.delete("/peers/<wgkey:ref>")
+def delete_peer(ref: str):
+    """Remove a node for good: its credential is revoked at once (connections cut), it
+    cannot register again without a new join key."""
+    found = _found(ref)
+    peer = nodes().remove(found, "deleted")
+    return jsonify({"Deleted": found.key, "Zone": found.zone,
+                    "Name": found.node.name if found.node else None,
+                    "Revoked": found.node is not None,
+                    "ReleasedAddress": peer.address if peer else None,
+                    "ReleasedPrefixes": list(peer.child_prefixes) if peer else []})
+
+
+@bp.post("/peers/<wgkey:ref>/routes")
+def approve_routes(ref: str):
+    """Approve child prefixes of a node (``Approve``), or take approvals back (``Revoke``)."""
+    body = json_object(request, {"Approve": list, "Revoke": list})
+    found = _found(ref)
+    for value in (*body.get("Approve", []), *body.get("Revoke", [])):
+        if not isinstance(value, str):
+            raise InvalidInput("Approve and Revoke are lists of prefixes")
+    node = nodes().approve(found, list(body.get("Approve", [])), list(body.get("Revoke", [])))
+    again = _found(found.key)
+    return jsonify({"PublicKey": found.key, "Zone": found.zone, "Name": node.name,
+                    "Approved": list(node.approved),
+                    "ChildPrefix": list(again.peer.child_prefixes) if again.peer else [],
+                    "PendingPrefixes": list(again.peer.pending_prefixes) if again.peer else []})
+
+
+@bp.post("/peers/<wgkey:ref>/renew")
+def renew(ref: str):
+    node = nodes().renew(_found(ref))
+    return jsonify({"PublicKey": node.key, "Name": node.name,
+                    "KeyExpiry": render.iso(node.expires)})

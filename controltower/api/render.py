@@ -28,6 +28,39 @@ def peer(zone_name: str, p: Peer, last_seen: float | None, offline_after: float,
             **after}
 
 
+def iso(ts: float | None) -> str | None:
+    return _iso(ts)
+
+
+def with_identity(data: dict[str, Any], node: Any) -> dict[str, Any]:
+    """A peer's row with what its enrollment says (credential expiry, join key)."""
+    if node is not None:
+        data["KeyExpiry"] = _iso(node.expires)
+        data["JoinKey"] = node.join_key
+    return data
+
+
+def enrolled(zone_name: str, node: Any) -> dict[str, Any]:
+    """A node enrolled but not registered (yet)."""
+    return {"PublicKey": node.key, "Zone": zone_name, "Name": node.name,
+            "Tags": list(node.tags), "Registered": False, "KeyExpiry": _iso(node.expires),
+            "JoinKey": node.join_key}
+
+
+def join_key(record: Any, now: float, key: str | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {"Id": record.id, "Zone": record.zone}
+    if key is not None:
+        data["Key"] = key           # shown once: only its digest is kept
+    data.update({"Created": _iso(record.created), "Expires": _iso(record.expires),
+                 "State": record.state(now), "Uses": record.uses,
+                 "MaxUses": record.max_uses or None, "Reusable": not record.max_uses,
+                 "Ephemeral": record.ephemeral,
+                 "EphemeralAfter": record.ephemeral_after if record.ephemeral else None,
+                 "Tags": list(record.tags), "Routes": list(record.routes),
+                 "Description": record.description})
+    return data
+
+
 def _peer_parts(zone_name: str, p: Peer) -> tuple[dict[str, Any], dict[str, Any]]:
     """A peer's fields from its record: those before the heartbeat fields, those after."""
     return ({

@@ -6,13 +6,20 @@ from flask import Blueprint, jsonify, request
 from wire.errors import Conflict, InvalidInput
 
 from ..acl import new_secret
-from ..db import credentials, store
+import time
+
+from ipam.registry import DEFAULT_EPHEMERAL_AFTER, DEFAULT_JOIN_KEY_SECONDS
+
+from ..db import credentials, nodes, store
 from . import render
 from .body import json_object
 
 bp = Blueprint("zones", __name__)
 
 ZONE_FIELDS = {"Name": str, "Description": str, "CIDR": str}
+JOIN_KEY_FIELDS = {"ExpiresIn": (int, float), "Uses": int, "Reusable": bool, "Ephemeral": bool,
+                   "EphemeralAfter": (int, float), "Tags": list, "Routes": list,
+                   "Description": str}
 
 
 @bp.post("/zone")
@@ -50,11 +57,91 @@ def delete_zone(name: str):
     force = request.args.get("force", "false").lower()
     if force not in ("true", "false", "1", "0"):
         raise InvalidInput("force must be true or false")
-    store().delete_zone(name, force=force in ("true", "1"))
     creds = credentials()
+    enrolled = creds.registry.nodes(name) if creds is not None else {}
+    store().delete_zone(name, force=force in ("true", "1"))
     if creds is not None:
-        creds.delete(name)
+        creds.delete(name, enrolled)
     return jsonify({"Deleted": name})
+
+
+@bp.patch("/zones/<name>")
+def update_zone(name: str):
+    """Per-zone identity settings: ``ZoneSecret`` (accept the zone secret for new
+    nodes), ``AutoApprove`` (prefixes approved for any node), ``KeyExpiryDays``."""
+    body = json_object(request, {"ZoneSecret": bool, "AutoApprove": list,
+                                 "KeyExpiryDays": (int, float, type(None))})
+    zone = store().get_zone(name).name
+    n = nodes()
+    if "ZoneSecret" in body:
+        creds = credentials()
+        if creds is None:
+            raise Conflict("this tower does not manage agent credentials (--no-agent-acl)")
+        creds.allow_zone_secret(zone, body["ZoneSecret"])
+    if "AutoApprove" in body:
+        if not all(isinstance(p, str) for p in body["AutoApprove"]):
+            raise InvalidInput("AutoApprove is a list of prefixes")
+        n.set_auto_approve(zone, body["AutoApprove"])
+    if "KeyExpiryDays" in body:
+        n.set_key_expiry(zone, body["KeyExpiryDays"])
+    return jsonify({"Name": zone, **n.settings(zone)})
+
+
+@bp.get("/zones/<name>/routes")
+def zone_routes(name: str):
+    """Every child prefix of the zone's nodes, approved or pending."""
+    rows = []
+    for peer in sorted(store().peers(store().get_zone(name).name), key=lambda p: p.name or p.key):
+        for state, prefixes in (("approved", peer.child_prefixes),
+                                ("pending", peer.pending_prefixes)):
+            rows += [{"Prefix": prefix, "State": state, "PublicKey": peer.key,
+                      "Name": peer.name or ""} for prefix in prefixes]
+    return jsonify(rows)
+
+
+@bp.post("/zones/<name>/join-keys")
+def create_join_key(name: str):
+    body = json_object(request, JOIN_KEY_FIELDS)
+    creds = credentials()
+    if creds is None:
+        raise Conflict("this tower does not manage agent credentials (--no-agent-acl)")
+    zone = store().get_zone(name)
+    if body.get("Reusable") and "Uses" in body:
+        raise InvalidInput("a reusable key has no use limit: give Reusable or Uses")
+    key, record = creds.registry.create_join_key(
+        zone.name, zone.network, expires_in=body.get("ExpiresIn", DEFAULT_JOIN_KEY_SECONDS),
+        uses=body.get("Uses", 1), reusable=body.get("Reusable", False),
+        ephemeral=body.get("Ephemeral", False),
+        ephemeral_after=body.get("EphemeralAfter", DEFAULT_EPHEMERAL_AFTER),
+        tags=body.get("Tags", []), routes=body.get("Routes", []),
+        description=body.get("Description", ""))
+    try:
+        creds.apply_join_key(zone.name, record.id, record.sha256)
+    except Exception:
+        creds.registry.forget_join_key(zone.name, record.id)
+        raise
+    return jsonify(render.join_key(record, time.time(), str(key))), 201
+
+
+@bp.get("/zones/<name>/join-keys")
+def list_join_keys(name: str):
+    creds = credentials()
+    if creds is None:
+        raise Conflict("this tower does not manage agent credentials (--no-agent-acl)")
+    now = time.time()
+    return jsonify([render.join_key(r, now)
+                    for r in creds.registry.join_keys(store().get_zone(name).name)])
+
+
+@bp.delete("/zones/<name>/join-keys/<key_id>")
+def revoke_join_key(name: str, key_id: str):
+    creds = credentials()
+    if creds is None:
+        raise Conflict("this tower does not manage agent credentials (--no-agent-acl)")
+    zone = store().get_zone(name).name
+    record = creds.registry.revoke_join_key(zone, key_id)
+    creds.revoke_join_key(zone, key_id)
+    return jsonify(render.join_key(record, time.time()))
 
 
 @bp.post("/zones/<name>/rotate-secret")

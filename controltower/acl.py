@@ -57,11 +57,10 @@ class AgentCredentials:
         naming an unknown command in ACL SETUSER fails."""
         if self._extra is None:
             try:
-                known = self.redis.execute_command("COMMAND", "INFO", "client")
-                subs = known[0][9] if known and known[0] and len(known[0]) > 9 else []
-                names = {s[0] if isinstance(s, (list, tuple)) else s for s in subs}
-                self._extra = ("client|setinfo",) if "client|setinfo" in names else ()
-            except (redis.exceptions.ResponseError, IndexError, TypeError):
+                version = str(self.redis.info("server").get("redis_version", "0"))
+                major, minor = (int(x) for x in (version.split(".") + ["0"])[:2])
+                self._extra = ("client|setinfo",) if (major, minor) >= (7, 2) else ()
+            except (redis.exceptions.RedisError, ValueError):
                 self._extra = ()
         return self._extra
 

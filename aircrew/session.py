@@ -178,9 +178,7 @@ class TowerSession:
                 request = Request(kind, self.zone, self.public_key, body or {},
                                   session=self.session_id, id=request_id)
                 packed = request.packed(self.private_key, self._tower_public)
-                heard = await self.client.publish(self.route.request, packed)
-                if not heard:
-                    raise Unavailable("no ControlTower is listening for requests")
+                await self._publish(packed, timeout)
                 try:
                     reply = await asyncio.wait_for(asyncio.shield(future), timeout)
                     break
@@ -196,6 +194,18 @@ class TowerSession:
             raise TowerRefused(str(reply.get("error", "refused")), str(reply.get("code", "error")),
                                request_id)
         return reply
+
+    async def _publish(self, packed: bytes, timeout: float) -> None:
+        """Publish a request; a tower that is (re)starting may not listen yet: try again
+        for up to ``timeout`` before giving up (Unavailable: tunnels stay, retry later)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.05
+        while not await self.client.publish(self.route.request, packed):
+            if loop.time() + delay > deadline:
+                raise Unavailable("no ControlTower is listening for requests")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def snapshot(self) -> ZoneSnapshot:
         """A consistent (revision, peers) pair, read in one transaction (``wire.snapshot``);

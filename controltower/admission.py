@@ -97,6 +97,9 @@ class Admission:
                 self._mac_keys.popitem(last=False)
         return key
 
+    def refuse_unparsed(self, job: Job, zone: str, payload: bytes, error: str) -> None:
+        self._refuse_unparsed(job, zone, payload, error)
+
     def _refuse_unparsed(self, job: Job, zone: str, payload: bytes, error: str) -> None:
         """Answer a malformed request when it names a valid key, else log and drop it."""
         try:

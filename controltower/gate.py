@@ -42,7 +42,7 @@ from wire.keys import Keys, node_id
 
 from . import metrics
 from .acl import AgentCredentials
-from .admission import Admission
+from .admission import Admission, Job
 
 log = logging.getLogger(__name__)
 
@@ -274,11 +274,20 @@ class Gate:
                          if kind == "enroll" else self.keys.reply(source.zone, node=source.node))
         try:
             payload, mac = messages.unpack(data)
-            request = messages.parse_request(payload)
         except InvalidInput as exc:
             log.debug("dropped a malformed message of %s: %s", source.sender, exc)
             self.metrics.dropped.labels("invalid").inc()
             return None
+        try:
+            request = messages.parse_request(payload)
+        except InvalidInput as exc:
+            self.metrics.dropped.labels("invalid").inc()
+            # Answered when it names this channel's node (as the worker did), else dropped.
+            job = Job("")
+            self.admission.refuse_unparsed(job, source.zone, payload, str(exc))
+            if job.reply is None or job.channel != self.keys.reply(source.zone, node=source.node):
+                return None
+            return ("answer", reply_channel if kind == "req" else job.channel, job.reply)
         try:
             if node_id(request.key) != source.node:
                 raise Forbidden("the request names another node than its channel's")

@@ -37,7 +37,6 @@ from wire.secretfile import read_or_create_secret, write_secret
 from . import children, metrics
 from .acl import AgentCredentials, digest, new_secret
 from .private_redis import PrivateRedis
-from .gate import Gate
 from .worker import RequestWorker
 
 log = logging.getLogger(__name__)
@@ -142,11 +141,7 @@ class Tower:
             self.token_file = token_file
             worker = RequestWorker(store, publish_window=s.publish_window,
                                    publish_window_max=s.publish_window_max, credentials=creds)
-            self._thread(worker.run, "request-worker")
-            gate = Gate(store, lambda: connect(redis_url, s.redis_tls,
-                                               redis_connect_func=never_evicted),
-                        worker.tower_private, creds)
-            self._thread(gate.run, "gate")
+            self._thread(worker.run, "request-worker")      # and its gate
             if s.stun_port:
                 # Two ports, so an agent asking both can tell a symmetric NAT (a new
                 # mapping per destination) from a cone NAT (one mapping).

@@ -49,6 +49,7 @@ from wire.messages import Request
 from . import metrics, towerkey
 from .acl import AgentCredentials
 from .admission import Admission, Job
+from .gate import Gate
 from .publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ class RequestWorker:
         self.heartbeat_ttl = heartbeat_ttl
         self.credentials = credentials   # the node users' manager: ephemeral/expired nodes
         self.tower_private, self.tower_public = towerkey.load_or_create(self.redis, self.keys)
+        # Requests reach the stream through the gate only (controltower/gate.py); its
+        # subscriber connections come from the store's connection pool.
+        self.gate = Gate(store, lambda: self.redis, self.tower_private, credentials,
+                         clock_skew=clock_skew)
         store.scripts.load()
         self.metrics = metrics.worker()
         self.admission = Admission(self.keys, self.tower_private, clock_skew,
@@ -98,12 +103,21 @@ class RequestWorker:
     # -- loop -----------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Serve until ``stop`` is set; survives Redis outages by retrying."""
+        """Serve until ``stop`` is set (the gate too); survives Redis outages by retrying."""
+        gate = threading.Thread(target=self.gate.run, args=(stop,), name="gate", daemon=True)
+        gate.start()
+        try:
+            self._serve(stop)
+        finally:
+            gate.join(10)
+
+    def _serve(self, stop: threading.Event) -> None:
         backoff = 0.1
         while not stop.is_set():
             try:
                 self.step()
-                self.running.set()
+                if self.gate.running.is_set():     # requests can reach the stream
+                    self.running.set()
                 backoff = 0.1
             except redis.exceptions.ConnectionError as exc:
                 self.running.clear()

@@ -218,7 +218,7 @@ def zone_rotate_secret(out: Output, name: str) -> None:
 
 @click.group()
 def peer() -> None:
-    """List, show and delete peers (nodes)."""
+    """List, show and remove peers (nodes); renew their credentials."""
 
 
 @peer.command("list")
@@ -227,34 +227,174 @@ def peer() -> None:
 def peer_list(out: Output, zone: str | None) -> None:
     """List peers of every zone, or of one."""
     out.emit(out.client.list_peers(zone), lambda peers: table(
-        ("ZONE", "PUBLIC KEY", "ADDRESS", "ENDPOINT", "PREFIXES", "NAT", "ONLINE", "LAST SEEN",
-         "HOSTNAME"),
-        ((p["Zone"], p["PublicKey"], p["NodeAddress"], p["EndpointIP"], p["ChildPrefix"],
-          p["NatType"], p["Online"], p["LastSeen"], p["Hostname"]) for p in peers)))
+        ("ZONE", "NAME", "PUBLIC KEY", "ADDRESS", "ENDPOINT", "PREFIXES", "PENDING", "NAT",
+         "ONLINE", "LAST SEEN", "TAGS"),
+        ((p["Zone"], p.get("Name", ""), p["PublicKey"], p["NodeAddress"], p["EndpointIP"],
+          p["ChildPrefix"], p.get("PendingPrefixes", []), p["NatType"], p["Online"],
+          p["LastSeen"], p.get("Tags", [])) for p in peers)))
 
 
 @peer.command("show")
 @click.argument("key")
 @api_command
 def peer_show(out: Output, key: str) -> None:
-    """Show the peer with public KEY."""
+    """Show a peer: KEY is its public key, name or name.zone."""
     out.emit(out.client.show_peer(key), lambda p: fields(
-        [("Public key", p["PublicKey"]), ("Zone", p["Zone"]), ("Address", p["NodeAddress"]),
-         ("Endpoint", p["EndpointIP"]), ("Allowed IPs", p["AllowedIPs"]),
-         ("Child prefixes", p["ChildPrefix"]), ("NAT type", p["NatType"]),
-         ("Online", p["Online"]), ("Last seen", p["LastSeen"]), ("Hostname", p["Hostname"])]))
+        [("Public key", p["PublicKey"]), ("Name", p.get("Name")), ("Zone", p["Zone"]),
+         ("Tags", p.get("Tags")), ("Pending prefixes", p.get("PendingPrefixes")),
+         ("Key expiry", p.get("KeyExpiry")), ("Address", p.get("NodeAddress")),
+         ("Endpoint", p.get("EndpointIP")), ("Allowed IPs", p.get("AllowedIPs")),
+         ("Child prefixes", p.get("ChildPrefix")), ("NAT type", p.get("NatType")),
+         ("Online", p.get("Online")), ("Last seen", p.get("LastSeen")),
+         ("Hostname", p.get("Hostname"))]))
 
 
-@peer.command("delete")
-@click.argument("key")
+@peer.command("remove")
+@click.argument("node")
 @api_command
-def peer_delete(out: Output, key: str) -> None:
-    """Remove the peer with public KEY: releases its address and prefixes."""
+def peer_remove(out: Output, node: str) -> None:
+    """Remove NODE (public key, name or name.zone) for good: its credential is revoked
+    at once (its connections are cut), it cannot come back without a new join key."""
     def human(data: dict[str, Any]) -> None:
-        released = ", ".join([data["ReleasedAddress"], *data["ReleasedPrefixes"]])
-        click.echo(f"removed peer {data['Deleted']} from zone {data['Zone']} "
-                   f"(released {released})")
-    out.emit(out.client.delete_peer(key), human)
+        released = ", ".join([a for a in [data["ReleasedAddress"], *data["ReleasedPrefixes"]] if a])
+        click.echo(f"removed {data.get('Name') or data['Deleted']} from zone {data['Zone']}"
+                   + (" (credential revoked)" if data.get("Revoked") else "")
+                   + (f" (released {released})" if released else ""))
+    out.emit(out.client.delete_peer(node), human)
+
+
+peer.add_command(peer_remove, "delete")      # the older name
+
+
+@peer.command("renew")
+@click.argument("node")
+@api_command
+def peer_renew(out: Output, node: str) -> None:
+    """Renew NODE's credential for another key-expiry period of its zone."""
+    out.emit(out.client.renew(node),
+             lambda d: click.echo(f"{d['Name']}: credential valid until {d['KeyExpiry']}"))
+
+
+# -- routes ----------------------------------------------------------------------------
+
+@click.group()
+def route() -> None:
+    """Child prefixes: list them (approved or pending), approve or take back."""
+
+
+@route.command("list")
+@click.argument("zone")
+@click.option("--pending", is_flag=True, help="Only those waiting for approval.")
+@api_command
+def route_list(out: Output, zone: str, pending: bool) -> None:
+    """List the child prefixes of ZONE's nodes."""
+    rows = [r for r in out.client.zone_routes(zone) if not pending or r["State"] == "pending"]
+    out.emit(rows, lambda data: table(("PREFIX", "STATE", "NAME", "PUBLIC KEY"),
+                                      ((r["Prefix"], r["State"], r["Name"], r["PublicKey"])
+                                       for r in data)))
+
+
+@route.command("approve")
+@click.argument("node")
+@click.argument("prefix", nargs=-1, required=True)
+@api_command
+def route_approve(out: Output, node: str, prefix: tuple[str, ...]) -> None:
+    """Approve PREFIX of NODE: every peer routes it to NODE from now on."""
+    out.emit(out.client.approve_routes(node, list(prefix), []), _routes_done)
+
+
+@route.command("revoke")
+@click.argument("node")
+@click.argument("prefix", nargs=-1, required=True)
+@api_command
+def route_revoke(out: Output, node: str, prefix: tuple[str, ...]) -> None:
+    """Take back the approval of PREFIX of NODE (pending again unless a range approves it)."""
+    out.emit(out.client.approve_routes(node, [], list(prefix)), _routes_done)
+
+
+def _routes_done(d: dict[str, Any]) -> None:
+    click.echo(f"{d['Name']}: routed {', '.join(d['ChildPrefix']) or 'none'}; "
+               f"pending {', '.join(d['PendingPrefixes']) or 'none'}")
+
+
+# -- join keys -------------------------------------------------------------------------
+
+@click.group()
+def joinkey() -> None:
+    """Join keys: enroll nodes (`aircrew --join-key KEY`), each with its own credential."""
+
+
+def _seconds(text: str) -> float:
+    """'90', '90s', '15m', '24h', '7d' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 24h, 7d") from None
+
+
+@joinkey.command("create")
+@click.argument("zone")
+@click.option("--expires", default="24h", show_default=True,
+              help="How long the key can be used: 90s, 15m, 24h, 7d.")
+@click.option("--uses", type=click.IntRange(1), default=None,
+              help="How many nodes it may enroll (default 1: a one-off key).")
+@click.option("--reusable", is_flag=True, help="Any number of nodes until it expires.")
+@click.option("--ephemeral", is_flag=True,
+              help="Its nodes are removed --ephemeral-after being offline.")
+@click.option("--ephemeral-after", default="5m", show_default=True)
+@click.option("--tag", "tags", multiple=True, help="A tag its nodes get (repeatable).")
+@click.option("--route", "routes", multiple=True,
+              help="A prefix range its nodes' child prefixes are approved in (repeatable).")
+@click.option("--description", default=None)
+@api_command
+def joinkey_create(out: Output, zone: str, expires: str, uses: int | None, reusable: bool,
+                   ephemeral: bool, ephemeral_after: str, tags: tuple[str, ...],
+                   routes: tuple[str, ...], description: str | None) -> None:
+    """Create a join key for ZONE; it is shown once."""
+    if reusable and uses:
+        raise click.UsageError("give --uses or --reusable, not both")
+    options: dict[str, Any] = {"ExpiresIn": _seconds(expires), "Reusable": reusable,
+                               "Ephemeral": ephemeral, "Tags": list(tags), "Routes": list(routes)}
+    if uses:
+        options["Uses"] = uses
+    if ephemeral:
+        options["EphemeralAfter"] = _seconds(ephemeral_after)
+    if description:
+        options["Description"] = description
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"join key {d['Id']} of zone {d['Zone']}, valid until {d['Expires']}, "
+                   f"{'reusable' if d['Reusable'] else str(d['MaxUses']) + ' use(s)'}"
+                   + (", ephemeral" if d["Ephemeral"] else "")
+                   + (f", tags {', '.join(d['Tags'])}" if d["Tags"] else "")
+                   + (f", routes {', '.join(d['Routes'])}" if d["Routes"] else ""))
+        click.echo("the key (shown once; nodes join with aircrew --join-key KEY):")
+        click.echo(d["Key"])
+    out.emit(out.client.create_join_key(zone, options), human)
+
+
+@joinkey.command("list")
+@click.argument("zone")
+@api_command
+def joinkey_list(out: Output, zone: str) -> None:
+    """List ZONE's join keys (never the keys themselves)."""
+    out.emit(out.client.list_join_keys(zone), lambda keys: table(
+        ("ID", "STATE", "USES", "EXPIRES", "EPHEMERAL", "TAGS", "ROUTES"),
+        ((k["Id"], k["State"], f"{k['Uses']}/{k['MaxUses'] or 'any'}", k["Expires"],
+          k["Ephemeral"], k["Tags"], k["Routes"]) for k in keys)))
+
+
+@joinkey.command("revoke")
+@click.argument("zone")
+@click.argument("key_id")
+@api_command
+def joinkey_revoke(out: Output, zone: str, key_id: str) -> None:
+    """Revoke join key KEY_ID of ZONE (nodes it enrolled keep their own credentials)."""
+    out.emit(out.client.revoke_join_key(zone, key_id),
+             lambda d: click.echo(f"revoked join key {d['Id']} of zone {d['Zone']}"))
 
 
 # -- leases ----------------------------------------------------------------------------
@@ -277,8 +417,34 @@ def leases(out: Output, zone: str) -> None:
     out.emit(out.client.leases(zone), human)
 
 
+@zone.command("set")
+@click.argument("name")
+@click.option("--zone-secret", type=click.Choice(["on", "off"]), default=None,
+              help="Accept the zone secret (--controller-password) to enroll new nodes.")
+@click.option("--auto-approve", multiple=True,
+              help="A range whose child prefixes need no approval (repeatable; '' clears).")
+@click.option("--key-expiry-days", type=float, default=None,
+              help="Node credentials enrolled from now on expire after this many days (0: never).")
+@api_command
+def zone_set(out: Output, name: str, zone_secret: str | None, auto_approve: tuple[str, ...],
+             key_expiry_days: float | None) -> None:
+    """Change zone NAME's identity settings."""
+    settings: dict[str, Any] = {}
+    if zone_secret is not None:
+        settings["ZoneSecret"] = zone_secret == "on"
+    if auto_approve:
+        settings["AutoApprove"] = [p for p in auto_approve if p]
+    if key_expiry_days is not None:
+        settings["KeyExpiryDays"] = key_expiry_days or None
+    out.emit(out.client.update_zone(name, settings), lambda d: fields(
+        [("Zone", d["Name"]), ("Zone secret", "on" if d["ZoneSecret"] else "off"),
+         ("Auto-approve", d["AutoApprove"]), ("Key expiry (days)", d["KeyExpiryDays"])]))
+
+
 def register(group: click.Group) -> None:
-    """Add ``zone``, ``peer`` and ``leases`` to the ``controltower`` command group."""
+    """Add ``zone``, ``peer``, ``route``, ``joinkey`` and ``leases`` to the group."""
     group.add_command(zone)
     group.add_command(peer)
+    group.add_command(route)
+    group.add_command(joinkey)
     group.add_command(leases)

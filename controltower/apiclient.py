@@ -178,6 +178,28 @@ class ApiClient:
     def leases(self, zone: str) -> Any:
         return self.request("GET", f"/ipam/leases/{_segment(zone)}")
 
+    def update_zone(self, name: str, settings: dict[str, Any]) -> Any:
+        return self.request("PATCH", f"/zones/{_segment(name)}", settings)
+
+    def zone_routes(self, name: str) -> Any:
+        return self.request("GET", f"/zones/{_segment(name)}/routes")
+
+    def create_join_key(self, zone: str, options: dict[str, Any]) -> Any:
+        return self.request("POST", f"/zones/{_segment(zone)}/join-keys", options)
+
+    def list_join_keys(self, zone: str) -> Any:
+        return self.request("GET", f"/zones/{_segment(zone)}/join-keys")
+
+    def revoke_join_key(self, zone: str, key_id: str) -> Any:
+        return self.request("DELETE", f"/zones/{_segment(zone)}/join-keys/{_segment(key_id)}")
+
+    def approve_routes(self, node: str, approve: list[str], revoke: list[str]) -> Any:
+        return self.request("POST", f"/peers/{_segment(node)}/routes",
+                            {"Approve": approve, "Revoke": revoke})
+
+    def renew(self, node: str) -> Any:
+        return self.request("POST", f"/peers/{_segment(node)}/renew")
+
 
 def _segment(value: str) -> str:
     """One path segment: '/', '+', '=' and the rest percent-encoded."""

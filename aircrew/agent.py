@@ -36,6 +36,7 @@ from .device_errors import DeviceError
 from .mirror import Outcome, ZoneMirror
 from .reconcile import Applied
 from .credential import CredentialFile, NodeCredential
+from .hosts import HostsFile
 from .enroll import EnrollRefused, enroll
 from .session import NoReply, TowerRefused, TowerSession
 from .state import StateFiles
@@ -108,6 +109,7 @@ class AgentSettings:
     zone_secret: str | None = None
     name: str | None = None
     credentials: CredentialFile | None = None
+    hosts: HostsFile | None = None       # the zone's names, <name>.<zone>[.suffix]
 
 
 class Agent:
@@ -577,4 +579,5 @@ class Agent:
             cidr=self.assignment["cidr"], address=self.assignment["address"],
             prefix_len=int(self.assignment["prefix_len"]), rev=self.mirror.rev,
             session=self.session.session_id if self.session else "",
-            peers=tuple(self.mirror.peers.values()), configs=tuple(self.applied.peers.values()))
+            peers=tuple(self.mirror.peers.values()), configs=tuple(self.applied.peers.values()),
+            hosts=self.s.hosts)

@@ -39,6 +39,10 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "AIRCREW
                                  "once; its own credential is kept in the state directory.")
 @click.option("--name", help="This node's name in its zone (default: the host name; a suffix "
                              "is added when taken).")
+@click.option("--hosts-file", default="/etc/hosts", show_default=True,
+              help="Where the zone's nodes are named <name>.<zone> (a managed block); "
+                   "'none' turns it off.")
+@click.option("--dns-suffix", default="", help="Also name them <name>.<zone>.<suffix>.")
 @click.option("--controller-ca", type=click.Path(exists=True, dir_okay=False),
               help="CA of the controller's Redis (rediss:// URLs).")
 @click.option("--controller-cert", type=click.Path(exists=True, dir_okay=False),
@@ -98,6 +102,7 @@ def _run_agent(opts: dict) -> int:
 
     from wire import identity
     from .credential import CredentialFile
+    from .hosts import HostsFile
 
     if not opts["controller"]:
         raise click.UsageError("--controller is required")
@@ -134,7 +139,9 @@ def _run_agent(opts: dict) -> int:
         heartbeat_interval=opts["heartbeat_interval"], endpoint_interval=opts["endpoint_interval"],
         controller=opts["controller"], join_key=join_key,
         zone_secret=opts["controller_password"], name=node_name,
-        credentials=CredentialFile(opts["state_dir"], opts["interface"]))
+        credentials=CredentialFile(opts["state_dir"], opts["interface"]),
+        hosts=None if opts["hosts_file"] in ("", "none") else HostsFile(
+            Path(opts["hosts_file"]), opts["interface"], opts["dns_suffix"].strip(".")))
     name = opts["interface"]
     heap.use_one_arena()
     agent = Agent(settings, open_device(name), LinkConfig(name), endpoints,
@@ -229,11 +236,17 @@ def status(interface: str, state_dir: Path) -> None:
               type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--zone", envvar="AIRCREW_ZONE", default=None,
               help="Default: the zone in the cached state.")
+@click.option("--hosts-file", envvar="AIRCREW_HOSTS_FILE", default="/etc/hosts",
+              show_default=True, help="Whose aircrew block to remove ('none': leave it).")
 def down(interface: str, state_dir: Path, controller: str | None,
-         controller_password: str | None, private_key_file: Path, zone: str | None) -> None:
-    """Remove the interface, the routes aircrew added and its state files.
+         controller_password: str | None, private_key_file: Path, zone: str | None,
+         hosts_file: str) -> None:
+    """Remove the interface, the routes aircrew added, the names in the hosts file and
+    the state files (the node's credential stays: it is still enrolled).
 
     With --controller, first send `leave` so the tower releases the address."""
+    from .credential import CredentialFile
+    from .hosts import HostsFile
     from .backend import open_device
     from .routes import LinkConfig
     from .state import StateFiles
@@ -244,8 +257,11 @@ def down(interface: str, state_dir: Path, controller: str | None,
     if controller:
         try:
             key = config.read_private_key(None, private_key_file, False)
-            asyncio.run(_leave(config.controller_urls(controller, controller_password, zone),
-                               zone, key, cache.session if cache else None))
+            urls = config.controller_urls(controller, controller_password, zone)
+            stored = CredentialFile(state_dir, interface).load()
+            if stored is not None and stored.zone == zone:
+                urls.insert(0, config.login_url(controller, stored.user, stored.password))
+            asyncio.run(_leave(urls, zone, key, cache.session if cache else None))
             click.echo(f"left zone {zone}")
         except (MeshError, OSError) as exc:
             click.echo(f"aircrew: could not tell the tower ({exc}); cleaning up anyway", err=True)
@@ -256,6 +272,11 @@ def down(interface: str, state_dir: Path, controller: str | None,
             links.remove_route(prefix)
         device.destroy()
         click.echo(f"removed interface {interface}")
+    if hosts_file not in ("", "none"):
+        try:
+            HostsFile(Path(hosts_file), interface).remove()
+        except OSError as exc:
+            click.echo(f"aircrew: could not clean {hosts_file}: {exc}", err=True)
     state.remove()
     click.echo(f"removed the state files of {interface} in {state_dir}")
 

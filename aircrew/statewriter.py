@@ -18,6 +18,7 @@ from wire.errors import MeshError
 from wire.messages import Peer
 
 from .device import PeerConfig
+from .hosts import HostsFile
 from .state import Cache, StateFiles
 from .wgconf import WgQuickConfig
 
@@ -39,6 +40,7 @@ class AgentState:
     session: str
     peers: tuple[Peer, ...]            # the zone, as the cache keeps it
     configs: tuple[PeerConfig, ...]    # what is applied, as wg0.conf shows it
+    hosts: HostsFile | None = None     # where the zone's names go (aircrew.hosts)
 
     def write(self, files: StateFiles) -> None:
         cache = Cache(zone=self.zone, cidr=self.cidr, address=self.address,
@@ -47,6 +49,11 @@ class AgentState:
         files.save(cache, self.peers, WgQuickConfig(
             self.private_key, self.listen_port, (f"{self.address}/{self.prefix_len}",),
             self.configs))
+        if self.hosts is not None:
+            try:
+                self.hosts.write(self.zone, ((p.address, p.name) for p in self.peers if p.name))
+            except OSError as exc:
+                log.warning("cannot write the zone's names into %s: %s", self.hosts.path, exc)
 
 
 class StateWriter:

@@ -224,9 +224,34 @@ class RequestWorker:
             elif outcome is not None and not isinstance(outcome, Exception):
                 log.info("node %s of zone %s expired and was removed", key, zone)
                 self.publisher.changed(zone)
+        if self.credentials is not None:
+            self._remove_due(zones)
         # A request older than this is refused for its timestamp: no need to know any
         # more whether it came before the last applied one of its node.
         self.store.forget_orders(zones, time.time() - ORDER_MEMORY * self.clock_skew)
+
+    def _remove_due(self, zones: list[str]) -> None:
+        """Remove ephemeral nodes offline longer than their timeout and nodes whose
+        credential expired: revoked like any removal (ipam/registry.py ``due``)."""
+        from .nodes import Found, Nodes
+        nodes = Nodes(self.store, self.credentials)
+        now = time.time()
+        for zone in zones:
+            try:
+                due = nodes.registry.due(zone, now)
+            except redis.exceptions.ResponseError as exc:
+                log.error("reading zone %s's ephemeral and expiring nodes failed: %s", zone, exc)
+                continue
+            for key, reason in due:
+                try:
+                    found = nodes.find(key, zone)
+                    nodes.remove(Found(zone, key, found.peer, found.node), reason)
+                    log.info("node %s of zone %s removed: %s", key, zone, reason)
+                except NotFound:
+                    self.redis.zrem(self.keys.ephemeral(zone), key)
+                    self.redis.zrem(self.keys.expiring(zone), key)
+                except MeshError as exc:
+                    log.error("removing node %s of zone %s failed: %s", key, zone, exc)
 
     # -- round trips -----------------------------------------------------------------------
 

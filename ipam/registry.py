@@ -247,7 +247,7 @@ class Registry:
         return Call.script(
             self.scripts.enroll,
             [k.zone(zone), k.auth(zone), k.joinkeys(zone), k.nodes(zone), k.names(zone),
-             k.gone(zone, nid)],
+             k.gone(zone, nid), k.ephemeral(zone), k.expiring(zone)],
             [cred, nid, public_key, cred_sha256, name, time.time() if now is None else now,
              user], decode)
 
@@ -270,9 +270,26 @@ class Registry:
         tomb = json.dumps({"reason": reason, "at": time.time() if now is None else now,
                            "sticky": sticky})
         k = self.keys
-        reply = self.scripts.remove_node(keys=[k.nodes(zone), k.names(zone), k.gone(zone, nid)],
+        reply = self.scripts.remove_node(keys=[k.nodes(zone), k.names(zone), k.gone(zone, nid),
+                                               k.ephemeral(zone), k.expiring(zone)],
                                          args=[nid, tomb, TOMBSTONE_SECONDS])
         return parse_node(nid, reply[1]) if reply[0] == "ok" else None
+
+    def due(self, zone: str, now: float) -> list[tuple[str, str]]:
+        """(public key, reason) of nodes to remove now: ephemeral ones offline longer than
+        their timeout ('ephemeral'), those whose credential expired ('key-expired')."""
+        k = self.keys
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(k.ephemeral(zone), 0, -1, withscores=True)
+            pipe.zrangebyscore(k.expiring(zone), "-inf", repr(now))
+            ephemeral, expired = pipe.execute()
+        out = [(key, "key-expired") for key in expired]
+        if ephemeral:
+            seen = self.redis.zmscore(k.seen(zone), [key for key, _ in ephemeral])
+            for (key, after), last in zip(ephemeral, seen):
+                if key not in expired and last is not None and last < now - after:
+                    out.append((key, "ephemeral"))
+        return out
 
     def forget_node(self, zone: str, nid: str) -> None:
         with self.redis.pipeline(transaction=True) as pipe:

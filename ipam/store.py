@@ -180,7 +180,8 @@ class ZoneStore:
         zone_keys = [k.zone(name), k.peers(name), k.rev(name), k.leases(name), k.prefixes(name),
                      k.free(name), k.cursor(name), k.published(name), k.changes(name),
                      k.seen(name), k.applied(name), k.requests(name), k.auth(name),
-                     k.nodes(name), k.names(name), k.joinkeys(name)]
+                     k.nodes(name), k.names(name), k.joinkeys(name), k.ephemeral(name),
+                     k.expiring(name)]
 
         def deleted(reply: list[Any]) -> Call | None:
             if reply[0] == "ok":

@@ -156,6 +156,14 @@ class Keys:
         """Hash (tower only): join key id -> join key record JSON (digest, uses...)."""
         return self._z(zone, "joinkeys")
 
+    def ephemeral(self, zone: str) -> str:
+        """Sorted set: public key of an ephemeral node -> seconds offline before removal."""
+        return self._z(zone, "ephemeral")
+
+    def expiring(self, zone: str) -> str:
+        """Sorted set: public key -> when its node credential expires (unix time)."""
+        return self._z(zone, "expiring")
+
     def gone(self, zone: str, node: str) -> str:
         """String: why a removed node was removed (its tombstone; only it may read it)."""
         return self._z(zone, f"gone:{node}")

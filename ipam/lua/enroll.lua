@@ -1,14 +1,16 @@
 -- Enroll a node: check the credential it came with, count the use, give the node a
 -- unique name and write its registry record, atomically. The node's Redis user is made
 -- by the caller afterwards (ACL commands cannot run in a script).
--- KEYS: 1 zone, 2 auth, 3 joinkeys, 4 nodes, 5 names, 6 the node's tombstone
+-- KEYS: 1 zone, 2 auth, 3 joinkeys, 4 nodes, 5 names, 6 the node's tombstone,
+--       7 ephemeral (public key -> seconds offline before removal),
+--       8 expiring (public key -> when its credential expires)
 -- ARGV: 1 credential id (join key id, or 'zone' for the zone secret), 2 node id,
 --       3 public key, 4 credential sha256, 5 wanted name, 6 now (unix seconds),
 --       7 Redis user name
 -- Returns {'ok', name, record JSON} | {'nozone'} | {'off'} | {'unknown'} | {'revoked'}
 --       | {'expired', at} | {'used', uses, max} | {'removed', at, reason} | {'names'}
 local k = {zone = KEYS[1], auth = KEYS[2], joinkeys = KEYS[3], nodes = KEYS[4],
-           names = KEYS[5], gone = KEYS[6]}
+           names = KEYS[5], gone = KEYS[6], ephemeral = KEYS[7], expiring = KEYS[8]}
 local cred, node, key, sha, wanted, now, user =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 
@@ -79,4 +81,14 @@ local record = {
 local encoded = cjson.encode(record)
 redis.call('HSET', k.nodes, node, encoded)
 redis.call('DEL', k.gone)
+if record['ephemeral'] then
+  redis.call('ZADD', k.ephemeral, record['ephemeral'], key)
+else
+  redis.call('ZREM', k.ephemeral, key)
+end
+if record['expires'] then
+  redis.call('ZADD', k.expiring, record['expires'], key)
+else
+  redis.call('ZREM', k.expiring, key)
+end
 return {'ok', name, encoded}

@@ -66,7 +66,8 @@ def test_conflicts_and_not_found(client, store):
     assert client.get("/peers?zone=nope").status_code == 404
     missing = public_key_of(generate_private_key())
     assert client.get("/peers/" + missing).status_code == 404
-    assert client.get("/peers/not-a-key").status_code == 400
+    assert client.get("/peers/not-a-key").json == {"error": "no node is named not-a-key"}
+    assert client.get("/peers/Not_a key!").status_code == 400     # neither a key nor a name
     assert client.get("/no/such/route").status_code == 404
     assert client.put("/zones").status_code == 405
 

@@ -44,8 +44,10 @@ from .statewriter import AgentState, StateWriter
 
 log = logging.getLogger(__name__)
 
+# NoPermissionError: the tower suspended this node's publish right (it flooded the tower)
+# or is re-applying users: keep the tunnels, try again.
 CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                     OSError, Unavailable, NoReply)
+                     redis.exceptions.NoPermissionError, OSError, Unavailable, NoReply)
 
 
 class AgentExit(MeshError):

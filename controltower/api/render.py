@@ -73,6 +73,9 @@ def _peer_parts(zone_name: str, p: Peer) -> tuple[dict[str, Any], dict[str, Any]
     }, {
         "NatType": p.nat_type or NAT_UNKNOWN,
         "Hostname": p.hostname or "",
+        "Name": p.name or "",
+        "Tags": list(p.tags),
+        "PendingPrefixes": list(p.pending_prefixes),
     })
 
 

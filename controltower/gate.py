@@ -190,10 +190,7 @@ class Gate:
             client = self.client_factory()
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                try:    # the gate's connection must never be the one Redis evicts
-                    client.execute_command("CLIENT", "NO-EVICT", "on")
-                except redis.exceptions.ResponseError:
-                    pass
+                # (serve's connections are CLIENT NO-EVICT: wire.redisconn.never_evicted)
                 pubsub.psubscribe(*patterns)
                 with self._lock:
                     self._subscribed += 1
@@ -211,7 +208,9 @@ class Gate:
                             break
                         batch.append(more)
                     self.handle(batch)
-            except redis.exceptions.ConnectionError as exc:
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
+                    TypeError) as exc:
+                # TypeError: redis-py polling a socket it closed as Redis went away.
                 log.warning("the gate lost its subscription (%s); again in %.1fs", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -223,8 +222,7 @@ class Gate:
                     self._subscribed = max(0, self._subscribed - 1)
                     self.running.clear()
                 try:
-                    pubsub.close()
-                    client.close()
+                    pubsub.close()      # its own connection; the client's pool is shared
                 except Exception:  # noqa: BLE001 - closing anyway
                     pass
 

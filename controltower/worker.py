@@ -373,9 +373,12 @@ class RequestWorker:
         guard = Guard(self.keys.nonce(zone, r.key, r.nonce), job.entry_id,
                       int(self.clock_skew * 2) + 1)
         if r.type == "register":
-            return self.store.enrolled_register_call(self._zone(zone), r.key,
-                                                     session=r.session, order=job.entry_id,
-                                                     guard=guard, **r.body)
+            # A tower that manages identities reads the node's record first (one round
+            # trip per chunk: name, tags, approved prefixes); one that does not, as before.
+            register = (self.store.register_call if self.credentials is None
+                        else self.store.enrolled_register_call)
+            return register(self._zone(zone), r.key, session=r.session, order=job.entry_id,
+                            guard=guard, **r.body)
         if r.type == "heartbeat":
             return self.store.heartbeat_call(zone, r.key, r.session, guard=guard)
         if r.type == "endpoint-update":

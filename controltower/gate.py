@@ -162,7 +162,8 @@ class Gate:
         self.limits = limits or Limits()
         self.suspensions = Suspensions(suspend_for)
         self.clock = clock
-        self.admission = Admission(self.keys, tower_private, clock_skew, lambda: None)
+        self.admission = Admission(self.keys, tower_private, clock_skew,
+                                   metrics.worker().registrations.labels("invalid").inc)
         self.metrics = metrics.gate()
         self._lock = threading.Lock()
         self.admitted = 0

@@ -158,9 +158,122 @@ SCHEMAS: dict[str, Any] = {
                        "description": "A heartbeat arrived within --offline-after seconds."},
             "NatType": {"type": "string", "enum": list(NAT_TYPES)},
             "Hostname": {"type": "string"},
+            "Name": {"type": "string", "description": "Unique in the zone (enrollment); "
+                     "empty for a node registered without enrolling.", "example": "laptop"},
+            "Tags": {"type": "array", "items": {"type": "string"},
+                     "description": "From the join key it enrolled with."},
+            "PendingPrefixes": {"type": "array", "items": {"type": "string"}, "description":
+                                "Child prefixes it announced that are not approved: nobody "
+                                "routes them (POST /peers/{key}/routes approves)."},
+            "KeyExpiry": {"type": ["string", "null"], "format": "date-time",
+                          "description": "(one peer) When its credential expires; null: never."},
+            "JoinKey": {"type": "string", "description": "(one peer) The id of the join key "
+                        "it enrolled with, or 'zone' for the zone secret."},
         },
         "required": ["PublicKey", "EndpointIP", "AllowedIPs", "Zone", "NodeAddress",
-                     "ChildPrefix", "LastSeen", "Online", "NatType", "Hostname"],
+                     "ChildPrefix", "LastSeen", "Online", "NatType", "Hostname", "Name",
+                     "Tags", "PendingPrefixes"],
+        "additionalProperties": False,
+    },
+    "EnrolledNode": {
+        "type": "object",
+        "description": "A node enrolled but not registered (yet).",
+        "properties": {"PublicKey": _ref("PublicKey"), "Zone": _ref("ZoneName"),
+                       "Name": {"type": "string"}, "Tags": {"type": "array",
+                                                             "items": {"type": "string"}},
+                       "Registered": {"type": "boolean", "const": False},
+                       "KeyExpiry": {"type": ["string", "null"]}, "JoinKey": {"type": "string"}},
+        "required": ["PublicKey", "Zone", "Name", "Tags", "Registered"],
+        "additionalProperties": False,
+    },
+    "ZoneSettings": {
+        "type": "object",
+        "properties": {
+            "Name": _ref("ZoneName"),
+            "ZoneSecret": {"type": "boolean", "description": "The zone secret enrolls new "
+                           "nodes (default true; false: join keys only)."},
+            "AutoApprove": {"type": "array", "items": {"type": "string"}, "description":
+                            "Child prefixes inside these are approved for any node."},
+            "KeyExpiryDays": {"type": ["number", "null"], "description":
+                              "Credentials enrolled from now on expire after this many days."},
+        },
+        "additionalProperties": False,
+    },
+    "ZoneSettingsChange": {
+        "type": "object",
+        "properties": {"ZoneSecret": {"type": "boolean"},
+                       "AutoApprove": {"type": "array", "items": {"type": "string"}},
+                       "KeyExpiryDays": {"type": ["number", "null"], "exclusiveMinimum": 0}},
+        "additionalProperties": False,
+    },
+    "Route": {
+        "type": "object",
+        "properties": {"Prefix": {"type": "string"},
+                       "State": {"type": "string", "enum": ["approved", "pending"]},
+                       "PublicKey": _ref("PublicKey"), "Name": {"type": "string"}},
+        "required": ["Prefix", "State", "PublicKey", "Name"],
+        "additionalProperties": False,
+    },
+    "RouteChange": {
+        "type": "object",
+        "properties": {"Approve": {"type": "array", "items": {"type": "string"}},
+                       "Revoke": {"type": "array", "items": {"type": "string"}}},
+        "additionalProperties": False,
+    },
+    "RoutesOfNode": {
+        "type": "object",
+        "properties": {"PublicKey": _ref("PublicKey"), "Zone": _ref("ZoneName"),
+                       "Name": {"type": "string"},
+                       "Approved": {"type": "array", "items": {"type": "string"}},
+                       "ChildPrefix": {"type": "array", "items": {"type": "string"}},
+                       "PendingPrefixes": {"type": "array", "items": {"type": "string"}}},
+        "required": ["PublicKey", "Zone", "Name", "Approved", "ChildPrefix", "PendingPrefixes"],
+        "additionalProperties": False,
+    },
+    "Renewed": {
+        "type": "object",
+        "properties": {"PublicKey": _ref("PublicKey"), "Name": {"type": "string"},
+                       "KeyExpiry": {"type": ["string", "null"]}},
+        "required": ["PublicKey", "Name", "KeyExpiry"],
+        "additionalProperties": False,
+    },
+    "NewJoinKey": {
+        "type": "object",
+        "properties": {
+            "ExpiresIn": {"type": "number", "minimum": 1, "maximum": 31536000, "default": 86400,
+                          "description": "Seconds the key can be used."},
+            "Uses": {"type": "integer", "minimum": 1, "default": 1,
+                     "description": "Nodes it may enroll (1: a one-off key)."},
+            "Reusable": {"type": "boolean", "default": False,
+                         "description": "Any number of nodes until it expires (no Uses)."},
+            "Ephemeral": {"type": "boolean", "default": False, "description":
+                          "Its nodes are removed EphemeralAfter seconds after going offline."},
+            "EphemeralAfter": {"type": "number", "minimum": 5, "default": 300},
+            "Tags": {"type": "array", "items": {"type": "string"}, "maxItems": 32},
+            "Routes": {"type": "array", "items": {"type": "string"}, "maxItems": 64,
+                       "description": "Its nodes' child prefixes inside these are approved."},
+            "Description": {"type": "string", "maxLength": 256},
+        },
+        "additionalProperties": False,
+    },
+    "JoinKey": {
+        "type": "object",
+        "properties": {
+            "Id": {"type": "string", "pattern": "^[0-9a-f]{12}$"}, "Zone": _ref("ZoneName"),
+            "Key": {"type": "string", "description": "The key (ajk1:<zone>:<id>:<secret>): "
+                    "only in the answer that creates it; only its digest is kept."},
+            "Created": {"type": "string", "format": "date-time"},
+            "Expires": {"type": "string", "format": "date-time"},
+            "State": {"type": "string", "enum": ["valid", "expired", "used", "revoked"]},
+            "Uses": {"type": "integer", "minimum": 0},
+            "MaxUses": {"type": ["integer", "null"]}, "Reusable": {"type": "boolean"},
+            "Ephemeral": {"type": "boolean"}, "EphemeralAfter": {"type": ["number", "null"]},
+            "Tags": {"type": "array", "items": {"type": "string"}},
+            "Routes": {"type": "array", "items": {"type": "string"}},
+            "Description": {"type": "string"},
+        },
+        "required": ["Id", "Zone", "Created", "Expires", "State", "Uses", "MaxUses",
+                     "Reusable", "Ephemeral", "EphemeralAfter", "Tags", "Routes", "Description"],
         "additionalProperties": False,
     },
     "PeerDeleted": {
@@ -168,10 +281,13 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "Deleted": _ref("PublicKey"),
             "Zone": _ref("ZoneName"),
-            "ReleasedAddress": {"type": "string"},
+            "Name": {"type": ["string", "null"]},
+            "Revoked": {"type": "boolean", "description": "Its credential was revoked (its "
+                        "connections cut): it cannot come back without a new join key."},
+            "ReleasedAddress": {"type": ["string", "null"]},
             "ReleasedPrefixes": {"type": "array", "items": {"type": "string"}},
         },
-        "required": ["Deleted", "Zone", "ReleasedAddress", "ReleasedPrefixes"],
+        "required": ["Deleted", "Zone", "Name", "Revoked", "ReleasedAddress", "ReleasedPrefixes"],
         "additionalProperties": False,
     },
     "Leases": {
@@ -196,8 +312,10 @@ SCHEMAS: dict[str, Any] = {
 ZONE_PARAM = {"name": "name", "in": "path", "required": True, "schema": _ref("ZoneName"),
               "description": "The zone's name.", "example": "zone-blue"}
 ZONE_PATH_PARAM = {**ZONE_PARAM, "name": "zone", "example": "default"}
-KEY_PARAM = {"name": "key", "in": "path", "required": True, "schema": _ref("PublicKey"),
-             "description": "The peer's public key. It may be written as it is ('/' and '+' "
+KEY_PARAM = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"},
+             "example": EXAMPLE_KEY,
+             "description": "The node's name, name.zone, or public key. A key may be written "
+                            "as it is ('/' and '+' "
                             "included) or percent-encoded."}
 FORCE_PARAM = {"name": "force", "in": "query", "required": False,
                "schema": {"type": "string", "enum": ["true", "false", "1", "0"],
@@ -238,6 +356,44 @@ PATHS: dict[str, Any] = {
                           **_errors()},
         },
     },
+    "/zones/{name}/routes": {
+        "parameters": [ZONE_PARAM],
+        "get": {
+            "tags": ["routes"], "operationId": "listRoutes", "security": READ_SECURITY,
+            "summary": "The child prefixes of a zone's nodes, approved or pending",
+            "responses": {"200": _json({"type": "array", "items": _ref("Route")}, "By node."),
+                          **_errors("400", "404")},
+        },
+    },
+    "/zones/{name}/join-keys": {
+        "parameters": [ZONE_PARAM],
+        "post": {
+            "tags": ["join keys"], "operationId": "createJoinKey", "security": WRITE_SECURITY,
+            "summary": "Create a join key (shown once, as Key)",
+            "requestBody": {"required": True, "content": {JSON: {
+                "schema": _ref("NewJoinKey"),
+                "example": {"ExpiresIn": 3600, "Uses": 1, "Tags": ["servers"]}}}},
+            "responses": {"201": _json(_ref("JoinKey"), "The key, shown this once."),
+                          **_errors("400", "404", "409")},
+        },
+        "get": {
+            "tags": ["join keys"], "operationId": "listJoinKeys", "security": READ_SECURITY,
+            "summary": "List a zone's join keys (their uses and expiry, never the keys)",
+            "responses": {"200": _json({"type": "array", "items": _ref("JoinKey")}, "Oldest first."),
+                          **_errors("400", "404", "409")},
+        },
+    },
+    "/zones/{name}/join-keys/{key_id}": {
+        "parameters": [{**ZONE_PARAM, "example": "default"}, {"name": "key_id", "in": "path", "required": True,
+                                    "schema": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
+                                    "example": "0123456789ab"}],
+        "delete": {
+            "tags": ["join keys"], "operationId": "revokeJoinKey", "security": WRITE_SECURITY,
+            "summary": "Revoke a join key (nodes it enrolled keep their own credentials)",
+            "responses": {"200": _json(_ref("JoinKey"), "The revoked key."),
+                          **_errors("400", "404", "409")},
+        },
+    },
     "/zones/{name}/rotate-secret": {
         "parameters": [ZONE_PARAM],
         "post": {
@@ -258,6 +414,14 @@ PATHS: dict[str, Any] = {
             "responses": {"200": _json(_ref("ZoneDetail"), "The zone and its node count.",
                                        {**ZONE_EXAMPLE, "Nodes": 3}),
                           **_errors("400", "404")},
+        },
+        "patch": {
+            "tags": ["zones"], "operationId": "updateZone", "security": WRITE_SECURITY,
+            "summary": "Change a zone's identity settings (zone secret, auto-approve, key expiry)",
+            "requestBody": {"required": True, "content": {JSON: {
+                "schema": _ref("ZoneSettingsChange"), "example": {"ZoneSecret": False}}}},
+            "responses": {"200": _json(_ref("ZoneSettings"), "The settings now."),
+                          **_errors("400", "404", "409")},
         },
         "delete": {
             "tags": ["zones"], "operationId": "deleteZone", "security": WRITE_SECURITY,
@@ -287,13 +451,35 @@ PATHS: dict[str, Any] = {
         "get": {
             "tags": ["peers"], "operationId": "showPeer", "summary": "Show a peer",
             "security": READ_SECURITY,
-            "responses": {"200": _json(_ref("Peer"), "The peer."), **_errors("400", "404")},
+            "responses": {"200": _json({"oneOf": [_ref("Peer"), _ref("EnrolledNode")]},
+                                       "The peer."), **_errors("400", "404", "409")},
         },
         "delete": {
             "tags": ["peers"], "operationId": "deletePeer", "security": WRITE_SECURITY,
-            "summary": "Remove a peer: releases its address and prefixes and tells its zone",
+            "summary": "Remove a node for good: its credential is revoked at once, it cannot "
+                       "come back without a new join key",
             "responses": {"200": _json(_ref("PeerDeleted"), "The peer was removed."),
-                          **_errors("400", "404")},
+                          **_errors("400", "404", "409")},
+        },
+    },
+    "/peers/{key}/routes": {
+        "parameters": [{**KEY_PARAM, "example": "laptop"}],
+        "post": {
+            "tags": ["routes"], "operationId": "approveRoutes", "security": WRITE_SECURITY,
+            "summary": "Approve a node's child prefixes (or take approvals back)",
+            "requestBody": {"required": True, "content": {JSON: {
+                "schema": _ref("RouteChange"), "example": {"Approve": ["172.24.0.0/24"]}}}},
+            "responses": {"200": _json(_ref("RoutesOfNode"), "Its prefixes now."),
+                          **_errors("400", "404", "409")},
+        },
+    },
+    "/peers/{key}/renew": {
+        "parameters": [{**KEY_PARAM, "example": "laptop"}],
+        "post": {
+            "tags": ["peers"], "operationId": "renewCredential", "security": WRITE_SECURITY,
+            "summary": "Renew a node's credential for another key-expiry period",
+            "responses": {"200": _json(_ref("Renewed"), "Its new expiry."),
+                          **_errors("400", "404", "409")},
         },
     },
     "/ipam/leases/{zone}": {

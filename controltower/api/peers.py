@@ -64,9 +64,9 @@ def _found(ref: str):
     return nodes().find(ref, request.args.get("zone") or None)
 
 
-@bp.get("/peers/<wgkey:ref>")
-def show_peer(ref: str):
-    found = _found(ref)
+@bp.get("/peers/<wgkey:key>")
+def show_peer(key: str):
+    found = _found(key)
     if found.peer is None:
         return jsonify(render.enrolled(found.zone, found.node))
     seen = store().last_seen(found.zone).get(found.key)
@@ -75,11 +75,11 @@ def show_peer(ref: str):
     return jsonify(render.with_identity(data, found.node))
 
 
-@bp.delete("/peers/<wgkey:ref>")
-def delete_peer(ref: str):
+@bp.delete("/peers/<wgkey:key>")
+def delete_peer(key: str):
     """Remove a node for good: its credential is revoked at once (connections cut), it
     cannot register again without a new join key."""
-    found = _found(ref)
+    found = _found(key)
     peer = nodes().remove(found, "deleted")
     return jsonify({"Deleted": found.key, "Zone": found.zone,
                     "Name": found.node.name if found.node else None,
@@ -88,11 +88,11 @@ def delete_peer(ref: str):
                     "ReleasedPrefixes": list(peer.child_prefixes) if peer else []})
 
 
-@bp.post("/peers/<wgkey:ref>/routes")
-def approve_routes(ref: str):
+@bp.post("/peers/<wgkey:key>/routes")
+def approve_routes(key: str):
     """Approve child prefixes of a node (``Approve``), or take approvals back (``Revoke``)."""
     body = json_object(request, {"Approve": list, "Revoke": list})
-    found = _found(ref)
+    found = _found(key)
     for value in (*body.get("Approve", []), *body.get("Revoke", [])):
         if not isinstance(value, str):
             raise InvalidInput("Approve and Revoke are lists of prefixes")
@@ -104,8 +104,8 @@ def approve_routes(ref: str):
                     "PendingPrefixes": list(again.peer.pending_prefixes) if again.peer else []})
 
 
-@bp.post("/peers/<wgkey:ref>/renew")
-def renew(ref: str):
-    node = nodes().renew(_found(ref))
+@bp.post("/peers/<wgkey:key>/renew")
+def renew(key: str):
+    node = nodes().renew(_found(key))
     return jsonify({"PublicKey": node.key, "Name": node.name,
                     "KeyExpiry": render.iso(node.expires)})

@@ -129,10 +129,9 @@ def test_peer_list_show_delete_and_leases(run, store):
     r = run("peer", "list", "--zone", "zone-peers")
     assert r.exit_code == 0, r.output
     header, row = r.stdout.splitlines()
-    assert header.split()[:4] == ["ZONE", "PUBLIC", "KEY", "ADDRESS"]
-    assert row.split()[:5] == ["zone-peers", key, "10.142.0.1", "203.0.113.9:51820",
-                               "172.24.9.0/24"]
-    assert row.split()[-1] == "node9"
+    assert header.split()[:5] == ["ZONE", "NAME", "PUBLIC", "KEY", "ADDRESS"]
+    assert row.split()[:7] == ["zone-peers", "-", key, "10.142.0.1", "203.0.113.9:51820",
+                               "172.24.9.0/24", "-"]          # not enrolled: no name, nothing pending
 
     peers = json.loads(run("peer", "list", "--json").stdout)
     assert [p["PublicKey"] for p in peers if p["Zone"] == "zone-peers"] == [key]
@@ -156,7 +155,7 @@ def test_peer_list_show_delete_and_leases(run, store):
 
     r = run("peer", "delete", key)
     assert r.exit_code == 0, r.output
-    assert r.stdout.strip() == (f"removed peer {key} from zone zone-peers "
+    assert r.stdout.strip() == (f"removed {key} from zone zone-peers "
                                 "(released 10.142.0.1, 172.24.9.0/24)")
     assert run("peer", "list", "--zone", "zone-peers").stdout.splitlines()[1:] == []
     r = run("zone", "delete", "zone-peers", "--json")

@@ -419,16 +419,19 @@ def test_compose_redis_and_tower_run_as_in_the_containers(compose_redis, tmp_pat
         code = tower_spec["healthcheck"]["test"][-1].replace(":8080/", f":{tower.port}/")
         assert subprocess.run([sys.executable, "-c", code], timeout=10).returncode == 0
         assert (tmp_path / "tower" / "admin-token").exists()
-        users = client.acl_list()
+        # The agents' users are applied by the tower from its stored digests, never saved
+        # (ACL SAVE blocks Redis: 1.6 s at 10,000 users): the file keeps its own users.
+        assert any(u.startswith("user ct:agent:default ") for u in client.acl_list())
         saved = [l for l in (compose_redis.data / "users.acl").read_text().splitlines() if l]
-        assert len(saved) == len(users)          # the tower's agent users are in the file
+        assert not any(line.startswith("user ct:") for line in saved)
     finally:
         tower.stop()
 
-    # a restart keeps the agent users; a new password replaces the old one
+    # after a restart the tower re-applies the agents' users (at its start, or when it
+    # sees the server change); a new password replaces the old one
     compose_redis.stop()
     client = compose_redis("another-password")
-    assert len(client.acl_list()) == len(users)
+    assert not any(u.startswith("user ct:") for u in client.acl_list())
     with pytest.raises(redis.exceptions.AuthenticationError):
         one_try(compose_redis.port, password).ping()
 

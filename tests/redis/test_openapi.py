@@ -75,6 +75,7 @@ def test_api_keeps_to_the_document(app):
     """
     worker_beats(app)
     add_peers(app.extensions["zone_store"])
+    add_identities(app.extensions["zone_store"])
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
     statuses: dict[str, Counter] = {}
     failures: list[str] = []
@@ -106,6 +107,24 @@ def add_peers(store) -> None:
     for n, key in enumerate(keys):
         store.register("default", key, listen_port=51820, session=f"s{n}",
                        endpoint=f"203.0.113.{n + 1}:51820", child_prefixes=[f"172.24.{n}.0/24"])
+
+
+def add_identities(store) -> None:
+    """The documented example key enrolled (its routes can be approved, its credential
+    renewed: the default zone has a key expiry) and a join key with the documented id."""
+    import dataclasses
+    import time as _time
+    from controltower.acl import AgentCredentials
+    from ipam.registry import JoinKeyRecord
+    creds = AgentCredentials(store.redis, store.keys)
+    creds.set("default", "zone-secret-of-the-test")
+    store.redis.hset(store.keys.zone("default"), "key_expiry", "86400")
+    laptop = public_key_of(generate_private_key())
+    store.register("default", laptop, listen_port=51820, session="s", child_prefixes=[])
+    store.run(creds.registry.enroll_call("default", "zone", laptop, "0" * 64, "laptop"))
+    _, record = creds.registry.create_join_key("default", store.get_zone("default").network)
+    record = dataclasses.replace(record, id="0123456789ab", expires=_time.time() + 3600)
+    store.redis.hset(store.keys.joinkeys("default"), record.id, record.to_json())
 
 
 def run_cases(strategy, examples: int, statuses: Counter) -> None:

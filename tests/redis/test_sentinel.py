@@ -19,7 +19,9 @@ import redis
 
 from aircrew import config
 from aircrew.agent import controller_client
+from aircrew.enroll import enroll
 from aircrew.session import TowerSession
+from wire.keys import Keys
 from testbed.redisserver import RedisProcess, free_port
 from testbed.tower import TowerProcess
 from wire.redisconn import parse_sentinel_url
@@ -129,13 +131,29 @@ def test_sentinel_url_form():
     assert config.controller_host("redis+sentinel://h1:26379,h2:26379/mymaster") == "h1"
 
 
+CREDENTIALS: dict[str, str] = {}     # private key -> the node's own login URL (enrolled)
+
+
+async def node_url(url: str, key: str) -> str:
+    """The node's own login (enrolled once with the zone secret in ``url``)."""
+    if key not in CREDENTIALS:
+        client = controller_client(url)
+        try:
+            cred = await enroll(client, Keys(), "default", "zone", key, None, "sentinel-test")
+        finally:
+            await client.aclose()
+        CREDENTIALS[key] = config.login_url(url, cred.user, cred.password)
+    return CREDENTIALS[key]
+
+
 async def register_all(url: str, keys: list[str], deadline: float) -> list[str]:
-    """Register every key (retrying through a failover) and return the addresses."""
+    """Enroll and register every key (retrying through a failover); the addresses."""
     addresses = []
     for key in keys:
         while True:
-            client = controller_client(url)
+            client = None
             try:
+                client = controller_client(await node_url(url, key))
                 session = TowerSession(client, "default", key)
                 await session.open()
                 try:
@@ -149,7 +167,8 @@ async def register_all(url: str, keys: list[str], deadline: float) -> list[str]:
                     raise AssertionError(f"registration did not succeed in time: {exc!r}")
                 await asyncio.sleep(0.3)
             finally:
-                await client.aclose()
+                if client is not None:
+                    await client.aclose()
     return addresses
 
 

@@ -9,6 +9,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from wire import identity
 from controltower.acl import AgentCredentials, new_secret
 from ipam.store import ZoneStore
 from wire import snapshot
@@ -107,11 +108,15 @@ def test_a_blocking_client_reads_what_the_store_holds(zone, redis_client):
 
 
 def test_the_agents_user_reads_it_with_an_asyncio_client(zone, redis_client, redis_proc):
+    """A node's own user (aircrew): the snapshot in one transaction."""
     secret = new_secret()
-    AgentCredentials(redis_client, K).set("blue", secret)
+    creds = AgentCredentials(redis_client, K)
+    creds.set("blue", secret)
+    node = zone.run(creds.registry.enroll_call("blue", "zone", KEY_A, identity.digest(secret), "a"))
+    creds.apply_node("blue", node)
 
     async def main() -> tuple[snapshot.Snapshot, Exception]:
-        client = aioredis.Redis(port=redis_proc.port, username=K.agent_user("blue"),
+        client = aioredis.Redis(port=redis_proc.port, username=node.user,
                                 password=secret, decode_responses=True)
         try:
             read = snapshot.Read("blue", fields=("cidr",))

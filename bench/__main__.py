@@ -7,7 +7,7 @@ import signal
 import sys
 from types import ModuleType
 
-from . import api, footprint, join, reconcile, storm, throughput
+from . import api, footprint, identity, join, reconcile, storm, throughput
 from .report import emit
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -17,6 +17,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "reconcile": reconcile,
     "agent-footprint": footprint,
     "throughput": throughput,
+    "identity": identity,
 }
 
 

@@ -127,7 +127,11 @@ class Nodes:
         if not days:
             raise Conflict(f"zone {found.zone} has no key expiry")
         now = time.time() if now is None else now
-        return self.registry.update_node(found.zone, found.node, expires=now + float(days))
+        node = self.registry.update_node(found.zone, found.node, expires=now + float(days))
+        self.store.redis.zadd(self.store.keys.expiring(found.zone), {node.key: node.expires})
+        if found.peer is not None:
+            self.reregister(found.zone, found.peer)      # listings show the new expiry
+        return node
 
     # -- zone settings -----------------------------------------------------------------------
 

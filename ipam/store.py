@@ -214,7 +214,8 @@ class ZoneStore:
                       nat_type: str | None = None, hostname: str | None = None,
                       now: float | None = None, order: str | None = None,
                       guard: Guard | None = None, name: str | None = None,
-                      tags: tuple[str, ...] = (), pending: tuple[str, ...] = ()) -> Call:
+                      tags: tuple[str, ...] = (), pending: tuple[str, ...] = (),
+                      key_expiry: float | None = None) -> Call:
         """The register script call; its result is an Assignment. ``order``: the request's
         stream entry id (None: not from the request stream, no order check); ``guard``:
         its replay guard. ``child_prefixes`` are the approved ones (routed by every
@@ -229,7 +230,7 @@ class ZoneStore:
             key=key, address="", endpoint=endpoint,
             child_prefixes=tuple(str(p) for p in prefixes), listen_port=listen_port,
             nat_type=nat_type, session=session, hostname=hostname, name=name,
-            tags=tuple(tags), pending_prefixes=tuple(pending)))
+            tags=tuple(tags), pending_prefixes=tuple(pending), key_expiry=key_expiry))
         now = time.time() if now is None else now
         # An IPv4 zone's script takes new addresses itself; an IPv6 zone's asks for a
         # candidate ('need'), computed by the candidate script and here (RFC 5952).
@@ -290,7 +291,8 @@ class ZoneStore:
             node = parse_node(nid, raw) if raw else None
             ranges = tuple(json.loads(auto)) if auto else ()
             approved, pending = approved_split(wanted, node, ranges)
-            extra = {} if node is None else {"name": node.name, "tags": node.tags}
+            extra = {} if node is None else {"name": node.name, "tags": node.tags,
+                                             "key_expiry": node.expires}
             return self.register_call(zone, key, child_prefixes=approved, pending=tuple(pending),
                                       **extra, **kwargs)
         return Call((("HGET", self.keys.nodes(zone.name), nid),

@@ -286,6 +286,7 @@ class Peer:
     name: str | None = None                      # unique in the zone (enrollment)
     tags: tuple[str, ...] = ()                   # from its join key
     pending_prefixes: tuple[str, ...] = ()       # announced, not approved: nobody routes them
+    key_expiry: float | None = None              # when its credential expires (zone setting)
 
     def allowed_ips(self) -> tuple[str, ...]:
         host = 32 if ipaddress.ip_address(self.address).version == 4 else 128
@@ -305,6 +306,8 @@ class Peer:
             data["tags"] = list(self.tags)
         if self.pending_prefixes:
             data["pending_prefixes"] = list(self.pending_prefixes)
+        if self.key_expiry:
+            data["key_expiry"] = self.key_expiry
         return data
 
     def to_json(self) -> str:
@@ -341,6 +344,7 @@ def parse_peer(data: Any) -> Peer:
         name=name if isinstance(name, str) else None,
         tags=tuple(str(t) for t in tags),
         pending_prefixes=tuple(str(network(p, "child prefix")) for p in pending),
+        key_expiry=_optional(data.get("key_expiry"), timestamp, "peer key_expiry"),
     )
 
 

@@ -76,6 +76,7 @@ def _peer_parts(zone_name: str, p: Peer) -> tuple[dict[str, Any], dict[str, Any]
         "Name": p.name or "",
         "Tags": list(p.tags),
         "PendingPrefixes": list(p.pending_prefixes),
+        **({"KeyExpiry": _iso(p.key_expiry)} if p.key_expiry else {}),
     })
 
 

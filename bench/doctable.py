@@ -82,10 +82,16 @@ def _row(scenario: str, run: dict[str, Any]) -> tuple[str, str]:
         return ("agent footprint", f"{_n(run.get('rss_mb'), ' MiB', 1)} RSS "
                                    f"({_n(run.get('rss_decimal_mb'), ' MB', 1)}), "
                                    f"{_n(run.get('idle_cpu_pct'), ' % CPU', 2)}")
+    if scenario == "identity":
+        return (f"identity, {_n(run.get('nodes'))} nodes enrolled",
+                f"{_n(run.get('enroll_per_s'), ' enrollments/s')} ({_n(run.get('enroll_s'), ' s', 1)}), "
+                f"{_n(run.get('redis_bytes_per_node'), ' B')} of Redis per node; revocation to "
+                f"effect p50 {_n(run.get('revoke_ms_p50'), ' ms', 1)}, p99 "
+                f"{_n(run.get('revoke_ms_p99'), ' ms', 1)} ({run.get('revoked')} nodes)")
     return scenario, json.dumps(run)[:80]
 
 
-ORDER = ["join", "storm", "api", "reconcile", "agent-footprint"]
+ORDER = ["join", "storm", "api", "reconcile", "agent-footprint", "identity"]
 
 
 def table(results: dict[str, list[dict[str, Any]]], env: dict[str, Any] | None = None) -> str:

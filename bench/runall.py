@@ -37,6 +37,7 @@ FULL: list[tuple[str, list[str], float]] = [
     ("api", ["--peers", "1000"], 300),
     ("reconcile", ["--peers", "1000"], 600),
     ("agent-footprint", [], 600),
+    ("identity", ["--nodes", "10000", "--revoke", "200"], 900),
 ]
 QUICK: list[tuple[str, list[str], float]] = [
     ("join", ["--agents", "20", "--joins", "5"], 120),
@@ -46,6 +47,7 @@ QUICK: list[tuple[str, list[str], float]] = [
     ("api", ["--peers", "100", "--duration", "3"], 120),
     ("reconcile", ["--peers", "1000"], 600),
     ("agent-footprint", [], 600),
+    ("identity", ["--nodes", "300", "--revoke", "20"], 180),
 ]
 
 

@@ -141,6 +141,15 @@ class Host:
         self.log_dir = self.dir / "log"
         for d in (self.run_dir, self.etc_dir, self.log_dir):
             d.mkdir(parents=True, mode=0o700, exist_ok=True)
+        # The host's own /etc/hosts (netns.enter binds it): aircrew writes the zone's
+        # names there, which must never reach the machine's file.
+        hosts = self.etc_dir / "hosts"
+        if not hosts.exists():
+            try:
+                hosts.write_text(Path("/etc/hosts").read_text())
+            except OSError:
+                hosts.write_text("127.0.0.1\tlocalhost\n::1\tlocalhost\n")
+            hosts.chmod(0o644)
         self.owns_lab = False        # a standalone host: closing it tears its lab down
         self._popens: list[subprocess.Popen[bytes]] = []
         self._workers: list[Worker] = []

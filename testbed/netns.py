@@ -3,11 +3,13 @@
 Every command run in a test bed host goes through :func:`enter`::
 
     ip netns exec NS unshare --mount --propagation private \\
-        sh -c 'mount --bind RUN /run/wireguard; mount --bind ETC /etc/wireguard; exec CMD'
+        sh -c 'mount --bind RUN /run/wireguard; mount --bind ETC /etc/wireguard;
+               mount --bind ETC/hosts /etc/hosts; exec CMD'
 
 so the host has its own network stack and, like a container, its own ``/run/wireguard``
-(wireguard-go's UAPI sockets) and ``/etc/wireguard``, backed by directories of the test
-bed. The script execs the command, so the PID the caller holds is the command itself.
+(wireguard-go's UAPI sockets), ``/etc/wireguard`` and ``/etc/hosts`` (where aircrew names
+the zone's nodes: never the machine's own), backed by files of the test bed. The script
+execs the command, so the PID the caller holds is the command itself.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ _ENTER_SCRIPT = (
     'mkdir -p /run/wireguard /etc/wireguard'
     ' && mount --bind "$1" /run/wireguard'
     ' && mount --bind "$2" /etc/wireguard'
+    ' && { [ ! -f "$2/hosts" ] || mount --bind "$2/hosts" /etc/hosts; }'
     ' && shift 2 && exec "$@"'
 )
 TOOLS = ("ip", "unshare", "mount", "wireguard-go")

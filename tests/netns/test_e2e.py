@@ -120,14 +120,22 @@ def test_child_prefixes(world):
     c3 = mesh.start_agent(lab.add_public_host("c3"))
     mesh.wait_address(c3)
     wait_for(lambda: {a1.public_key, a2.public_key} <= set(mesh.wg_peers(c3.host)), 20, "peers")
+    # Announced, not approved: nobody routes them yet (issue 14).
+    assert "172.24.0.0/24" not in mesh.wg_peers(c3.host)[a1.public_key]["allowed_ips"]
+    for agent, prefix in ((a1, "172.24.0.0/24"), (a2, "172.28.0.0/24")):
+        mesh.curl("POST", f"/peers/{agent.public_key}/routes", {"Approve": [prefix]})
+    wait_for(lambda: "172.28.0.0/24" in mesh.wg_peers(c3.host)[a2.public_key]["allowed_ips"],
+             20, "the approved prefixes")
     assert mesh.reaches(c3.host, "172.24.0.10") and mesh.reaches(c3.host, "172.28.0.10")
     assert mesh.reaches(hosts["l1"], "172.24.0.10")  # from behind a NAT too
     routes = c3.host.run(["ip", "route", "show", "dev", "wg0"]).stdout
     assert "172.24.0.0/24" in routes and "172.28.0.0/24" in routes
-    # A prefix already used in the zone is refused with a clear error.
+    # A prefix already used in the zone cannot be approved for another node: clear error.
     c4 = mesh.start_agent(lab.add_public_host("c4"), "default", "--child-prefix=172.24.0.0/25")
-    assert c4.proc.wait(20) != 0
-    assert "child prefix 172.24.0.0/25 overlaps 172.24.0.0/24" in c4.proc.log_text()
+    mesh.wait_address(c4)
+    status, body = mesh.curl("POST", f"/peers/{c4.public_key}/routes",
+                             {"Approve": ["172.24.0.0/25"]}, check=False)
+    assert status == 409 and "child prefix 172.24.0.0/25 overlaps 172.24.0.0/24" in body["error"]
 
 
 def test_request_ip(world):
@@ -173,6 +181,7 @@ def test_removal_by_api(world):
     host = lab.add_public_host("d1")
     doomed = mesh.start_agent(host, "default", "--child-prefix=172.31.0.0/24")
     address = mesh.wait_address(doomed)
+    mesh.curl("POST", f"/peers/{doomed.public_key}/routes", {"Approve": ["172.31.0.0/24"]})
     p1 = hosts["p1"]
     wait_for(lambda: doomed.public_key in mesh.wg_peers(p1), 20, "p1 to learn d1")
     assert "172.31.0.0/24" in p1.run(["ip", "route", "show", "dev", "wg0"]).stdout
@@ -183,7 +192,7 @@ def test_removal_by_api(world):
     assert "172.31.0.0/24" not in p1.run(["ip", "route", "show", "dev", "wg0"]).stdout
     assert address not in mesh.curl("GET", "/ipam/leases/default")[1][0]["IPs"]
     assert doomed.proc.wait(20) == 3
-    assert "deleted from the zone by an administrator" in doomed.proc.log_text()
+    assert "this node was removed from zone default" in doomed.proc.log_text()
 
 
 def test_controller_outage(world):
@@ -228,7 +237,8 @@ def test_status_and_down(world):
     assert down.wait(30) == 0, down.log_text()
     assert "left zone default" in down.log_text()
     assert mesh.mesh_address(host) is None
-    assert not list(host.etc_dir.glob("wg0*"))
+    # The state files are gone; the node's own credential stays (it is still enrolled).
+    assert [p.name for p in host.etc_dir.glob("wg0*")] == ["wg0-credential.json"]
     assert address not in mesh.curl("GET", "/ipam/leases/default")[1][0]["IPs"]
 
 

@@ -33,6 +33,7 @@ def test_enter_runs_the_command_with_the_hosts_own_directories():
     assert argv[-4:] == ["/tmp/run", "/tmp/etc", "wg", "show"]
     script = argv[argv.index("-c") + 1]
     assert 'mount --bind "$1" /run/wireguard' in script and 'exec "$@"' in script
+    assert 'mount --bind "$2/hosts" /etc/hosts' in script      # never the machine's own
 
 
 @pytest.mark.parametrize("prefix", ["no/slash", "A1", "x", "toolongprefix1"])

@@ -13,6 +13,7 @@ files are written off that path by ``aircrew.statewriter`` (at most once per
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import socket
@@ -25,7 +26,7 @@ import redis
 import redis.asyncio as aioredis
 
 from wire import identity, redisconn
-from wire.errors import MeshError, NotFound, Superseded, Unavailable, code_of
+from wire.errors import MeshError, NotFound, Removed, Superseded, Unavailable, code_of
 from wire.keys import Keys, node_id
 from wire.messages import ZoneUpdate
 from wire.proof import public_key_of
@@ -144,6 +145,7 @@ class Agent:
         self._state_thread = self.state_writer.thread
         self.resyncs = 0
         self._authenticated = False   # the controller accepted our credentials once
+        self._rejoined = False        # removed: tried the join key once
         self.public_key = public_key_of(settings.private_key)
 
     @property
@@ -295,7 +297,7 @@ class Agent:
                                           self.s.private_key, name, self.s.hostname,
                                           timeout=self.s.request_timeout)
             except EnrollRefused as exc:
-                status = ENDED if "was removed" in str(exc) else 1
+                status = ENDED if exc.code == code_of(Removed) else 1
                 raise AgentExit(f"the tower refused to enroll this node: {exc}", status) from None
         finally:
             await client.aclose()
@@ -305,7 +307,6 @@ class Agent:
         node = self.client_factory(self._url(credential.user, credential.password))
         await node.ping()
         self._authenticated = True
-        self._enrolled = credential
         return node
 
     async def _plain_login(self) -> aioredis.Redis:
@@ -337,13 +338,13 @@ class Agent:
             raw = None
         if raw is None:
             raise Unavailable("the controller refused a command this node may run")
-        import json
         try:
             tomb = json.loads(raw)
-            why = f" ({tomb.get('reason')}, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(float(tomb.get('at'))))})"
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(tomb.get("at"))))
+            why = f" ({tomb.get('reason')}, {when})"
         except (ValueError, TypeError, AttributeError):
             why = ""
-        if self.s.join_key and not getattr(self, "_rejoined", False):
+        if self.s.join_key and not self._rejoined:
             self._rejoined = True
             if self.s.credentials is not None:
                 self.s.credentials.remove()
@@ -361,6 +362,8 @@ class Agent:
         except TowerRefused as exc:
             log.info("register request %s refused", exc.request_id,
                      extra={"request_id": exc.request_id})
+            if exc.code == code_of(Removed):
+                raise AgentExit(f"{exc} ({REMOVED['deleted']})", ENDED) from None
             raise AgentExit(f"the tower refused to register this node: {exc}") from None
         if self.assignment and self.assignment["address"] != reply["address"]:
             log.warning("the tower moved this node from %s to %s", self.assignment["address"],

@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 
 
 class EnrollRefused(MeshError):
-    """The tower refused to enroll this node: the message says why."""
+    """The tower refused to enroll this node: the message says why, ``code`` which kind
+    (``removed``: this node was removed for good)."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 async def enroll(client: aioredis.Redis, keys: Keys, zone: str, cred_id: str,
@@ -40,7 +45,7 @@ async def enroll(client: aioredis.Redis, keys: Keys, zone: str, cred_id: str,
                        "hostname": hostname[:253] or None},
             timeout=timeout, attempts=3)
     except TowerRefused as exc:
-        raise EnrollRefused(str(exc)) from None
+        raise EnrollRefused(str(exc), exc.code) from None
     finally:
         await session.close()
     log.info("enrolled in zone %s as %s", zone, reply.get("name"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 
 import redis
 
@@ -68,13 +69,12 @@ class AgentCredentials:
 
     def set(self, zone: str, secret: str, now: float | None = None) -> None:
         """Create or replace the zone secret (an enrollment credential)."""
-        import time
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.auth(zone), mapping={
                 ZONE_SECRET_FIELD: digest(secret),
                 ZONE_SECRET_AT: repr(time.time() if now is None else now)})
             pipe.execute()
-        self._apply_zone(zone)
+        self.apply_zone(zone)
 
     def rotate(self, zone: str) -> str:
         if not self.redis.exists(self.keys.zone(zone)):
@@ -86,12 +86,13 @@ class AgentCredentials:
 
     def allow_zone_secret(self, zone: str, allowed: bool) -> None:
         self.redis.hset(self.keys.zone(zone), ZONE_SECRET_SETTING, "on" if allowed else "off")
-        self._apply_zone(zone)
+        self.apply_zone(zone)
 
     def zone_secret_allowed(self, zone: str) -> bool:
         return self.redis.hget(self.keys.zone(zone), ZONE_SECRET_SETTING) != "off"
 
-    def _apply_zone(self, zone: str) -> None:
+    def apply_zone(self, zone: str) -> None:
+        """The zone secret's user as stored (deleted when the zone does not accept it)."""
         stored = self.redis.hget(self.keys.auth(zone), ZONE_SECRET_FIELD)
         user = self.keys.agent_user(zone)
         if stored and self.zone_secret_allowed(zone):
@@ -154,7 +155,6 @@ class AgentCredentials:
     def sync(self, zones: list[str]) -> int:
         """Re-apply every user of these zones from the stored digests (after a restart or
         failover, and at start); one pipeline per zone. Returns the users applied."""
-        import time
         now = time.time()
         applied = 0
         for zone in zones:

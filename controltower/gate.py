@@ -404,7 +404,7 @@ class Gate:
                     if record is not None and not record.removed:
                         self.credentials.apply_node(zone, record)
                 elif cred == identity.ZONE_SECRET_ID:
-                    self.credentials._apply_zone(zone)
+                    self.credentials.apply_zone(zone)
                 else:
                     record = self.registry.join_key(zone, cred)
                     if not record.revoked:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from wire.errors import Conflict, Forbidden, MeshError, NotFound, Superseded
+from wire.errors import Conflict, Forbidden, MeshError, NotFound, Removed, Superseded
 
 REFUSALS: dict[str, tuple[type[MeshError], str]] = {
     "nozone": (NotFound, "zone {zone} does not exist"),
     "missing": (NotFound, "{peer} is not registered in zone {zone}"),
     "superseded": (Superseded, "this key was registered again from another host (superseded)"),
     "replayed": (Forbidden, "replayed request refused"),
-    "removed": (Forbidden, "this node was removed from zone {zone}"),
+    "removed": (Removed, "this node was removed from zone {zone}"),
     "held": (Conflict, "{requested} is held by another node (last seen {age:.0f}s ago)"),
     "prefix": (Conflict, "child prefix {wanted} overlaps {held}, already used by another "
                          "node in this zone"),

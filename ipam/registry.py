@@ -16,13 +16,13 @@ import ipaddress
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis import Redis
 
 from wire import identity
-from wire.errors import Forbidden, InvalidInput, NotFound
+from wire.errors import Conflict, Forbidden, InvalidInput, NotFound, Removed
 from wire.keys import Keys, node_id
 
 from . import cidr as cidrs
@@ -160,7 +160,7 @@ def _enroll_refusal(reply: list[Any], cred: str, zone: str) -> Exception:
     if status == "used":
         return Forbidden(f"{what} was used up ({reply[1]} of {reply[2]} uses)")
     if status == "removed":
-        return Forbidden(f"this node was removed from zone {zone} ({reply[2]}, "
+        return Removed(f"this node was removed from zone {zone} ({reply[2]}, "
                          f"{_iso(float(reply[1]))}); enroll it with a join key made since")
     if status == "names":
         return InvalidInput("no free name of that form is left in the zone")
@@ -299,8 +299,6 @@ class Registry:
 
     def update_node(self, zone: str, node: Node, **changes: Any) -> Node:
         """Write a node's record with ``changes`` if it is still as read (else Conflict)."""
-        from dataclasses import replace
-        from wire.errors import Conflict
         new = replace(node, **changes)
         key = self.keys.nodes(zone)
         with self.redis.pipeline(transaction=True) as pipe:

@@ -36,6 +36,11 @@ class Forbidden(MeshError):
     """A wrong credential or a failed proof."""
 
 
+class Removed(Forbidden):
+    """The node was removed from its zone for good (revoked): it must not come back on
+    its own (the agent exits 3)."""
+
+
 class Unavailable(MeshError):
     """A dependency (Redis) cannot be reached."""
 
@@ -47,6 +52,7 @@ CLASSES: dict[type[BaseException], tuple[int, str]] = {
     NotFound: (404, "not-found"),
     Conflict: (409, "conflict"),
     Superseded: (409, "superseded"),
+    Removed: (403, "removed"),
     Unauthorized: (401, "unauthorized"),
     Forbidden: (403, "forbidden"),
     Unavailable: (503, "unavailable"),

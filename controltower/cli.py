@@ -43,6 +43,18 @@ admin.register(main)
 @click.option("--stun-port", default=3478, show_default=True, type=click.IntRange(0, 65534),
               envvar="CONTROLTOWER_STUN_PORT", help="UDP port of the STUN responder (it also answers on the next port, for NAT "
                    "type detection); 0 turns it off.")
+@click.option("--relay-port", default=3480, show_default=True, type=click.IntRange(0, 65535),
+              envvar="CONTROLTOWER_RELAY_PORT",
+              help="UDP port of the relay for nodes that cannot reach each other directly "
+                   "(0: no relay in this process).")
+@click.option("--relay-public-address", default=None, envvar="CONTROLTOWER_RELAY_PUBLIC_ADDRESS",
+              help="Address agents reach the relay at (default: the host they use as --controller).")
+@click.option("--relay-region", default="tower", show_default=True,
+              envvar="CONTROLTOWER_RELAY_REGION", help="Region name of this relay.")
+@click.option("--relay-datapath", default="auto", show_default=True,
+              type=click.Choice(["auto", "kernel", "user"]), envvar="CONTROLTOWER_RELAY_DATAPATH",
+              help="kernel: nftables forwards relayed data (needs CAP_NET_ADMIN); user: Python "
+                   "does; auto: kernel when possible.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(logs.LEVELS, case_sensitive=False), envvar="CONTROLTOWER_LOG_LEVEL")
 @click.option("--log-format", default="text", show_default=True,
@@ -86,15 +98,18 @@ admin.register(main)
 @click.option("--redis-tls-key", type=click.Path(exists=True, dir_okay=False),
               envvar="CONTROLTOWER_REDIS_TLS_KEY", help="Client certificate key for Redis.")
 def serve(listen: str, port: int, redis_url: str | None, redis_port: int, data_dir: Path,
-          stun_port: int, log_level: str, log_format: str, offline_after: float, expiry: float,
+          stun_port: int, relay_port: int, relay_public_address: str | None, relay_region: str,
+          relay_datapath: str, log_level: str, log_format: str, offline_after: float, expiry: float,
           publish_window: float, publish_window_max: float, agent_acl: bool, read_auth: str,
           admin_token_file: Path | None, http_tls_cert: Path | None, http_tls_key: Path | None,
           http_tls_ca: Path | None, redis_tls_ca: str | None, redis_tls_cert: str | None,
           redis_tls_key: str | None) -> None:
-    """Run the ControlTower: REST API, request worker and STUN responder."""
+    """Run the ControlTower: REST API, request worker, STUN responder and relay."""
     logs.setup(log_level, log_format.lower())
     settings = ServeSettings(listen=listen, port=port, redis_url=redis_url or None,
                              redis_port=redis_port, data_dir=data_dir, stun_port=stun_port,
+                             relay_port=relay_port, relay_public_address=relay_public_address,
+                             relay_region=relay_region, relay_datapath=relay_datapath,
                              log_level=log_level.lower(), log_format=log_format.lower(),
                              offline_after=offline_after,
                              expiry=expiry, publish_window=publish_window,
@@ -109,6 +124,39 @@ def serve(listen: str, port: int, redis_url: str | None, redis_port: int, data_d
         raise click.UsageError("--http-tls-ca (client certificates) needs --http-tls-cert")
     try:
         sys.exit(Tower(settings).run())
+    except MeshError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("relay")
+@click.option("--region", required=True, help="Name of this relay's region (e.g. eu-1).")
+@click.option("--redis-url", required=True, envvar="CONTROLTOWER_REDIS_URL",
+              help="The towers' Redis (the relay reads zone members and announces itself).")
+@click.option("--listen", default="0.0.0.0:3480", show_default=True,
+              help="UDP address:port to relay on.")
+@click.option("--public-address", default=None,
+              help="Address agents reach this relay at (default: the --listen address).")
+@click.option("--zones", default="*", show_default=True,
+              help="Comma-separated zones to serve, or * for every zone.")
+@click.option("--data-dir", default="/var/lib/controltower-relay", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Holds the relay's key.")
+@click.option("--datapath", default="auto", show_default=True,
+              type=click.Choice(["auto", "kernel", "user"]))
+@click.option("--metrics-port", default=0, type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics on this TCP port (0: none).")
+@click.option("--key-prefix", default="ct:", show_default=True)
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+def relay_command(region: str, redis_url: str, listen: str, public_address: str | None,
+                  zones: str, data_dir: Path, datapath: str, metrics_port: int,
+                  key_prefix: str, log_level: str) -> None:
+    """Run a relay alone (on another public host), announced to the zones it serves."""
+    from .relay.standalone import run_relay
+    logs.setup(log_level, "text")
+    try:
+        sys.exit(run_relay(region=region, redis_url=redis_url, listen=listen,
+                           public_address=public_address, zones=zones, data_dir=data_dir,
+                           datapath=datapath, metrics_port=metrics_port, key_prefix=key_prefix))
     except MeshError as exc:
         raise click.ClickException(str(exc)) from None
 

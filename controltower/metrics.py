@@ -37,7 +37,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 def use_directory(path: Path) -> None:
     """Write this process's metrics to ``path`` (prometheus-client multiprocess mode);
     children started afterwards inherit it. Call before the first metric is created."""
-    if _worker is not None or _api is not None:
+    if _worker is not None or _api is not None or _relay is not None:
         raise RuntimeError("metrics were created before the multiprocess directory was set")
     os.environ[MULTIPROC_ENV] = str(path)
     values.ValueClass = values.get_value_class()
@@ -84,6 +84,38 @@ class ApiMetrics:
                                 ["method", "endpoint", "status"])
         self.latency = Histogram("controltower_http_request_duration_seconds",
                                  "REST API request latency", ["method", "endpoint"])
+
+
+class RelayMetrics:
+    """Counted by a relay (in ``serve`` or ``controltower relay``)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Gauge
+        self.packets = Counter("controltower_relay_packets", "WireGuard datagrams relayed, "
+                               "by data path (kernel, python)", ["datapath"])
+        self.bytes = Counter("controltower_relay_bytes", "Bytes of WireGuard datagrams "
+                             "relayed, by data path", ["datapath"])
+        self.handshakes = Counter("controltower_relay_handshakes", "WireGuard handshakes the "
+                                  "relay checked and routed")
+        self.refused = Counter("controltower_relay_refused", "Datagrams the relay refused or "
+                               "dropped, by reason", ["reason"])
+        self.bindings = Gauge("controltower_relay_bindings", "Nodes bound to the relay",
+                              multiprocess_mode="livesum")
+        self.pairs = Gauge("controltower_relay_pairs", "Pairs with live routes through the "
+                           "relay", multiprocess_mode="livesum")
+        for path in ("kernel", "python"):
+            self.packets.labels(path)
+            self.bytes.labels(path)
+
+
+_relay: RelayMetrics | None = None
+
+
+def relay() -> RelayMetrics:
+    global _relay
+    if _relay is None:
+        _relay = RelayMetrics()
+    return _relay
 
 
 _worker: WorkerMetrics | None = None

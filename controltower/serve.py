@@ -1,6 +1,6 @@
-"""``controltower serve``: Redis (private or given), request worker, STUN, REST API.
+"""``controltower serve``: Redis (private or given), request worker, STUN, relay, REST API.
 
-This process runs the request worker and the STUN responder in threads and supervises
+This process runs the request worker, the STUN responder and the relay in threads and supervises
 two children that die with it: an optional private redis-server and gunicorn serving
 the Flask app. Several such processes on one Redis are replicas of one tower.
 
@@ -52,6 +52,10 @@ class ServeSettings:
     redis_port: int = 6379
     data_dir: Path = Path("/var/lib/controltower")
     stun_port: int = 3478
+    relay_port: int = 3480               # 0: no relay in this process
+    relay_public_address: str | None = None   # None: agents use the controller's host
+    relay_region: str = "tower"
+    relay_datapath: str = "auto"         # auto | kernel | user
     log_level: str = "info"
     log_format: str = "text"         # text | json
     key_prefix: str = "ct:"
@@ -107,6 +111,7 @@ class Tower:
         self.private_redis: PrivateRedis | None = None
         self.gunicorn = None
         self.stun: list = []
+        self.relay = None
         self.threads: list[threading.Thread] = []
         self.run_dir: Path | None = None
 
@@ -151,6 +156,8 @@ class Tower:
                     responder.start()
                     self.stun.append(responder)
                 log.info("answering STUN on udp ports %d and %d", s.stun_port, s.stun_port + 1)
+            if s.relay_port:
+                self._start_relay(store)
             self._start_gunicorn(redis_url, worker.consumer)
             scheme = "https" if s.http_tls_cert else "http"
             log.info("ControlTower API on %s://%s%s", scheme, bind_address(s.listen, s.port),
@@ -162,6 +169,15 @@ class Tower:
             return 0
         finally:
             self.shutdown()
+
+    def _start_relay(self, store: ZoneStore) -> None:
+        from .relay.server import make_relay, relay_key
+        s = self.settings
+        self.relay = make_relay(store.redis, store.keys, relay_key(s.data_dir),
+                                region=s.relay_region, host=s.relay_public_address,
+                                listen=s.listen, port=s.relay_port,
+                                datapath=s.relay_datapath, metrics=metrics.relay())
+        self.relay.start()
 
     def _agent_credentials(self, store: ZoneStore) -> AgentCredentials:
         """Re-apply zone agent users; the default zone's secret lives in the data dir.
@@ -256,6 +272,8 @@ class Tower:
             children.stop(self.gunicorn, "gunicorn")
         for responder in self.stun:
             responder.stop()
+        if self.relay is not None:
+            self.relay.stop()
         for thread in self.threads:
             thread.join(5)
         if self.private_redis is not None:

@@ -45,6 +45,16 @@ class Keys:
         """Glob matching every request-worker heartbeat."""
         return f"{self.prefix}tower:worker:*"
 
+    @property
+    def relays(self) -> str:
+        """Hash: relay id -> relay record (JSON: region, host, port, public key, zones)."""
+        return f"{self.prefix}relays"
+
+    @property
+    def relays_seen(self) -> str:
+        """Sorted set: relay id scored by the unix time it last said it is alive."""
+        return f"{self.prefix}relays:seen"
+
     # -- per zone -------------------------------------------------------------
     def _z(self, zone: str, name: str) -> str:
         return f"{self.prefix}{{{zone}}}:{name}"
@@ -84,6 +94,10 @@ class Keys:
     def changes(self, zone: str) -> str:
         """Stream: bounded change log, entry id ``<rev>-1``, field ``c`` = change JSON."""
         return self._z(zone, "changes")
+
+    def paths(self, zone: str) -> str:
+        """Hash: public key -> that node's latest path report (JSON, with ``ts``)."""
+        return self._z(zone, "paths")
 
     def seen(self, zone: str) -> str:
         """Sorted set: public key scored by last-seen unix time."""

@@ -23,8 +23,8 @@ def _commands(names: tuple[str, ...], extra: tuple[str, ...]) -> list[str]:
 
 
 def node(keys: Keys, zone: str, node_id: str, extra: tuple[str, ...] = ()) -> list[str]:
-    """A node: read its zone's snapshot and the tower's public key, hear its zone's
-    updates and its own replies, publish on its own request channel only."""
+    """A node: read its zone's snapshot, the tower's public key and the relays' records,
+    hear its zone's updates and its own replies, publish on its own request channel only."""
     return [*suspended_node(keys, zone, node_id, extra),
             f"(+publish resetchannels &{keys.request_channel(zone, node_id)})"]
 
@@ -33,7 +33,7 @@ def suspended_node(keys: Keys, zone: str, node_id: str, extra: tuple[str, ...] =
     """A node suspended for flooding: what a node may do but publish."""
     return ["reset", "on", "resetchannels", *_commands(NODE_COMMANDS, extra),
             f"%R~{keys.zone(zone)}", f"%R~{keys.rev(zone)}", f"%R~{keys.published(zone)}",
-            f"%R~{keys.peers(zone)}", f"%R~{keys.tower_public}",
+            f"%R~{keys.peers(zone)}", f"%R~{keys.tower_public}", f"%R~{keys.relays}",
             f"&{keys.updates(zone)}", f"&{keys.reply(zone, node=node_id)}"]
 
 

@@ -380,11 +380,12 @@ class RequestWorker:
             return register(self._zone(zone), r.key, session=r.session, order=job.entry_id,
                             guard=guard, **r.body)
         if r.type == "heartbeat":
-            return self.store.heartbeat_call(zone, r.key, r.session, guard=guard)
+            return self.store.heartbeat_call(zone, r.key, r.session, guard=guard,
+                                             report=r.body or None)
         if r.type == "endpoint-update":
             return self.store.endpoint_call(zone, r.key, r.session, r.body["endpoint"],
                                             r.body["nat_type"], order=job.entry_id,
-                                            guard=guard)
+                                            guard=guard, relay=r.body.get("relay", False))
         if r.type != "leave":
             raise Forbidden(f"a {r.type} request does not go on the request stream")
         return self.store.remove_call(zone, r.key, "left", session=r.session,

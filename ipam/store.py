@@ -317,11 +317,18 @@ class ZoneStore:
         self.run(self.heartbeat_call(zone, key, session, now))
 
     def heartbeat_call(self, zone: str, key: str, session: str, now: float | None = None,
-                       guard: Guard | None = None) -> Call:
-        """Its result is None."""
-        def decode(reply: list[Any]) -> None:
+                       guard: Guard | None = None, report: dict | None = None) -> Call:
+        """Its result is None. With ``report`` (the node's path report) the next Call
+        stores it in the zone's paths hash, stamped with ``ts``."""
+        stamp = time.time() if now is None else now
+
+        def decode(reply: list[Any]) -> Call | None:
             if reply[0] != "ok":
                 raise refusal(reply[0], peer="this node", zone=zone)
+            if report:
+                text = json.dumps({**report, "ts": round(stamp, 1)}, separators=(",", ":"))
+                return Call((("HSET", self.keys.paths(zone), key, text),), lambda _: None)
+            return None
         return Call.script(self.scripts.heartbeat,
                            [self.keys.peers(zone), self.keys.seen(zone), *_keys(guard)],
                            [key, session, time.time() if now is None else now, *_args(guard)],
@@ -336,7 +343,7 @@ class ZoneStore:
     def endpoint_call(self, zone: str, key: str, session: str, endpoint: str,
                       nat_type: str | None, now: float | None = None,
                       order: str | None = None, guard: Guard | None = None,
-                      attempt: int = 0) -> Call:
+                      attempt: int = 0, relay: str | None | bool = False) -> Call:
         """Check the replay guard and read the node's record; its result is the revision
         (a stale request changes nothing) or the compare-and-set Call that writes the
         record with the new endpoint if it is still the one read (else reads again)."""
@@ -351,7 +358,7 @@ class ZoneStore:
                 if attempt + 1 >= ENDPOINT_ATTEMPTS:
                     raise refusal("contended", what="the peer record")
                 return self.endpoint_call(zone, key, session, endpoint, nat_type, now, order,
-                                          None, attempt + 1)
+                                          None, attempt + 1, relay)
             raise refusal(reply[0], peer="this node", zone=zone)
 
         def read(replies: list[Any]) -> int | Call:
@@ -369,7 +376,10 @@ class ZoneStore:
             peer = messages.parse_peer(current)
             if peer.session != session:
                 raise refusal("superseded")
-            record = messages.peer_record(replace(peer, endpoint=endpoint, nat_type=nat_type))
+            changed = replace(peer, endpoint=endpoint, nat_type=nat_type)
+            if relay is not False:           # False: the request did not say
+                changed = replace(changed, relay=relay)
+            record = messages.peer_record(changed)
             return Call.script(
                 self.scripts.replace_peer,
                 [k.peers(zone), k.rev(zone), k.changes(zone), k.seen(zone), k.applied(zone)],

@@ -32,11 +32,15 @@ NAT_TYPES = (NAT_OPEN, NAT_CONE, NAT_SYMMETRIC, NAT_UNKNOWN, NAT_STATIC)
 MAX_MESSAGE_BYTES = 16384
 MAX_CHILD_PREFIXES = 64
 MAX_TAGS = 32
+MAX_PATH_REPORT = 512            # peers in one heartbeat's path report
+MAX_REPORT_RELAYS = 16
+PATH_CODES = ("d", "r", "x")     # direct, relayed, down
 
 _ZONE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{0,253}$")
+_RELAY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}-[0-9a-f]{8}$")
 
 
 # -- field validators (shared by REST, the worker and the agent) ------------------
@@ -234,11 +238,50 @@ def _register_body(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def relay_id(value: Any) -> str:
+    """A relay's id: its region, '-', 8 hex digits of its key's digest."""
+    return _string(value, "relay id", _RELAY_ID_RE)
+
+
 def _endpoint_body(body: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(body) - {"endpoint", "nat_type"}
+    unknown = set(body) - {"endpoint", "nat_type", "relay"}
     if unknown:
         raise InvalidInput(f"unknown endpoint-update fields: {', '.join(sorted(unknown))}")
-    return {"endpoint": endpoint(body.get("endpoint")), "nat_type": nat_type(body.get("nat_type"))}
+    out = {"endpoint": endpoint(body.get("endpoint")), "nat_type": nat_type(body.get("nat_type"))}
+    if "relay" in body:
+        out["relay"] = _optional(body.get("relay"), relay_id)
+    return out
+
+
+def _heartbeat_body(body: dict[str, Any]) -> dict[str, Any]:
+    """Empty, or a path report: ``{"relay": home relay id or null, "relays": [ids],
+    "paths": [[peer address, "d"|"r"|"x", index into relays or null, handshake age s or
+    null], ...]}`` (at most MAX_PATH_REPORT peers)."""
+    if not body:
+        return {}
+    unknown = set(body) - {"relay", "relays", "paths"}
+    if unknown:
+        raise InvalidInput(f"unknown heartbeat fields: {', '.join(sorted(unknown))}")
+    relays = body.get("relays", [])
+    if not isinstance(relays, list) or len(relays) > MAX_REPORT_RELAYS:
+        raise InvalidInput(f"relays must be a list of at most {MAX_REPORT_RELAYS}")
+    relays = [relay_id(r) for r in relays]
+    paths = body.get("paths", [])
+    if not isinstance(paths, list) or len(paths) > MAX_PATH_REPORT:
+        raise InvalidInput(f"paths must be a list of at most {MAX_PATH_REPORT}")
+    checked = []
+    for entry in paths:
+        if not isinstance(entry, list) or len(entry) != 4:
+            raise InvalidInput("a path entry is [address, code, relay index, handshake age]")
+        address, code, index, age = entry
+        if code not in PATH_CODES:
+            raise InvalidInput(f"path code must be one of {', '.join(PATH_CODES)}")
+        if index is not None and (not _is_int(index) or not 0 <= index < len(relays)):
+            raise InvalidInput("path relay index out of range")
+        if age is not None and (not _is_int(age) or not 0 <= age < 2**31):
+            raise InvalidInput("handshake age must be whole seconds")
+        checked.append([ip_address(address, "path peer address"), code, index, age])
+    return {"relay": _optional(body.get("relay"), relay_id), "relays": relays, "paths": checked}
 
 
 def _enroll_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +305,7 @@ def _empty_body(body: dict[str, Any]) -> dict[str, Any]:
 
 _BODY_VALIDATORS = {
     "register": _register_body,
-    "heartbeat": _empty_body,
+    "heartbeat": _heartbeat_body,
     "endpoint-update": _endpoint_body,
     "leave": _empty_body,
     "enroll": _enroll_body,
@@ -287,6 +330,7 @@ class Peer:
     tags: tuple[str, ...] = ()                   # from its join key
     pending_prefixes: tuple[str, ...] = ()       # announced, not approved: nobody routes them
     key_expiry: float | None = None              # when its credential expires (zone setting)
+    relay: str | None = None        # its home relay (the nearest), when it has one
 
     def allowed_ips(self) -> tuple[str, ...]:
         host = 32 if ipaddress.ip_address(self.address).version == 4 else 128
@@ -308,6 +352,8 @@ class Peer:
             data["pending_prefixes"] = list(self.pending_prefixes)
         if self.key_expiry:
             data["key_expiry"] = self.key_expiry
+        if self.relay:
+            data["relay"] = self.relay
         return data
 
     def to_json(self) -> str:
@@ -345,6 +391,8 @@ def parse_peer(data: Any) -> Peer:
         tags=tuple(str(t) for t in tags),
         pending_prefixes=tuple(str(network(p, "child prefix")) for p in pending),
         key_expiry=_optional(data.get("key_expiry"), timestamp, "peer key_expiry"),
+        relay=data["relay"] if isinstance(data.get("relay"), str)
+        and _RELAY_ID_RE.fullmatch(data["relay"]) else None,
     )
 
 

@@ -1,0 +1,170 @@
+"""The agent's relays and paths at work: binds, probes and decisions (I/O around the pure
+RelayBook and PathMachine). The caller owns the loop: it calls ``receive_all`` when the
+port socket is readable and ``tick`` on a timer and when the zone changed, and applies
+the endpoint decisions to the device."""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from wire import relaymsg as rm, x25519
+from wire.errors import InvalidInput
+
+from .paths import DIRECT, RELAYED, Decision, Env, NodeView, PathMachine, Timing
+from .portsocket import PortSocket
+from .relaybook import RelayBook, RelayInfo
+
+log = logging.getLogger(__name__)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _text(address: tuple[str, int]) -> str:
+    return f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+
+
+@dataclass
+class PeerLink:
+    stats_age: float | None = None
+    device_endpoint: str | None = None
+
+
+class PathService:
+    def __init__(self, private_key: str, zone: str, listen_port: int,
+                 timing: Timing | None = None, port_socket: PortSocket | None = None) -> None:
+        self.private = base64.b64decode(private_key)
+        self.public = x25519.public_key(self.private)
+        self.key = base64.b64encode(self.public).decode()
+        self.zone = zone
+        self.timing = timing or Timing()
+        self.sock = port_socket or PortSocket(listen_port)
+        self.book = RelayBook()
+        self.machines: dict[str, PathMachine] = {}
+        self.decisions: dict[str, Decision] = {}
+        self._relay_keys: dict[str, bytes] = {}
+        self._pair_keys: dict[str, bytes] = {}
+        self._by_relay_address: dict[tuple[str, int], str] = {}
+        self.restarted: set[str] = set()       # relays that came back with a new boot id
+
+    # -- relays --------------------------------------------------------------------------
+
+    def set_relays(self, relays: list[RelayInfo]) -> None:
+        self.book.update(relays)
+        self._by_relay_address = {_address(r.endpoint): r.id for r in relays}
+        self._relay_keys = {r.id: rm.derived_key(rm.RELAY_CONTEXT, x25519.exchange(
+            self.private, base64.b64decode(r.public_key))) for r in relays}
+
+    def bind_due(self, now: float) -> None:
+        in_use = {d.relay for d in self.decisions.values() if d.relay}
+        for rid in self.book.due(now, in_use):
+            txid = os.urandom(8)
+            info = self.book.relays[rid].info
+            data = rm.encode_bind(self._relay_keys[rid], rm.Bind(
+                txid, int(time.time() * 1000), self.public, self.zone))
+            try:
+                self.sock.send(data, _address(info.endpoint))
+            except OSError as exc:
+                log.debug("bind to %s: %s", rid, exc)
+            self.book.sent(rid, txid, now)
+
+    # -- datagrams -------------------------------------------------------------------------
+
+    def receive_all(self, now: float) -> None:
+        while (item := self.sock.receive()) is not None:
+            data, source = item
+            try:
+                message = rm.decode(data)
+            except InvalidInput:
+                continue
+            if isinstance(message, (rm.BindOk, rm.BindRefused)):
+                self._relay_answer(message, data, source, now)
+            elif isinstance(message, (rm.Probe, rm.ProbeAck)):
+                self._probe_message(message, data, source, now)
+
+    def _relay_answer(self, message, data: bytes, source, now: float) -> None:
+        rid = self._by_relay_address.get(source)
+        if rid is None:
+            return
+        if isinstance(message, rm.BindRefused):
+            log.warning("relay %s refused this node: %s", rid, message.reason)
+            self.book.refused(rid, message.txid, message.reason)
+        elif rm.mac_valid(self._relay_keys[rid], data):
+            if self.book.answered(rid, message.txid, now, message.address, message.boot):
+                self.restarted.add(rid)
+
+    def _pair_key(self, peer: str) -> bytes:
+        if peer not in self._pair_keys:
+            self._pair_keys[peer] = rm.derived_key(rm.PATH_CONTEXT, x25519.exchange(
+                self.private, base64.b64decode(peer)))
+        return self._pair_keys[peer]
+
+    def _probe_message(self, message, data: bytes, source, now: float) -> None:
+        if message.receiver != self.public:
+            return
+        peer = base64.b64encode(message.sender).decode()
+        machine = self.machines.get(peer)
+        if machine is None or not rm.mac_valid(self._pair_key(peer), data):
+            return
+        if isinstance(message, rm.Probe):
+            machine.probed(now, _text(source), message.claim)
+            decision = self.decisions.get(peer)
+            ack = rm.encode_probe_ack(self._pair_key(peer), rm.ProbeAck(
+                message.txid, self.public, message.sender, source,
+                decision.claim if decision else None))
+            try:
+                self.sock.send(ack, source)
+            except OSError:
+                pass
+        else:
+            machine.acked(now, _text(source), message.claim)
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def tick(self, now: float, own: NodeView, peers: dict[str, NodeView],
+             links: dict[str, PeerLink]) -> dict[str, Decision]:
+        """Decide every peer's path; returns the decisions that changed the device's
+        endpoint (or need a fresh peer)."""
+        for gone in set(self.machines) - set(peers):
+            del self.machines[gone]
+            self.decisions.pop(gone, None)
+        relays = self.book.alive()
+        own = NodeView(own.key, own.endpoint, own.nat_type, own.relay or self.book.home)
+        changes: dict[str, Decision] = {}
+        for key, peer in peers.items():
+            machine = self.machines.get(key)
+            if machine is None:
+                machine = self.machines[key] = PathMachine(self.key, key, self.timing)
+            link = links.get(key, PeerLink())
+            decision = machine.step(now, Env(own, peer, relays, link.stats_age,
+                                             link.device_endpoint))
+            if decision.relay in self.restarted:
+                decision = Decision(decision.mode, decision.relay, decision.endpoint, True,
+                                    decision.report, decision.probe_to, decision.claim)
+            previous = self.decisions.get(key)
+            self.decisions[key] = decision
+            if decision.fresh or (decision.endpoint is not None and (
+                    previous is None or previous.endpoint != decision.endpoint)):
+                changes[key] = decision
+            for target in decision.probe_to:
+                self._send_probe(key, target, decision.claim)
+            if decision.probe_to:
+                machine.probe_sent(now)
+        self.restarted.clear()
+        return changes
+
+    def _send_probe(self, peer: str, target: str, claim: str | None) -> None:
+        data = rm.encode_probe(self._pair_key(peer), rm.Probe(
+            os.urandom(8), self.public, base64.b64decode(peer), claim))
+        try:
+            self.sock.send(data, _address(target))
+        except (OSError, ValueError) as exc:
+            log.debug("probe to %s: %s", target, exc)
+
+    def report(self) -> dict[str, tuple[str, str | None]]:
+        return {k: (d.report, d.relay) for k, d in self.decisions.items()}

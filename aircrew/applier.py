@@ -13,7 +13,8 @@ from typing import Protocol
 from wire.messages import Peer
 
 from .device import Device
-from .reconcile import AddPeer, AddRoute, Applied, Op, RemovePeer, RemoveRoute, UpdatePeer, diff
+from .reconcile import (AddPeer, AddRoute, Applied, Op, RemovePeer, RemoveRoute, ResetPeer,
+                        UpdatePeer, diff)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def apply_ops(device: Device, links: Links, ops: list[Op]) -> None:
             device.upsert_peer(op.peer)
         elif isinstance(op, UpdatePeer):
             device.upsert_peer(op.peer)
+        elif isinstance(op, ResetPeer):
+            device.reset_peer(op.peer)
         elif isinstance(op, RemovePeer):
             device.remove_peer(op.public_key)
         elif isinstance(op, AddRoute):
@@ -61,10 +64,11 @@ def ensure_device(device: Device, links: Links, private_key: str, public_key: st
 
 
 def apply_zone(device: Device, links: Links, own_key: str, zone: Mapping[str, Peer],
-               applied: Applied) -> tuple[Applied, int]:
+               applied: Applied, endpoints: Mapping[str, str | None] | None = None
+               ) -> tuple[Applied, int]:
     """The whole zone against the device read back (``applied``: what was applied last, for
     the routes that are ours); returns what is applied now and the operations it took."""
-    after = Applied.of(own_key, zone)
+    after = Applied.of(own_key, zone, endpoints)
     ops = diff(after.desired(), applied.desired(), device.read(), links.routes())
     if ops:
         apply_ops(device, links, ops)

@@ -70,6 +70,13 @@ class Device(ABC):
     @abstractmethod
     def remove_peer(self, public_key: str) -> None: ...
 
+    def reset_peer(self, peer: PeerConfig) -> None:
+        """Replace a peer with a fresh one: its sessions are dropped, so WireGuard
+        handshakes with it at once (a moved peer, a path onto a relay). Backends that can
+        do it in one operation override this."""
+        self.remove_peer(peer.public_key)
+        self.upsert_peer(peer)
+
 
 class RecordingDevice(Device):
     """An in-memory device that records its operations (unit tests, benchmarks).
@@ -117,6 +124,12 @@ class RecordingDevice(Device):
         self.operations += 1
         self._record(("remove_peer", public_key))
         self.state.peers.pop(public_key, None)
+
+    def reset_peer(self, peer: PeerConfig) -> None:
+        self.operations += 1
+        self._record(("reset_peer", peer.public_key))
+        self.state.peers[peer.public_key] = peer
+        self.state.stats.pop(peer.public_key, None)
 
 
 def _ignore(_entry: tuple[str, str]) -> None:

@@ -35,6 +35,13 @@ class UpdatePeer:
 
 
 @dataclass(frozen=True)
+class ResetPeer:
+    """Replace the peer with a fresh one (new handshake at once): the zone moved it, or
+    its path moved onto a relay."""
+    peer: PeerConfig
+
+
+@dataclass(frozen=True)
 class RemovePeer:
     public_key: str
 
@@ -49,23 +56,29 @@ class RemoveRoute:
     prefix: str
 
 
-Op = Union[AddPeer, UpdatePeer, RemovePeer, AddRoute, RemoveRoute]
+Op = Union[AddPeer, UpdatePeer, ResetPeer, RemovePeer, AddRoute, RemoveRoute]
 
 
-def desired(own_key: str, peers: Iterable[Peer], keepalive: int = DEFAULT_KEEPALIVE) -> Desired:
-    """One WireGuard peer per other node, and a route per other node's child prefix."""
+def desired(own_key: str, peers: Iterable[Peer], keepalive: int = DEFAULT_KEEPALIVE,
+            endpoints: Mapping[str, str | None] | None = None) -> Desired:
+    """One WireGuard peer per other node, and a route per other node's child prefix.
+    ``endpoints``: the path chosen per peer (a relay, a probed address), where there is one."""
     configs: dict[str, PeerConfig] = {}
     routes: set[str] = set()
     for peer in peers:
         if peer.key == own_key:
             continue
-        configs[peer.key] = peer_config(peer, keepalive)
+        configs[peer.key] = peer_config(peer, keepalive, endpoints)
         routes.update(peer.child_prefixes)
     return Desired(configs, frozenset(routes))
 
 
-def peer_config(peer: Peer, keepalive: int = DEFAULT_KEEPALIVE) -> PeerConfig:
-    return PeerConfig(peer.key, peer.endpoint, tuple(sorted(peer.allowed_ips())), keepalive)
+def peer_config(peer: Peer, keepalive: int = DEFAULT_KEEPALIVE,
+                endpoints: Mapping[str, str | None] | None = None) -> PeerConfig:
+    endpoint = peer.endpoint
+    if endpoints is not None and endpoints.get(peer.key):
+        endpoint = endpoints[peer.key]
+    return PeerConfig(peer.key, endpoint, tuple(sorted(peer.allowed_ips())), keepalive)
 
 
 def diff(want: Desired, previous: Desired, device: DeviceState, routes: Iterable[str]) -> list[Op]:
@@ -74,6 +87,8 @@ def diff(want: Desired, previous: Desired, device: DeviceState, routes: Iterable
     The endpoint is only pushed when the zone changed it (compared with ``previous``, what
     we last applied) or the device has none: WireGuard roams to the address a peer really
     sends from, and overriding that with the advertised one would break NATed peers.
+    A changed endpoint re-creates the peer (``ResetPeer``): its old session would keep
+    WireGuard sending to the new address for up to 15 s before it handshakes again.
     """
     ops: list[Op] = []
     for key in sorted(device.peers.keys() - want.peers.keys()):
@@ -88,7 +103,9 @@ def diff(want: Desired, previous: Desired, device: DeviceState, routes: Iterable
             have.endpoint is None or before is None or before.endpoint != peer.endpoint)
         if endpoint_changed and have.endpoint == peer.endpoint:
             endpoint_changed = False
-        if (endpoint_changed or tuple(sorted(have.allowed_ips)) != peer.allowed_ips
+        if endpoint_changed and before is not None and before.endpoint is not None:
+            ops.append(ResetPeer(peer))
+        elif (endpoint_changed or tuple(sorted(have.allowed_ips)) != peer.allowed_ips
                 or have.keepalive != peer.keepalive):
             ops.append(UpdatePeer(peer if endpoint_changed else
                                   PeerConfig(key, None, peer.allowed_ips, peer.keepalive)))
@@ -105,10 +122,11 @@ class Applied:
     routes_of: dict[str, frozenset[str]] = field(default_factory=dict)  # peers with routes only
 
     @classmethod
-    def of(cls, own_key: str, zone: Mapping[str, Peer]) -> Applied:
+    def of(cls, own_key: str, zone: Mapping[str, Peer],
+           endpoints: Mapping[str, str | None] | None = None) -> Applied:
         """The state applying the whole zone leads to."""
         applied = cls()
-        applied.record(own_key, zone.keys(), zone)
+        applied.record(own_key, zone.keys(), zone, endpoints)
         return applied
 
     def desired(self) -> Desired:
@@ -117,20 +135,22 @@ class Applied:
     def routes(self) -> frozenset[str]:
         return frozenset().union(*self.routes_of.values())
 
-    def diff(self, own_key: str, keys: Iterable[str], zone: Mapping[str, Peer]) -> list[Op]:
+    def diff(self, own_key: str, keys: Iterable[str], zone: Mapping[str, Peer],
+             endpoints: Mapping[str, str | None] | None = None) -> list[Op]:
         """The ops that bring the peers in ``keys`` to what ``zone`` holds for them.
 
         The device is taken to hold what was applied, so a roamed endpoint is kept as in
         ``diff``: it is only pushed when the zone changed it.
         """
         keys = set(keys)
-        want = desired(own_key, (zone[k] for k in keys if k in zone))
+        want = desired(own_key, (zone[k] for k in keys if k in zone), endpoints=endpoints)
         before = {k: self.peers[k] for k in keys if k in self.peers}
         kept = frozenset().union(*(r for k, r in self.routes_of.items() if k not in keys))
         return diff(Desired(want.peers, want.routes | kept), Desired(before),
                     DeviceState(peers=dict(before)), self.routes())
 
-    def record(self, own_key: str, keys: Iterable[str], zone: Mapping[str, Peer]) -> None:
+    def record(self, own_key: str, keys: Iterable[str], zone: Mapping[str, Peer],
+               endpoints: Mapping[str, str | None] | None = None) -> None:
         """Note that the peers in ``keys`` now are as ``zone`` holds them."""
         for key in keys:
             peer = zone.get(key)
@@ -138,7 +158,7 @@ class Applied:
                 self.peers.pop(key, None)
                 self.routes_of.pop(key, None)
                 continue
-            self.peers[key] = peer_config(peer)
+            self.peers[key] = peer_config(peer, endpoints=endpoints)
             if peer.child_prefixes:
                 self.routes_of[key] = frozenset(peer.child_prefixes)
             else:

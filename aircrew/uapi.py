@@ -215,6 +215,15 @@ class UserspaceDevice(Device):
     def remove_peer(self, public_key: str) -> None:
         self.remove_peers([public_key])
 
+    def reset_peer(self, peer: PeerConfig) -> None:
+        """Remove and add the peer in ONE set transaction: its sessions are gone and
+        wireguard-go handshakes at once (persistent keepalive sends the first packet)."""
+        lines = [f"public_key={key_to_hex(peer.public_key, 'peer public key')}", "remove=true",
+                 *_peer_lines(peer)]
+        self.operations += 1
+        self._transact(_set_request(lines), "reset peer")
+        log.debug("%s: reset peer %s", self.name, peer.public_key)
+
     def remove_peers(self, public_keys: Iterable[str]) -> None:
         """Remove many peers in ONE set transaction (one operation); absent ones are fine."""
         batch = list(public_keys)

@@ -172,10 +172,11 @@ class ProcessShared:
                 self._cache.popitem(last=False)
         return found
 
-    def peer_config(self, peer: Peer, keepalive: int = DEFAULT_KEEPALIVE) -> PeerConfig:
+    def peer_config(self, peer: Peer, keepalive: int = DEFAULT_KEEPALIVE,
+                    endpoints=None) -> PeerConfig:
         """``aircrew.reconcile.peer_config``, once per (immutable, shared) peer record."""
-        if keepalive != DEFAULT_KEEPALIVE:
-            return self._originals["peer_config"](peer, keepalive)
+        if keepalive != DEFAULT_KEEPALIVE or (endpoints and endpoints.get(peer.key)):
+            return self._originals["peer_config"](peer, keepalive, endpoints)
         entry = self._configs.get(id(peer))
         if entry is None or entry[0] is not peer:
             entry = (peer, self._originals["peer_config"](peer))

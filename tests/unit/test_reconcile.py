@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from aircrew.applier import apply_ops
 from aircrew.device import PeerConfig, RecordingDevice
-from aircrew.reconcile import (AddPeer, AddRoute, Applied, Desired, RemovePeer, RemoveRoute,
+from aircrew.reconcile import (AddPeer, AddRoute, Applied, Desired, RemovePeer, RemoveRoute, ResetPeer,
                                UpdatePeer, desired, diff)
 from wire.messages import Peer
 from wire.proof import generate_private_key, public_key_of
@@ -83,12 +83,26 @@ def test_leave_removes_peer_and_its_routes():
     assert links.log == [("remove_route", "172.24.0.0/24")]
 
 
-def test_endpoint_change_is_one_update():
+def test_endpoint_change_is_one_reset():
+    """The zone moved a peer: one operation that also drops its old session, so WireGuard
+    handshakes with the new endpoint at once (not after its 15 s no-reply rule)."""
     device, links, applied = converge(BASE)
     moved = [BASE[0], peer(A, "10.0.0.2", "192.0.2.77:40000"), BASE[2]]
     ops, _ = step(device, links, applied, moved)
-    assert ops == [UpdatePeer(PeerConfig(A, "192.0.2.77:40000", ("10.0.0.2/32",)))]
+    assert ops == [ResetPeer(PeerConfig(A, "192.0.2.77:40000", ("10.0.0.2/32",)))]
     assert device.read().peers[A].endpoint == "192.0.2.77:40000"
+
+
+def test_path_endpoint_overrides_the_zone():
+    """A peer on a relay keeps the relay as its endpoint whatever the zone advertises."""
+    zone = {p.key: p for p in BASE}
+    want = desired(ME, zone.values(), endpoints={A: "203.0.113.10:3480"})
+    assert want.peers[A].endpoint == "203.0.113.10:3480"
+    applied = Applied.of(ME, zone, {A: "203.0.113.10:3480"})
+    assert applied.peers[A].endpoint == "203.0.113.10:3480"
+    moved = dict(zone)
+    moved[A] = peer(A, "10.0.0.2", "192.0.2.77:40000")
+    assert applied.diff(ME, {A}, moved, {A: "203.0.113.10:3480"}) == []
 
 
 def test_roamed_endpoint_is_left_alone():
@@ -146,7 +160,7 @@ def test_applied_diff_touches_only_the_changed_peer():
     assert applied.routes() == {"172.24.0.0/24"}
     moved = peer(A, "10.0.0.2", "192.0.2.77:40000")
     zone[A] = moved
-    assert applied.diff(ME, {A}, zone) == [UpdatePeer(PeerConfig(A, "192.0.2.77:40000",
+    assert applied.diff(ME, {A}, zone) == [ResetPeer(PeerConfig(A, "192.0.2.77:40000",
                                                                  ("10.0.0.2/32",)))]
     applied.record(ME, {A}, zone)
     assert applied.peers[A].endpoint == "192.0.2.77:40000"

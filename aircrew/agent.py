@@ -35,10 +35,13 @@ from .applier import Links, apply_ops, apply_zone, ensure_device
 from .device import Device, DeviceState
 from .device_errors import DeviceError
 from .mirror import Outcome, ZoneMirror
-from .reconcile import Applied
 from .credential import CredentialFile, NodeCredential
 from .hosts import HostsFile
 from .enroll import EnrollRefused, enroll
+from .paths import NodeView
+from .pathkeeper import PathKeeper
+from .pathservice import PeerLink
+from .reconcile import Applied, ResetPeer, UpdatePeer, peer_config
 from .session import NoReply, TowerRefused, TowerSession
 from .state import StateFiles
 from .statewriter import AgentState, StateWriter
@@ -113,6 +116,9 @@ class AgentSettings:
     name: str | None = None
     credentials: CredentialFile | None = None
     hosts: HostsFile | None = None       # the zone's names, <name>.<zone>[.suffix]
+    relays: bool = True                 # use the zone's relays and probe direct paths
+    controller_host: str | None = None  # where relays without an address of their own are
+    relayed_endpoint_interval: float = 10.0   # endpoint re-checks while a peer is relayed
 
 
 class Agent:
@@ -147,6 +153,14 @@ class Agent:
         self._authenticated = False   # the controller accepted our credentials once
         self._rejoined = False        # removed: tried the join key once
         self.public_key = public_key_of(settings.private_key)
+        self.paths: PathKeeper | None = None
+        if settings.relays and settings.controller_host:
+            self.paths = PathKeeper(settings.private_key, settings.zone, settings.listen_port,
+                                    settings.controller_host)
+        self._paths_lock = asyncio.Lock()
+        self._published_home: str | None = None
+        self._paths_saved = float("-inf")
+        self._synced = False
 
     @property
     def state(self) -> StateFiles:
@@ -162,11 +176,20 @@ class Agent:
     async def run(self) -> None:
         """Run until ``stop`` is set; raises AgentExit when the tower says to stop."""
         writer = asyncio.create_task(self.write_state_files(), name="state-files")
+        loop = asyncio.get_running_loop()
+        tasks = [writer]
+        if self.paths is not None and not self.paths.start(loop):
+            self.paths = None
+        if self.paths is not None:
+            tasks.append(asyncio.create_task(self._paths_loop(), name="paths"))
         try:
             await self._run()
         finally:
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.paths is not None:
+                self.paths.close(loop)
             if self.state_writer.dirty.is_set():
                 await self._save()
             self._state_thread.shutdown(wait=False)
@@ -221,6 +244,7 @@ class Agent:
             except redis.exceptions.NoPermissionError:
                 # Logged in, but may do nothing a node does: removed (its tombstone).
                 await self._removed(client)
+            await self._read_relays(wait=True)
             await self._resync()
             self._synced = True
             await self._follow()
@@ -458,10 +482,14 @@ class Agent:
                 next_heartbeat = now + self.s.heartbeat_interval
                 await self._heartbeat()
             if now >= next_endpoint:
-                next_endpoint = now + self.s.endpoint_interval
+                interval = self.s.endpoint_interval
+                if self.paths is not None and self.paths.any_relayed():
+                    interval = min(interval, self.s.relayed_endpoint_interval)
+                next_endpoint = now + interval
                 await self._recheck_endpoint()
             if now >= next_revision:
                 next_revision = now + await self._check_revision()
+                await self._read_relays()
             if now >= next_drift:
                 next_drift = now + self.s.drift_interval
                 if await self._reconcile_all():
@@ -497,8 +525,10 @@ class Agent:
         return self.s.revision_interval
 
     async def _heartbeat(self) -> None:
+        report = self.paths.report(self.mirror.peers) if self.paths is not None else None
         try:
-            await self.session.request("heartbeat", timeout=self.s.request_timeout)
+            await self.session.request("heartbeat", report or None,
+                                       timeout=self.s.request_timeout)
         except NoReply:
             log.info("no answer to a heartbeat; the tower may be down")
         except TowerRefused as exc:
@@ -517,12 +547,98 @@ class Agent:
             return
         log.info("endpoint changed from %s to %s", self.endpoint, endpoint)
         self.endpoint, self.nat_type = endpoint, nat_type
+        await self._send_endpoint()
+
+    async def _send_endpoint(self) -> None:
+        """Tell the tower our endpoint, NAT type and home relay."""
+        if self.endpoint is None or self.session is None:
+            return
+        body: dict[str, Any] = {"endpoint": self.endpoint, "nat_type": self.nat_type}
+        if self.paths is not None:
+            body["relay"] = self.paths.home
         try:
-            await self.session.request("endpoint-update",
-                                       {"endpoint": endpoint, "nat_type": nat_type},
+            await self.session.request("endpoint-update", body,
                                        timeout=self.s.request_timeout, attempts=2)
+            self._published_home = body.get("relay")
         except TowerRefused as exc:
             log.warning("endpoint update refused: %s", exc)
+        except CONNECTION_ERRORS as exc:
+            log.info("endpoint update not sent: %s", exc)
+
+    # -- relays and paths ----------------------------------------------------------------
+
+    async def _read_relays(self, wait: bool = False) -> None:
+        """The zone's relays from the tower's Redis (and, at start, a bind to each)."""
+        if self.paths is None or self.session is None:
+            return
+        try:
+            records = await self.session.client.hgetall(self.keys.relays)
+        except redis.exceptions.ResponseError as exc:     # an older tower's node user
+            log.debug("cannot read the relays: %s", exc)
+            return
+        self.paths.set_relays(records or {})
+        if wait:
+            await self.paths.bind_all()
+
+    def _own_view(self) -> NodeView:
+        return NodeView(self.public_key, self.endpoint, self.nat_type, None)
+
+    def _path_endpoints(self) -> dict[str, str | None] | None:
+        return self.paths.endpoints() if self.paths is not None else None
+
+    async def _paths_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                await self._path_step()
+            except DeviceError as exc:
+                log.warning("a path change failed on the device: %s", exc)
+            except Exception:  # noqa: BLE001 - paths must never end the agent
+                log.exception("path step failed")
+            await self._sleep(0.25)
+
+    async def _path_step(self) -> None:
+        """Decide every peer's path; re-create or re-point the peers whose path changed."""
+        if self.paths is None:
+            return
+        now = time.monotonic()
+        if self.paths.links_due(now) and self.assignment is not None:
+            try:
+                state = await self._on_device(self.device.read)
+            except DeviceError:
+                state = None
+            if state is not None:
+                wall = time.time()
+                self.paths.set_links(now, {
+                    key: PeerLink(wall - st.last_handshake if st.last_handshake else None,
+                                  state.peers[key].endpoint if key in state.peers else None)
+                    for key, st in state.stats.items()})
+        async with self._paths_lock:
+            changes = self.paths.tick(now, self._own_view(), self.mirror.peers)
+            ops = []
+            for key, decision in changes.items():
+                peer = self.mirror.peers.get(key)
+                if peer is None or key not in self.applied.peers or decision.endpoint is None:
+                    continue           # not on the device yet: reconcile adds it so
+                config = peer_config(peer, endpoints={key: decision.endpoint})
+                ops.append(ResetPeer(config) if decision.fresh else UpdatePeer(config))
+                log.info("peer %s: %s%s (%s)%s", key, decision.mode,
+                         f" via {decision.relay}" if decision.relay else "", decision.endpoint,
+                         ", new handshake" if decision.fresh else "")
+            if ops:
+                await self._on_device(apply_ops, self.device, self.links, ops)
+                for op in ops:
+                    self.applied.peers[op.peer.public_key] = op.peer
+        if self.paths.home != self._published_home and self.session is not None \
+                and self._synced and self.endpoint is not None:
+            self._published_home = self.paths.home
+            asyncio.create_task(self._send_endpoint(), name="home-relay")
+        if changes or time.monotonic() - self._paths_saved > 5.0:
+            self._paths_saved = time.monotonic()
+            status = self.paths.status(self.mirror.peers)
+            try:
+                await asyncio.to_thread(self.state.save_paths, status)
+            except OSError as exc:
+                log.debug("cannot write the path status: %s", exc)
 
     # -- the device ------------------------------------------------------------------------
 
@@ -534,7 +650,11 @@ class Agent:
     async def _reconcile_touched(self) -> None:
         """Apply the peers the updates since the last reconcile touched, and only them."""
         keys, self._touched = self._touched, set()
-        ops = self.applied.diff(self.public_key, keys, self.mirror.peers)
+        if self.paths is not None:           # decide new peers' paths before adding them
+            async with self._paths_lock:
+                self.paths.tick(time.monotonic(), self._own_view(), self.mirror.peers)
+        endpoints = self._path_endpoints()
+        ops = self.applied.diff(self.public_key, keys, self.mirror.peers, endpoints)
         if ops:
             try:
                 await self._on_device(apply_ops, self.device, self.links, ops)
@@ -545,18 +665,21 @@ class Agent:
                 self._state_changed()
                 return
             log.info("zone revision %d applied with %d operations", self.mirror.rev, len(ops))
-        self.applied.record(self.public_key, keys, self.mirror.peers)
+        self.applied.record(self.public_key, keys, self.mirror.peers, endpoints)
         self._state_changed()
 
     async def _reconcile_all(self) -> int:
         """The whole zone against the device read back; returns the operations needed."""
         self._touched = set()
-        return await self._on_device(self._reconcile_device)
+        if self.paths is not None:
+            async with self._paths_lock:
+                self.paths.tick(time.monotonic(), self._own_view(), self.mirror.peers)
+        return await self._on_device(self._reconcile_device, self._path_endpoints())
 
-    def _reconcile_device(self) -> int:
+    def _reconcile_device(self, endpoints: dict[str, str | None] | None = None) -> int:
         """On the device thread: the whole zone against the device read back."""
         self.applied, count = apply_zone(self.device, self.links, self.public_key,
-                                         self.mirror.peers, self.applied)
+                                         self.mirror.peers, self.applied, endpoints)
         if count:
             log.info("zone revision %d applied with %d operations (whole zone against the "
                      "device)", self.mirror.rev, count)

@@ -62,6 +62,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "AIRCREW
                    "and 3479).")
 @click.option("--state-dir", default="/etc/wireguard", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Where config and cache live.")
+@click.option("--relays/--no-relays", default=True, show_default=True,
+              help="Reach peers that cannot be reached directly through the zone's relays, and "
+                   "probe direct paths from the WireGuard port (needs CAP_NET_RAW).")
 @click.option("--heartbeat-interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
 @click.option("--endpoint-interval", default=60.0, show_default=True, type=click.FloatRange(1, 86400),
               help="Seconds between endpoint re-checks.")
@@ -141,7 +144,8 @@ def _run_agent(opts: dict) -> int:
         zone_secret=opts["controller_password"], name=node_name,
         credentials=CredentialFile(opts["state_dir"], opts["interface"]),
         hosts=None if opts["hosts_file"] in ("", "none") else HostsFile(
-            Path(opts["hosts_file"]), opts["interface"], opts["dns_suffix"].strip(".")))
+            Path(opts["hosts_file"]), opts["interface"], opts["dns_suffix"].strip(".")),
+        relays=opts["relays"], controller_host=config.controller_host(opts["controller"]))
     name = opts["interface"]
     heap.use_one_arena()
     agent = Agent(settings, open_device(name), LinkConfig(name), endpoints,
@@ -202,11 +206,14 @@ def _state_options(f):
 @main.command()
 @_state_options
 def status(interface: str, state_dir: Path) -> None:
-    """Show peers, endpoints, allowed IPs, handshake age and the zone revision."""
+    """Show peers, their paths (direct, relayed, down), endpoints, allowed IPs, handshake
+    age and the zone revision."""
     from .backend import open_device
     from .state import StateFiles
 
-    cache = StateFiles(state_dir, interface).load()
+    files = StateFiles(state_dir, interface)
+    cache = files.load()
+    paths = files.load_paths() or {}
     device = open_device(interface)
     if not device.exists():
         raise click.ClickException(f"interface {interface} does not exist")
@@ -215,15 +222,34 @@ def status(interface: str, state_dir: Path) -> None:
         click.echo(f"zone {cache.zone}  revision {cache.rev}  address {cache.address}/{cache.prefix_len}")
     click.echo(f"interface {interface}  public key {state.public_key}  listen port {state.listen_port}")
     now = time.time()
-    rows = [("PEER", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX")]
+    stale = not paths or now - float(paths.get("ts", 0)) > 30
+    relays = paths.get("relays", {})
+    for rid, relay in sorted(relays.items()):
+        rtt = f"{relay['rtt_ms']:.1f} ms" if relay.get("rtt_ms") is not None else "-"
+        click.echo(f"relay {rid}  {'alive' if relay.get('alive') else 'not answering'}  "
+                   f"rtt {rtt}{'  (home)' if relay.get('home') else ''}")
+    rows = [("PEER", "PATH", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX")]
     for key, peer in sorted(state.peers.items()):
         stats = state.stats.get(key)
         age = f"{now - stats.last_handshake:.0f}s ago" if stats and stats.last_handshake else "never"
-        rows.append((key, peer.endpoint or "-", ",".join(peer.allowed_ips), age,
+        rows.append((key, _path_cell(paths.get("peers", {}).get(key), relays, stale),
+                     peer.endpoint or "-", ",".join(peer.allowed_ips), age,
                      str(stats.rx_bytes if stats else 0), str(stats.tx_bytes if stats else 0)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _path_cell(entry: dict | None, relays: dict, stale: bool) -> str:
+    """``direct``, ``relay eu-1-ab12cd34 (3.1 ms)``, ``down``; ``?`` when the agent has not
+    said (stopped, or relays off) and ``(stale)`` when it has not for 30 s."""
+    if not entry:
+        return "?"
+    text = entry.get("path", "?")
+    if text == "relayed" and entry.get("relay"):
+        rtt = relays.get(entry["relay"], {}).get("rtt_ms")
+        text = f"relay {entry['relay']}" + (f" ({rtt:.1f} ms)" if rtt is not None else "")
+    return text + (" (stale)" if stale else "")
 
 
 @main.command()

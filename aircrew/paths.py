@@ -111,6 +111,7 @@ class PathMachine:
     moved_at: float | None = None    # when we last moved onto a relay, until a handshake
     kicks_left: int = 0
     last_fresh: float = float("-inf")
+    moved: bool = False              # the zone gave the peer a new endpoint
 
     def __post_init__(self) -> None:
         self.holddown = self.timing.holddown
@@ -139,6 +140,14 @@ class PathMachine:
         """The peer's probe reached us from ``source``."""
         self.reflexive = source
         self._claim(now, claim)
+
+    def peer_moved(self) -> None:
+        """The zone changed the peer's endpoint: what we learnt of its address is stale,
+        and a direct path must be re-created there (new handshake at once)."""
+        self.direct_address = self.last_ack_address = self.reflexive = None
+        self.history.clear()
+        self.outstanding = False
+        self.moved = True
 
     def _claim(self, now: float, claim: str | None) -> None:
         if claim is not None:
@@ -171,7 +180,10 @@ class PathMachine:
             self.outstanding = False
         if is_public(env.own) or is_public(env.peer):
             self.mode, self.relay = DIRECT, None
-            return Decision(DIRECT, None, env.peer.endpoint, False,
+            fresh, self.moved = self.moved and env.peer.endpoint is not None, False
+            if fresh:
+                self.last_fresh = now
+            return Decision(DIRECT, None, env.peer.endpoint, fresh,
                             self._report(now, env, DIRECT), (), DIRECT)
         relay = pair_relay(env.own, env.peer, env.relays)
         fresh = False
@@ -228,6 +240,9 @@ class PathMachine:
             self.moved_at = None
         if self.mode != RELAYED:
             endpoint = self.direct_address or env.peer.endpoint
+            if self.moved and endpoint is not None:
+                fresh, self.last_fresh = True, now
+        self.moved = False
         interval = t.probe_direct if self.mode == DIRECT else t.probe_relayed
         targets: tuple[str, ...] = ()
         if now - self.last_probe >= interval:

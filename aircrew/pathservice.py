@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from wire import relaymsg as rm, x25519
 from wire.errors import InvalidInput
 
-from .paths import DIRECT, RELAYED, Decision, Env, NodeView, PathMachine, Timing
+from .paths import Decision, Env, NodeView, PathMachine, Timing
 from .portsocket import PortSocket
 from .relaybook import RelayBook, RelayInfo
 
@@ -51,6 +51,7 @@ class PathService:
         self._pair_keys: dict[str, bytes] = {}
         self._by_relay_address: dict[tuple[str, int], str] = {}
         self.restarted: set[str] = set()       # relays that came back with a new boot id
+        self._endpoints: dict[str, str | None] = {}   # each peer's advertised endpoint
 
     # -- relays --------------------------------------------------------------------------
 
@@ -133,6 +134,7 @@ class PathService:
         for gone in set(self.machines) - set(peers):
             del self.machines[gone]
             self.decisions.pop(gone, None)
+            self._endpoints.pop(gone, None)
         relays = self.book.alive()
         own = NodeView(own.key, own.endpoint, own.nat_type, own.relay or self.book.home)
         changes: dict[str, Decision] = {}
@@ -140,6 +142,9 @@ class PathService:
             machine = self.machines.get(key)
             if machine is None:
                 machine = self.machines[key] = PathMachine(self.key, key, self.timing)
+            elif self._endpoints.get(key) != peer.endpoint and peer.endpoint is not None:
+                machine.peer_moved()
+            self._endpoints[key] = peer.endpoint
             link = links.get(key, PeerLink())
             decision = machine.step(now, Env(own, peer, relays, link.stats_age,
                                              link.device_endpoint))
@@ -166,5 +171,6 @@ class PathService:
         except (OSError, ValueError) as exc:
             log.debug("probe to %s: %s", target, exc)
 
-    def report(self) -> dict[str, tuple[str, str | None]]:
-        return {k: (d.report, d.relay) for k, d in self.decisions.items()}
+    def endpoints(self) -> dict[str, str | None]:
+        """The endpoint chosen for each peer (None: leave the device's)."""
+        return {k: d.endpoint for k, d in self.decisions.items()}

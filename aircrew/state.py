@@ -99,8 +99,26 @@ class StateFiles:
     def cache(self) -> Path:
         return self.directory / f"{self.interface}-cache.json"
 
+    @property
+    def paths(self) -> Path:
+        """Each peer's path (direct, relayed, down), for ``aircrew status``."""
+        return self.directory / f"{self.interface}-paths.json"
+
     def all(self) -> list[Path]:
         return [self.config, self.latest_rev, self.cache]
+
+    def save_paths(self, status: dict) -> None:
+        """Write the path status (no secret in it; replaced atomically)."""
+        temp = self.paths.with_name(f".{self.paths.name}.tmp")
+        temp.write_text(json.dumps(status, separators=(",", ":")))
+        os.replace(temp, self.paths)
+
+    def load_paths(self) -> dict | None:
+        try:
+            data = json.loads(self.paths.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def save(self, cache: Cache, records: Iterable[Peer], wg_quick: WgQuickConfig) -> None:
         """Write the three files: ``cache`` with ``records`` as its peers, and ``wg_quick``.
@@ -126,7 +144,7 @@ class StateFiles:
             return None
 
     def remove(self) -> None:
-        for path in self.all():
+        for path in [*self.all(), self.paths]:
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -17,7 +17,12 @@ established/related replies; the router itself accepts ping and its LAN, nothing
 the wan; masquerade out of wan0. kind="cone" keeps the source port when it is free
 (endpoint-independent mapping, address-and-port-dependent filtering: a port-restricted cone);
 kind="symmetric" uses `masquerade fully-random`, a fresh random port per conntrack flow,
-so two destinations see two different ports.
+so two destinations see two different ports. kind="router" is a Linux router that
+masquerades (like "cone") with **no input firewall**: a peer's packet that arrives before
+its own node sent there leaves a conntrack entry that makes the router pick another port
+for its node's flow to that peer (a port clash), so hole punching fails although the NAT
+is not symmetric. ``Nat.set_kind`` swaps the rules and flushes conntrack, as a router
+restart would.
 
 ``standalone(tag)``: a host that is a lab of its own, without a wan (``Lab(wan=False)``),
 for tests that cable one or two hosts themselves (``testbed.host.connect``).
@@ -57,7 +62,7 @@ WAN_NET = ipaddress.IPv4Network("203.0.113.0/24")
 WAN_GATEWAY = ipaddress.IPv4Address("203.0.113.1")
 PUBLIC_HOSTS = range(10, 100)  # last octet of public hosts on the wan
 NAT_ROUTERS = range(100, 200)  # last octet of NAT routers on the wan
-NAT_KINDS = ("cone", "symmetric")
+NAT_KINDS = ("cone", "symmetric", "router")
 STOP_TIMEOUT = 5.0
 COMMAND = "python -m testbed.lab"
 
@@ -85,7 +90,25 @@ table ip apexlab {
     }
 }
 """
+_ROUTER_RULES = """\
+table ip apexlab {
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "lan0" oifname "wan0" accept
+    }
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan0" masquerade
+    }
+}
+"""
 _MASQUERADE = {"cone": "masquerade", "symmetric": "masquerade fully-random"}
+
+
+def nat_rules(kind: str) -> str:
+    """The nftables table of a NAT router of ``kind``."""
+    return _ROUTER_RULES if kind == "router" else _NAT_RULES % _MASQUERADE[kind]
 
 
 def _destroy(namespaces: Sequence[str], root: Path | None, state_path: Path) -> list[str]:
@@ -120,6 +143,16 @@ class Nat(Host):
     @property
     def lan_address(self) -> str:
         return str(self.lan_interface.ip)
+
+    def set_kind(self, kind: str) -> None:
+        """Become a NAT of another kind, as a router restarted with other rules would:
+        the rules are swapped in one transaction and the conntrack table is flushed."""
+        if kind not in NAT_KINDS:
+            raise LabError(f"unknown NAT kind {kind!r} (want one of {NAT_KINDS})")
+        netns.check(["ip", "netns", "exec", self.ns, "nft", "-f", "-"],
+                    input="delete table ip apexlab\n" + nat_rules(kind))
+        netns.check(["ip", "netns", "exec", self.ns, "conntrack", "-F"])
+        self.kind = kind
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "kind": self.kind, "lan": str(self.lan)}
@@ -279,7 +312,7 @@ class Lab:
 
     def _apply_nat_rules(self, nat: Nat) -> None:
         netns.check(["ip", "netns", "exec", nat.ns, "nft", "-f", "-"],
-                    input=_NAT_RULES % _MASQUERADE[nat.kind])
+                    input=nat_rules(nat.kind))
 
     def _free_wan_address(self, octets: range) -> ipaddress.IPv4Interface:
         used = {h.interface.ip for h in self.hosts.values() if h.underlay is not None}

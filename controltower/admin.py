@@ -193,6 +193,40 @@ def zone_show(out: Output, name: str) -> None:
          ("Nodes", z.get("Nodes"))]))
 
 
+PATH_MARKS = {"direct": "d", "relayed": "r", "down": "x", "mixed": "~", "unknown": "?"}
+
+
+@zone.command("paths")
+@click.argument("name")
+@click.option("--node", help="Only the pairs of this public key.")
+@api_command
+def zone_paths(out: Output, name: str, node: str | None) -> None:
+    """How each pair of zone NAME's nodes reaches each other: d direct, r relayed (with
+    the relay), x down, ~ the two sides disagree, ? not reported."""
+    out.emit(out.client.zone_paths(name, node), _print_paths)
+
+
+def _print_paths(data: Any) -> None:
+    nodes = data["Nodes"]
+    label = {n["PublicKey"]: (n.get("Hostname") or n["Address"])[:16] for n in nodes}
+    relays = sorted({p["Relay"] for p in data["Pairs"] if p.get("Relay")})
+    mark = {r: str(i + 1) for i, r in enumerate(relays)}
+    cell: dict[tuple[str, str], str] = {}
+    for pair in data["Pairs"]:
+        text = PATH_MARKS.get(pair["Path"], "?")
+        if pair["Path"] == "relayed" and pair.get("Relay"):
+            text += mark[pair["Relay"]]
+        cell[(pair["A"], pair["B"])] = cell[(pair["B"], pair["A"])] = text
+    keys = [n["PublicKey"] for n in nodes]
+    table(("", *[label[k] for k in keys]),
+          ([label[a], *[("-" if a == b else cell.get((a, b), "")) for b in keys]] for a in keys))
+    for relay, number in mark.items():
+        click.echo(f"r{number} = relayed via {relay}")
+    counts = data.get("Counts", {})
+    click.echo("pairs: " + ", ".join(f"{n} {p}" for p, n in counts.items() if n) if any(
+        counts.values()) else "pairs: none")
+
+
 @zone.command("delete")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Delete it with its nodes (their agents are told).")

@@ -163,6 +163,10 @@ class ApiClient:
         return self.request("DELETE", f"/zones/{_segment(name)}",
                             query={"force": "true"} if force else None)
 
+    def zone_paths(self, name: str, node: str | None = None) -> Any:
+        return self.request("GET", f"/zones/{_segment(name)}/paths",
+                            query={"node": node} if node else None)
+
     def rotate_secret(self, name: str) -> Any:
         return self.request("POST", f"/zones/{_segment(name)}/rotate-secret")
 

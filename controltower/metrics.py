@@ -174,6 +174,7 @@ class ZoneCollector(Collector):
                 pipe.hlen(keys.peers(zone))
                 pipe.zcount(keys.seen(zone), now - self.offline_after, "+inf")
                 pipe.xinfo_groups(keys.requests(zone))
+                pipe.hvals(keys.paths(zone))
             results = pipe.execute(raise_on_error=False)
         peers = GaugeMetricFamily("controltower_zone_peers", "Peers registered in the zone",
                                   labels=["zone"])
@@ -184,8 +185,15 @@ class ZoneCollector(Collector):
         pending = GaugeMetricFamily("controltower_request_stream_pending", "Requests "
                                     "delivered to a replica and not yet acknowledged",
                                     labels=["zone"])
+        paths = GaugeMetricFamily("controltower_zone_paths", "Peer paths the zone's nodes "
+                                  "reported within 60 s, by path (direct, relayed, down); a "
+                                  "pair counts once per side that reported it",
+                                  labels=["zone", "path"])
         for i, zone in enumerate(zones):
-            n_peers, n_online, groups = results[3 * i:3 * i + 3]
+            n_peers, n_online, groups, reports = results[4 * i:4 * i + 4]
+            if isinstance(reports, list):
+                for path, n in _path_counts(reports, now).items():
+                    paths.add_metric([zone, path], n)
             if isinstance(n_peers, int):
                 peers.add_metric([zone], n_peers)
             if isinstance(n_online, int):
@@ -195,7 +203,23 @@ class ZoneCollector(Collector):
                 pending.add_metric([zone], group.get("pending") or 0)
                 if group.get("lag") is not None:   # unknown after some stream deletions
                     lag.add_metric([zone], group["lag"])
-        return [peers, online, lag, pending]
+        return [peers, online, lag, pending, paths]
+
+
+def _path_counts(reports: list, now: float, stale: float = 60.0) -> dict[str, int]:
+    from .pathmatrix import CODES, parse_report
+    found = dict.fromkeys(CODES.values(), 0)
+    for text in reports:
+        report = parse_report(text)
+        try:
+            if now - float(report.get("ts", 0)) > stale:
+                continue
+        except (TypeError, ValueError):
+            continue
+        for entry in report.get("paths") or []:
+            if isinstance(entry, list) and len(entry) == 4 and entry[1] in CODES:
+                found[CODES[entry[1]]] += 1
+    return found
 
 
 def _group(groups: object) -> dict | None:

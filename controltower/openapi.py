@@ -122,6 +122,50 @@ SCHEMAS: dict[str, Any] = {
         "required": ["Name", "AgentSecret"],
         "additionalProperties": False,
     },
+    "PathView": {
+        "type": ["object", "null"],
+        "description": "One side's report of a pair (null: that side has not reported).",
+        "properties": {
+            "Path": {"enum": ["direct", "relayed", "down", "unknown"]},
+            "Relay": {"type": ["string", "null"]},
+            "HandshakeAge": {"type": ["integer", "null"],
+                             "description": "Seconds since the pair's last WireGuard handshake."},
+            "ReportAge": {"type": "number", "description": "Seconds since the report."},
+        },
+        "required": ["Path", "Relay", "HandshakeAge", "ReportAge"],
+        "additionalProperties": False,
+    },
+    "ZonePaths": {
+        "type": "object",
+        "properties": {
+            "Zone": _ref("ZoneName"),
+            "Relays": {"type": "array", "items": {"type": "object", "properties": {
+                "Id": {"type": "string"}, "Region": {"type": ["string", "null"]},
+                "Host": {"type": ["string", "null"],
+                         "description": "null: agents reach it at the controller's host"},
+                "Port": {"type": "integer"}, "SeenAge": {"type": ["number", "null"]}},
+                "required": ["Id", "Region", "Host", "Port", "SeenAge"],
+                "additionalProperties": False}},
+            "Nodes": {"type": "array", "items": {"type": "object", "properties": {
+                "PublicKey": {"type": "string"}, "Address": {"type": "string"},
+                "Hostname": {"type": ["string", "null"]},
+                "NatType": {"type": ["string", "null"]},
+                "Relay": {"type": ["string", "null"], "description": "Its home relay."},
+                "Online": {"type": "boolean"}},
+                "required": ["PublicKey", "Address", "Hostname", "NatType", "Relay", "Online"],
+                "additionalProperties": False}},
+            "Pairs": {"type": "array", "items": {"type": "object", "properties": {
+                "A": {"type": "string"}, "B": {"type": "string"},
+                "Path": {"enum": ["direct", "relayed", "down", "mixed", "unknown"]},
+                "Relay": {"type": ["string", "null"]},
+                "AView": _ref("PathView"), "BView": _ref("PathView")},
+                "required": ["A", "B", "Path", "Relay", "AView", "BView"],
+                "additionalProperties": False}},
+            "Counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+        "required": ["Zone", "Relays", "Nodes", "Pairs", "Counts"],
+        "additionalProperties": False,
+    },
     "ZoneDetail": {
         "type": "object",
         "properties": {
@@ -404,6 +448,21 @@ PATHS: dict[str, Any] = {
                            "manage agent credentials (--no-agent-acl).",
             "responses": {"200": _json(_ref("RotatedSecret"), "The new secret, shown once."),
                           **_errors("400", "404", "409")},
+        },
+    },
+    "/zones/{name}/paths": {
+        "parameters": [ZONE_PARAM],
+        "get": {
+            "tags": ["zones"], "operationId": "zonePaths", "security": READ_SECURITY,
+            "summary": "How each pair of the zone's nodes reaches each other",
+            "description": "Direct, relayed (via which relay) or down, as both nodes of each "
+                           "pair last reported on their heartbeats; 'mixed' when they "
+                           "disagree, 'unknown' when neither reported (within 60 s).",
+            "parameters": [{"name": "node", "in": "query", "required": False,
+                            "description": "Only the pairs of this public key.",
+                            "schema": {"type": "string"}}],
+            "responses": {"200": _json(_ref("ZonePaths"), "The zone's pairs."),
+                          **_errors("400", "404")},
         },
     },
     "/zones/{name}": {

@@ -1,16 +1,17 @@
 """Zones: create, list, show, delete."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
-
-from wire.errors import Conflict, InvalidInput
-
-from ..acl import new_secret
 import time
 
-from ipam.registry import DEFAULT_EPHEMERAL_AFTER, DEFAULT_JOIN_KEY_SECONDS
+from flask import Blueprint, current_app, jsonify, request
 
+from ipam.registry import DEFAULT_EPHEMERAL_AFTER, DEFAULT_JOIN_KEY_SECONDS
+from wire.errors import Conflict, InvalidInput
+
+from .. import pathmatrix
+from ..acl import new_secret
 from ..db import credentials, nodes, store
+from ..relay.directory import read_relays
 from . import render
 from .body import json_object
 
@@ -150,3 +151,33 @@ def rotate_secret(name: str):
     if creds is None:
         raise Conflict("this tower does not manage agent credentials (--no-agent-acl)")
     return jsonify({"Name": store().get_zone(name).name, "AgentSecret": creds.rotate(name)})
+
+
+@bp.get("/zones/<name>/paths")
+def zone_paths(name: str):
+    """Each pair of the zone's nodes and how they reach each other (direct, relayed via
+    which relay, down), as both sides last reported on their heartbeats."""
+    s = store()
+    s.get_zone(name)                                   # 404 for an unknown zone
+    only = request.args.get("node")
+    peers = s.peers(name)
+    if only is not None and only not in {p.key for p in peers}:
+        raise InvalidInput(f"node {only!r} is not in zone {name}")
+    now = time.time()
+    raw = s.redis.hgetall(s.keys.paths(name))
+    reports = {(k.decode() if isinstance(k, bytes) else k): pathmatrix.parse_report(v)
+               for k, v in raw.items()}
+    seen = s.last_seen(name)
+    offline = current_app.config["OFFLINE_AFTER"]
+    stale = max(60.0, 2 * offline)
+    pairs = pathmatrix.matrix(peers, reports, now, stale, only)
+    nodes = [{"PublicKey": p.key, "Address": p.address, "Hostname": p.hostname,
+              "NatType": p.nat_type, "Relay": p.relay,
+              "Online": seen.get(p.key, 0) >= now - offline} for p in sorted(peers, key=lambda p: p.key)]
+    relays = [{"Id": r.get("id"), "Region": r.get("region"), "Host": r.get("host"),
+               "Port": r.get("port"), "SeenAge": None if r.get("seen") is None
+               else round(now - r["seen"], 1)}
+              for r in read_relays(s.redis, s.keys)
+              if "*" in (r.get("zones") or ["*"]) or name in (r.get("zones") or [])]
+    return jsonify({"Zone": name, "Relays": relays, "Nodes": nodes, "Pairs": pairs,
+                    "Counts": pathmatrix.counts(pairs)})

@@ -118,7 +118,7 @@ class AgentSettings:
     hosts: HostsFile | None = None       # the zone's names, <name>.<zone>[.suffix]
     relays: bool = True                 # use the zone's relays and probe direct paths
     controller_host: str | None = None  # where relays without an address of their own are
-    relayed_endpoint_interval: float = 10.0   # endpoint re-checks while a peer is relayed
+    relayed_endpoint_interval: float = 5.0    # endpoint re-checks while a peer is relayed
 
 
 class Agent:
@@ -160,6 +160,7 @@ class Agent:
         self._paths_lock = asyncio.Lock()
         self._published_home: str | None = None
         self._paths_saved = float("-inf")
+        self._paths_shown: dict = {}
         self._synced = False
 
     @property
@@ -632,8 +633,9 @@ class Agent:
                 and self._synced and self.endpoint is not None:
             self._published_home = self.paths.home
             asyncio.create_task(self._send_endpoint(), name="home-relay")
-        if changes or time.monotonic() - self._paths_saved > 5.0:
-            self._paths_saved = time.monotonic()
+        shown = self.paths.shown()
+        if shown != self._paths_shown or time.monotonic() - self._paths_saved > 5.0:
+            self._paths_saved, self._paths_shown = time.monotonic(), shown
             status = self.paths.status(self.mirror.peers)
             try:
                 await asyncio.to_thread(self.state.save_paths, status)

@@ -125,6 +125,12 @@ class PathKeeper:
     def endpoints(self) -> dict[str, str | None]:
         return self.service.endpoints() if self.service else {}
 
+    def shown(self) -> dict[str, tuple[str, str | None]]:
+        """What the status file shows per peer (to write it when that changes)."""
+        if self.service is None:
+            return {}
+        return {k: (d.report, d.relay) for k, d in self.service.decisions.items()}
+
     def any_relayed(self) -> bool:
         return bool(self.service) and any(
             d.mode == RELAYED for d in self.service.decisions.values())

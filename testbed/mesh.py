@@ -63,6 +63,7 @@ class Mesh:
         self.tower_proc: HostProcess | None = None
         self.secrets: dict[str, str] = {}
         self.agents: dict[str, LabAgent] = {}
+        self.relays: dict[str, HostProcess] = {}
 
     # -- the tower -----------------------------------------------------------------------
 
@@ -183,6 +184,54 @@ class Mesh:
             if src.ping(address, count=1, timeout=1):
                 return True
         return False
+
+
+    # -- relays and paths ------------------------------------------------------------------
+
+    def redis_url(self) -> str:
+        """The tower's private Redis as seen from the wan (for relays on other hosts)."""
+        from urllib.parse import quote
+        password = quote(self._tower_file("redis-password"), safe="")
+        return f"redis://ct-tower:{password}@{self.tower.address}:6379/0"
+
+    def start_relay(self, host: Host, region: str, *extra: str) -> HostProcess:
+        """``controltower relay`` on ``host`` (its key in the host's /etc/wireguard/relay),
+        announced in the tower's Redis; the Redis URL goes in the environment."""
+        argv = [str(BIN / "controltower"), "relay", "--region", region,
+                "--listen", "0.0.0.0:3480", "--public-address", host.address,
+                "--data-dir", "/etc/wireguard/relay", *extra]
+        proc = host.spawn(argv, f"relay-{region}", env={"CONTROLTOWER_REDIS_URL": self.redis_url()})
+        self.relays[region] = proc
+        wait_for(lambda: any(r.get("Region") == region for r in self.curl(
+            "GET", "/zones/default/paths")[1]["Relays"]) or (
+            not proc.running and _raise(MeshFailure(f"relay {region} exited:\n"
+                                                    f"{proc.log_text()[-2000:]}"))),
+            20, f"relay {region} to announce itself")
+        return proc
+
+    def paths(self, host: Host) -> dict[str, Any]:
+        """The agent's path status (``<state dir>/wg0-paths.json``): {"peers": {key: {path,
+        relay, ...}}, "relays": {...}}; empty before the agent wrote it."""
+        try:
+            return json.loads((host.etc_dir / "wg0-paths.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def path_of(self, host: Host, peer_key: str) -> tuple[str | None, str | None]:
+        entry = self.paths(host).get("peers", {}).get(peer_key) or {}
+        return entry.get("path"), entry.get("relay")
+
+    def first_ping(self, src: Host, address: str, timeout: float) -> float | None:
+        """Seconds until ``src`` gets an answer from ``address`` over wg0 (None: never)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if src.ping(address, count=1, timeout=0.3):
+                return time.monotonic() - start
+        return None
+
+
+def _raise(exc: Exception):
+    raise exc
 
 
 def in_network(address: str, cidr: str) -> bool:

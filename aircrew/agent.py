@@ -456,12 +456,13 @@ class Agent:
         session = self.session
         now = time.monotonic()
         next_heartbeat = now + self.s.heartbeat_interval
-        next_endpoint = now + self.s.endpoint_interval
+        last_endpoint = now
         next_revision = now + self.s.revision_interval
         next_drift = now + self.s.drift_interval
         while not self.stop.is_set():
             if session.lost.is_set():
                 raise Unavailable("lost the connection to the controller")
+            next_endpoint = last_endpoint + self._endpoint_interval()
             due = min(next_heartbeat, next_endpoint, next_revision, next_drift)
             update = await self._next_update(max(0.0, min(due - time.monotonic(), 1.0)))
             if update is not None:
@@ -483,10 +484,7 @@ class Agent:
                 next_heartbeat = now + self.s.heartbeat_interval
                 await self._heartbeat()
             if now >= next_endpoint:
-                interval = self.s.endpoint_interval
-                if self.paths is not None and self.paths.any_relayed():
-                    interval = min(interval, self.s.relayed_endpoint_interval)
-                next_endpoint = now + interval
+                last_endpoint = now
                 await self._recheck_endpoint()
             if now >= next_revision:
                 next_revision = now + await self._check_revision()
@@ -495,6 +493,13 @@ class Agent:
                 next_drift = now + self.s.drift_interval
                 if await self._reconcile_all():
                     self._state_changed()
+
+    def _endpoint_interval(self) -> float:
+        """Seconds between endpoint re-checks: sooner while a peer is relayed (a NAT that
+        changed may now let the pair go direct)."""
+        if self.paths is not None and self.paths.any_relayed():
+            return min(self.s.endpoint_interval, self.s.relayed_endpoint_interval)
+        return self.s.endpoint_interval
 
     async def _next_update(self, timeout: float) -> ZoneUpdate | None:
         """The next zone update, waiting up to ``timeout`` seconds for one. (``asyncio.timeout``

@@ -1,9 +1,12 @@
 """`make demo`: a small internet in namespaces, a real tower and real agents, checked.
 
-Topology: a tower; three public nodes; a "laptop" behind a cone NAT that opens no
-inbound port; a second spoke behind a symmetric NAT. Zones: `default` (pub1, pub2,
-laptop) and `zone-blue` (pub3, spoke2). Every in-zone pair must reach each other over
-wg0 and no pair across zones may. Ends with `demo: N/N checks passed`.
+Topology: a tower (with its relay); three public nodes; a "laptop" behind a cone NAT that
+opens no inbound port; a "phone" behind a symmetric NAT in the same zone (the laptop and
+the phone cannot reach each other directly: their pair goes through the relay); a spoke
+behind a symmetric NAT in another zone. Zones: `default` (pub1, pub2, laptop, phone) and
+`zone-blue` (pub3, spoke2). Every in-zone pair must reach each other over wg0 and no pair
+across zones may; every in-zone pair's path (direct or relayed, from
+`GET /zones/<zone>/paths`) is shown. Ends with `demo: N/N checks passed`.
 
 The lab, the tower and agent processes in it and the checks are the test bed's
 (``testbed.lab``, ``testbed.mesh``); the commands run in it are the real ones.
@@ -18,7 +21,7 @@ from testbed.errors import LabError
 from testbed.lab import Lab
 from testbed.mesh import Mesh
 
-MEMBERS = {"pub1": "default", "pub2": "default", "laptop": "default",
+MEMBERS = {"pub1": "default", "pub2": "default", "laptop": "default", "phone": "default",
            "pub3": "zone-blue", "spoke2": "zone-blue"}
 
 
@@ -35,13 +38,14 @@ def run(keep: bool) -> int:
     started = time.monotonic()
     lab = Lab()
     try:
-        say(f"building lab {lab.prefix}: wan bridge, tower, 3 public hosts, 2 NATs")
+        say(f"building lab {lab.prefix}: wan bridge, tower, 3 public hosts, 3 NATs")
         tower = lab.add_public_host("tower")
         hosts = {name: lab.add_public_host(name) for name in ("pub1", "pub2", "pub3")}
         hosts["laptop"] = lab.add_private_host("laptop", lab.add_nat("nat1", "cone"))
         hosts["spoke2"] = lab.add_private_host("spoke2", lab.add_nat("nat2", "symmetric"))
+        hosts["phone"] = lab.add_private_host("phone", lab.add_nat("nat3", "symmetric"))
         mesh = Mesh(lab, tower)
-        say(f"starting `controltower serve` on tower ({tower.address}): Redis, API, STUN")
+        say(f"starting `controltower serve` on tower ({tower.address}): Redis, API, STUN, relay")
         mesh.start_tower()
         say("creating zone-blue 10.140.0.0/20 with POST /zone")
         mesh.create_zone("zone-blue", "10.140.0.0/20", "Tenant - Zone Blue")
@@ -86,13 +90,16 @@ def run(keep: bool) -> int:
             matrix.append((src, *cells))
         print("ping matrix over wg0 (ok = reached, no = unreachable, ! = unexpected):")
         print(table(matrix) + "\n")
+        pings = list(checks)
+        checks += path_checks(mesh, agents)
         passed = sum(1 for c in checks if c[2] == c[3])
         for src, dst, expected, got in checks:
             if expected != got:
                 say(f"FAILED: {src} -> {dst} ({addresses[dst]}) "
                     f"{'should reach' if expected else 'must not reach'}")
-        say(f"{sum(c[2] for c in checks)} in-zone pairs must reach each other, "
-            f"{sum(not c[2] for c in checks)} cross-zone pairs must not "
+        say(f"{sum(c[2] for c in pings)} in-zone pings must answer, "
+            f"{sum(not c[2] for c in pings)} cross-zone pings must not, "
+            f"{len(checks) - len(pings)} in-zone pairs must have a path "
             f"({time.monotonic() - started:.0f}s)")
         if keep:
             lab.detach()
@@ -108,6 +115,33 @@ def run(keep: bool) -> int:
     finally:
         if not keep:
             lab.teardown()
+
+
+def path_checks(mesh: Mesh, agents: dict) -> list[tuple[str, str, bool, bool]]:
+    """Every in-zone pair's path as the tower reports it (both sides' heartbeats): one
+    check per pair that it is direct or relayed; the table of them is printed."""
+    name_of = {a.public_key: n for n, a in agents.items()}
+    rows = [("ZONE", "PAIR", "PATH", "RELAY", "HANDSHAKE AGE")]
+    found: dict[tuple[str, str], str] = {}
+    deadline = time.monotonic() + 15
+    for zone in sorted(set(MEMBERS.values())):
+        while True:
+            _, data = mesh.curl("GET", f"/zones/{zone}/paths")
+            pairs = [p for p in data["Pairs"] if p["A"] in name_of and p["B"] in name_of]
+            if all(p["Path"] in ("direct", "relayed") for p in pairs) or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        for p in pairs:
+            a, b = sorted((name_of[p["A"]], name_of[p["B"]]))
+            view = p["AView"] or p["BView"] or {}
+            age = view.get("HandshakeAge")
+            rows.append((zone, f"{a} - {b}", p["Path"], p["Relay"] or "-",
+                         "-" if age is None else f"{age}s"))
+            found[(a, b)] = p["Path"]
+    print("paths (GET /zones/<zone>/paths; relayed pairs go through the tower's relay):")
+    print(table(rows) + "\n")
+    return [(a, b, True, path in ("direct", "relayed")) for (a, b), path in found.items()]
 
 
 def main(argv: list[str] | None = None) -> int:

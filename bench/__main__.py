@@ -7,7 +7,7 @@ import signal
 import sys
 from types import ModuleType
 
-from . import api, footprint, identity, join, reconcile, storm, throughput
+from . import api, footprint, identity, join, reconcile, relay, storm, throughput
 from .report import emit
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -18,6 +18,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "agent-footprint": footprint,
     "throughput": throughput,
     "identity": identity,
+    "relay": relay,
 }
 
 

@@ -210,7 +210,8 @@ def test_ports():
     doc = rendered()
     ports = {name: {port_spec(p) for p in s.get("ports", [])} for name, s in doc["services"].items()}
     assert ports["controltower"] == {(8080, 8080, "tcp"), (3478, 3478, "udp"),
-                                     (3479, 3479, "udp")}      # STUN answers on port + 1 too
+                                     (3479, 3479, "udp"),      # STUN answers on port + 1 too
+                                     (3480, 3480, "udp")}      # the relay's default port
     assert ports["redis"] == {(6379, 6379, "tcp")}
     assert ports["aircrew"] == {(51820, 51820, "udp")}
     published = [(host, proto) for specs in ports.values() for host, _, proto in specs]
@@ -290,7 +291,7 @@ def test_dockerfile(name, monkeypatch):
             exec_form = args[args.index("["):]
             assert isinstance(json.loads(exec_form), list), f"{path.name}: {word} not JSON"
     exposed = {a for word, args in instructions if word == "EXPOSE" for a in args.split()}
-    expected = {"controltower": {"8080/tcp", "3478/udp", "3479/udp"},
+    expected = {"controltower": {"8080/tcp", "3478/udp", "3479/udp", "3480/udp"},
                 "aircrew": {"51820/udp"}}[name]
     assert exposed == expected
     cmd = json.loads(next(args for word, args in instructions if word == "CMD"))

@@ -173,11 +173,17 @@ class Tower:
     def _start_relay(self, store: ZoneStore) -> None:
         from .relay.server import make_relay, relay_key
         s = self.settings
-        self.relay = make_relay(store.redis, store.keys, relay_key(s.data_dir),
-                                region=s.relay_region, host=s.relay_public_address,
-                                listen=s.listen, port=s.relay_port,
-                                datapath=s.relay_datapath, metrics=metrics.relay())
-        self.relay.start()
+        relay = make_relay(store.redis, store.keys, relay_key(s.data_dir),
+                           region=s.relay_region, host=s.relay_public_address,
+                           listen=s.listen, port=s.relay_port,
+                           datapath=s.relay_datapath, metrics=metrics.relay())
+        try:
+            relay.start()
+        except OSError as exc:     # the port is taken (another replica on this host)
+            log.error("the relay did not start on udp port %d: %s; this replica runs "
+                      "without it (--relay-port 0 to say so)", s.relay_port, exc)
+            return
+        self.relay = relay
 
     def _agent_credentials(self, store: ZoneStore) -> AgentCredentials:
         """Re-apply zone agent users; the default zone's secret lives in the data dir.

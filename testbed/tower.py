@@ -40,6 +40,8 @@ class TowerProcess:
     def start(self, timeout: float = 20.0) -> "TowerProcess":
         argv = [sys.executable, "-m", "controltower", "serve", "--listen", "127.0.0.1",
                 "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra]
+        if "--relay-port" not in self.extra:
+            argv += ["--relay-port", "0"]     # replicas on one host: no fixed UDP port
         if self.redis_url:
             argv += ["--redis-url", self.redis_url]
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ def world():
         mesh.start_tower("--relay-port", "0")
         relays = {"ra": lab.add_public_host("relaya"), "rb": lab.add_public_host("relayb")}
         for region, host in relays.items():
-            mesh.start_relay(host, region)
+            mesh.start_relay(host, region, "--metrics-port", "9480")
         mesh.create_zone("zone-blue", "10.140.0.0/20")
         yield lab, mesh, relays
 
@@ -130,6 +130,14 @@ def test_relay_never_sees_the_payload(world, nodes):
     assert len(relayed) >= 20, "the capture on the relay saw the relayed pings"
     assert on_relay.count(needle) == 0
     assert (hs2.etc_dir / "cap.pcap").read_bytes().count(needle) > 0   # the pattern is there
+    # the relay counts what its kernel forwarded (refreshed every second)
+    def kernel_packets() -> float:
+        text = relay_host.run(["curl", "-s", "http://127.0.0.1:9480/metrics"]).stdout
+        for line in text.splitlines():
+            if line.startswith('controltower_relay_packets_total{datapath="kernel"}'):
+                return float(line.split()[-1])
+        return 0.0
+    wait_for(lambda: kernel_packets() >= 20, 10, "the relay's kernel packet counter")
 
 
 def test_node_of_another_zone_gets_nothing_relayed(world, nodes):

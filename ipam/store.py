@@ -181,7 +181,7 @@ class ZoneStore:
                      k.free(name), k.cursor(name), k.published(name), k.changes(name),
                      k.seen(name), k.applied(name), k.requests(name), k.auth(name),
                      k.nodes(name), k.names(name), k.joinkeys(name), k.ephemeral(name),
-                     k.expiring(name)]
+                     k.expiring(name), k.paths(name)]
 
         def deleted(reply: list[Any]) -> Call | None:
             if reply[0] == "ok":

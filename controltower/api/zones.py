@@ -167,6 +167,9 @@ def zone_paths(name: str):
     raw = s.redis.hgetall(s.keys.paths(name))
     reports = {(k.decode() if isinstance(k, bytes) else k): pathmatrix.parse_report(v)
                for k, v in raw.items()}
+    gone = set(reports) - {p.key for p in peers}
+    if gone:                                   # reports of nodes removed since
+        s.redis.hdel(s.keys.paths(name), *gone)
     seen = s.last_seen(name)
     offline = current_app.config["OFFLINE_AFTER"]
     stale = max(60.0, 2 * offline)

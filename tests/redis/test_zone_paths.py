@@ -47,3 +47,7 @@ def test_matrix_from_reports(app, client, store, capsys):
     text = capsys.readouterr().out
     assert "r1" in text and "r1 = relayed via tower-0a1b2c3d" in text and "~" in text
     assert json.dumps(data)
+    # a removed node's report goes with the next read of the matrix
+    store.remove_peer("default", c, "deleted")
+    assert len(client.get("/zones/default/paths").get_json()["Pairs"]) == 1
+    assert store.redis.hexists(store.keys.paths("default"), c) == 0

@@ -52,6 +52,14 @@ def spokes(lab, mesh, kinds: dict[str, str]) -> dict:
     return out
 
 
+def capture(host, argv: list[str], name: str):
+    """tcpdump on ``host``, returned once it is listening (it is slow to start when the
+    machine is busy)."""
+    proc = host.spawn(["tcpdump", "-n", "-U", *argv], name)
+    wait_for(lambda: "listening on" in proc.log_text(), 15, f"tcpdump on {host.name}")
+    return proc
+
+
 def both_report(mesh, world_nodes, a: str, b: str, path: str, timeout: float) -> float:
     """Seconds until both sides of the pair report ``path`` for each other."""
     (ha, aa, _, _), (hb, ab, _, _) = world_nodes[a], world_nodes[b]
@@ -114,11 +122,8 @@ def test_relay_never_sees_the_payload(world, nodes):
     path, relay_id = mesh.path_of(hs1, a2.public_key)
     assert path == "relayed" and relay_id
     relay_host = relays[relay_id.rsplit("-", 1)[0]]
-    cap = relay_host.spawn(["tcpdump", "-i", "any", "-n", "-U", "-w", "/etc/wireguard/cap.pcap"],
-                           "tcpdump")
-    control = hs2.spawn(["tcpdump", "-i", "wg0", "-n", "-U", "-w", "/etc/wireguard/cap.pcap"],
-                        "tcpdump")
-    time.sleep(1.5)
+    cap = capture(relay_host, ["-i", "any", "-w", "/etc/wireguard/cap.pcap"], "tcpdump")
+    control = capture(hs2, ["-i", "wg0", "-w", "/etc/wireguard/cap.pcap"], "tcpdump")
     hs1.run(["ping", "-n", "-c", "10", "-i", "0.2", "-p", PATTERN, "-s", "200", addr2])
     time.sleep(1.0)
     cap.stop()
@@ -166,9 +171,7 @@ def test_node_of_another_zone_gets_nothing_relayed(world, nodes):
         "    m=rm.decode(s.recv(2048)); print(zone, type(m).__name__, getattr(m,'reason',''))\n"
         "for _ in range(20):\n"
         "    s.sendto(bytes.fromhex(sys.argv[4]),relay); time.sleep(0.05)\n")
-    cap = hs2.spawn(["tcpdump", "-i", "eth0", "-n", "-U", "-w", "/etc/wireguard/x.pcap", "udp"],
-                    "tcpdump-x")
-    time.sleep(1.5)
+    cap = capture(hs2, ["-i", "eth0", "-w", "/etc/wireguard/x.pcap", "udp"], "tcpdump-x")
     out = x1.run([str(BIN / "python"), "-c", script, record["Host"], str(record["Port"]),
                   relay_pub, forged.hex()]).stdout
     time.sleep(1.0)

@@ -16,6 +16,8 @@ NODE_COMMANDS = (*CONNECT, "subscribe", "unsubscribe", "get", "hget", "hgetall",
                  "exec", "discard")
 ENROLL_COMMANDS = (*CONNECT, "subscribe", "unsubscribe", "get")
 TOMBSTONE_COMMANDS = (*CONNECT, "get")
+RELAY_COMMANDS = (*CONNECT, "smembers", "hkeys", "hexists", "hset", "hdel", "zadd", "zrem",
+                  "zrangebyscore")
 
 
 def _commands(names: tuple[str, ...], extra: tuple[str, ...]) -> list[str]:
@@ -49,3 +51,11 @@ def tombstone(keys: Keys, zone: str, node_id: str, extra: tuple[str, ...] = ()) 
     """A removed node: may log in and read why, nothing else."""
     return ["reset", "on", "resetchannels", *_commands(TOMBSTONE_COMMANDS, extra),
             f"%R~{keys.gone(zone, node_id)}"]
+
+
+def relay(keys: Keys, extra: tuple[str, ...] = ()) -> list[str]:
+    """A relay alone on another host (``controltower relay``): the zones' names and their
+    members' keys (HKEYS/HEXISTS: not their records), its own announcement. No channel."""
+    return ["reset", "on", "resetchannels", *_commands(RELAY_COMMANDS, extra),
+            f"%R~{keys.zones}", f"%R~{keys.peers('*')}", f"~{keys.relays}",
+            f"~{keys.relays_seen}"]

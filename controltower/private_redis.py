@@ -2,8 +2,9 @@
 
 One command gives a working tower on a single machine. The ``default`` Redis user is
 off; the tower connects as ``ct-tower``, whose password is generated on first start and
-kept in ``<data-dir>/redis-password`` (mode 0600). The ACL file (``users.acl``) holds
-only those two: the agents' users (per node, join key and zone secret) are applied by
+kept in ``<data-dir>/redis-password`` (mode 0600); relays on other hosts as ``ct-relay``
+(``<data-dir>/relay-redis-password``, rules in aclrules.relay). The ACL file
+(``users.acl``) holds only those three: the agents' users (per node, join key and zone secret) are applied by
 the tower from their stored digests at every start and after a failover (controltower/
 acl.py). No secret is ever on a command line.
 """
@@ -23,12 +24,15 @@ import redis
 
 from wire.errors import Unavailable
 
-from . import children
+from wire.keys import Keys
 from wire.secretfile import read_or_create_secret, write_secret
+
+from . import aclrules, children
 
 log = logging.getLogger(__name__)
 
 TOWER_USER = "ct-tower"
+RELAY_USER = "ct-relay"
 # Every agent holds one pub/sub connection: room for a few zones of 10,000 agents.
 MAX_CLIENTS = 65000
 RESERVED_FDS = 32   # descriptors redis-server keeps for itself beyond maxclients
@@ -61,12 +65,16 @@ def raise_open_files(clients: int) -> int:
 
 
 class PrivateRedis:
-    def __init__(self, data_dir: Path, bind: str = "127.0.0.1", port: int = 6379) -> None:
+    def __init__(self, data_dir: Path, bind: str = "127.0.0.1", port: int = 6379,
+                 keys: Keys = Keys()) -> None:
         self.data_dir = data_dir
         self.bind = bind
         self.port = port
+        self.keys = keys
         self.password = read_or_create_secret(data_dir / "redis-password",
                                               lambda: secrets.token_urlsafe(24))
+        self.relay_password = read_or_create_secret(data_dir / "relay-redis-password",
+                                                    lambda: secrets.token_urlsafe(24))
         self.proc = None
 
     @property
@@ -82,12 +90,17 @@ class PrivateRedis:
         os.chmod(redis_dir, 0o700)
         acl_file = self.data_dir / "users.acl"
         digest = hashlib.sha256(self.password.encode()).hexdigest()
+        relay_digest = hashlib.sha256(self.relay_password.encode()).hexdigest()
         # The default user is off (no one can log in as it) but keeps full rights: Redis
         # replays the AOF as that user, and a transaction it may not run would be lost.
-        # The tower's own user is rewritten at every start; agents' users are applied
-        # by the tower from its registry (never saved here: ACL SAVE blocks Redis).
+        # The tower's and the relays' users are rewritten at every start; agents' users
+        # are applied by the tower from its registry (never saved here: ACL SAVE blocks
+        # Redis).
+        relay_rules = " ".join(aclrules.relay(self.keys))
         write_secret(acl_file, "\n".join(["user default off ~* &* +@all",
-                                          f"user {TOWER_USER} on #{digest} ~* &* +@all", ""]))
+                                          f"user {TOWER_USER} on #{digest} ~* &* +@all",
+                                          f"user {RELAY_USER} {relay_rules} #{relay_digest}",
+                                          ""]))
         config = self.data_dir / "redis.conf"
         binds = "* -::*" if self.bind in ("0.0.0.0", "::", "") else self.bind
         max_clients = raise_open_files(MAX_CLIENTS)

@@ -126,7 +126,8 @@ class Tower:
             metrics.use_directory(self.run_dir / "metrics")
             redis_url = s.redis_url
             if not redis_url:
-                self.private_redis = PrivateRedis(s.data_dir, s.listen, s.redis_port)
+                self.private_redis = PrivateRedis(s.data_dir, s.listen, s.redis_port,
+                                                  Keys(s.key_prefix))
                 self.private_redis.start()
                 redis_url = self.private_redis.url
                 log.info("agents connect with --controller <this host>:%d", s.redis_port)

@@ -188,19 +188,21 @@ class Mesh:
 
     # -- relays and paths ------------------------------------------------------------------
 
-    def redis_url(self) -> str:
-        """The tower's private Redis as seen from the wan (for relays on other hosts)."""
+    def relay_redis_url(self) -> str:
+        """The tower's private Redis as seen from the wan, as the relays' own user."""
         from urllib.parse import quote
-        password = quote(self._tower_file("redis-password"), safe="")
-        return f"redis://ct-tower:{password}@{self.tower.address}:6379/0"
+        password = quote(self._tower_file("relay-redis-password"), safe="")
+        return f"redis://ct-relay:{password}@{self.tower.address}:6379/0"
 
     def start_relay(self, host: Host, region: str, *extra: str) -> HostProcess:
         """``controltower relay`` on ``host`` (its key in the host's /etc/wireguard/relay),
-        announced in the tower's Redis; the Redis URL goes in the environment."""
+        announced in the tower's Redis as the ``ct-relay`` user; the Redis URL goes in the
+        environment."""
         argv = [str(BIN / "controltower"), "relay", "--region", region,
                 "--listen", "0.0.0.0:3480", "--public-address", host.address,
                 "--data-dir", "/etc/wireguard/relay", *extra]
-        proc = host.spawn(argv, f"relay-{region}", env={"CONTROLTOWER_REDIS_URL": self.redis_url()})
+        proc = host.spawn(argv, f"relay-{region}",
+                          env={"CONTROLTOWER_REDIS_URL": self.relay_redis_url()})
         self.relays[region] = proc
         wait_for(lambda: any(r.get("Region") == region for r in self.curl(
             "GET", "/zones/default/paths")[1]["Relays"]) or (

@@ -69,6 +69,7 @@ def test_a_node_may_do_its_job(zones, redis_proc):
         assert pipe.execute()[0] == "10.140.0.0/20"
     c.get(k.published("zone-blue"))
     c.get(k.tower_public)
+    c.hgetall(k.relays)                              # the relays (issue 13)
     assert c.publish(k.request_channel("zone-blue", node.id), b"x") == 0
     p = c.pubsub()
     p.subscribe(k.updates("zone-blue"), k.reply("zone-blue", node=node.id))
@@ -115,6 +116,18 @@ def test_a_node_can_run_exactly_the_commands_it_needs(zones, redis_client):
     assert _allowed(redis_client, node.user, targets) == {
         "auth", "client|id", "client|setname", "discard", "exec", "get", "hello", "hget",
         "hgetall", "multi", "ping", "publish", "quit", "reset", "subscribe", "unsubscribe"}
+
+
+def test_a_relay_can_run_exactly_the_commands_it_needs(zones, redis_client):
+    """``ct-relay`` (a relay on another host): zone names and members' keys, its record."""
+    k = zones[0].keys
+    redis_client.execute_command("ACL", "SETUSER", "ct-relay", *aclrules.relay(k), ">pw")
+    targets = [k.zones, k.peers("zone-blue"), k.relays, k.relays_seen, k.tower_private,
+               k.auth("zone-blue"), k.nodes("zone-blue"), k.updates("zone-blue"),
+               k.requests("zone-blue")]
+    assert _allowed(redis_client, "ct-relay", targets) == {
+        "auth", "client|id", "client|setname", "hdel", "hello", "hexists", "hkeys", "hset",
+        "ping", "quit", "reset", "smembers", "zadd", "zrangebyscore", "zrem"}
 
 
 ATTACKS = {

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from wire.messages import Peer
+from wire.messages import MAX_PATH_REPORT, Peer
 
 from .paths import DOWN, RELAYED, NodeView
 from .pathservice import PathService, PeerLink
@@ -31,7 +31,9 @@ LINK_READ = 1.0          # seconds between reads of the device's handshake times
 MAX_RELAYS = 8
 START_WAIT = 1.0         # at start, wait this long at most for every relay to answer
 PATH_CODE = {"direct": "d", "relayed": "r", "down": "x"}
-MAX_REPORT = 512
+# The paths of one report, encoded: with the request around it, well under the 16 KiB a
+# message may have (a larger one gets its sender suspended by the tower's gate).
+REPORT_BYTES = 12_000
 
 
 def parse_relays(records: Mapping[str, str], zone: str, controller_host: str) -> list[RelayInfo]:
@@ -152,7 +154,7 @@ class PathKeeper:
             index = relays.index(decision.relay) if decision.relay in relays else None
             entries.append([peer.address, PATH_CODE[decision.report], index, age])
         entries.sort(key=lambda e: (e[1] == "d", -(e[3] if e[3] is not None else 1 << 30)))
-        return {"relay": self.home, "relays": relays, "paths": entries[:MAX_REPORT]}
+        return {"relay": self.home, "relays": relays, "paths": bounded(entries)}
 
     def status(self, peers: Mapping[str, Peer]) -> dict[str, Any]:
         """What ``aircrew status`` shows: per peer its path, relay and the relay's RTT."""
@@ -168,6 +170,16 @@ class PathKeeper:
             out[key] = {"path": decision.report, "mode": decision.mode, "relay": decision.relay,
                         "endpoint": decision.endpoint}
         return {"ts": time.time(), "relays": relays, "peers": out}
+
+
+def bounded(entries: list[list]) -> list[list]:
+    """The first entries, at most MAX_PATH_REPORT of them and REPORT_BYTES encoded."""
+    size = 0
+    for count, entry in enumerate(entries[:MAX_PATH_REPORT]):
+        size += len(json.dumps(entry, separators=(",", ":"))) + 1
+        if size > REPORT_BYTES:
+            return entries[:count]
+    return entries[:MAX_PATH_REPORT]
 
 
 def summary(status: Mapping[str, Any]) -> str:

@@ -45,3 +45,21 @@ def test_peer_relay_round_trip_and_endpoint_update():
     assert body["relay"] == "eu-1-0123abcd"
     assert "relay" not in m._BODY_VALIDATORS["endpoint-update"]({"endpoint": "192.0.2.1:5",
                                                                  "nat_type": None})
+
+
+def test_largest_report_fits_a_message():
+    """512 peers with IPv6 addresses and old handshakes would make 32 KB: the agent keeps
+    the report under the 16 KiB message limit (the gate suspends a sender over it)."""
+    from aircrew.pathkeeper import bounded
+    relays = [f"region-{i}-0a1b2c3d" for i in range(m.MAX_REPORT_RELAYS)]
+    entries = [[f"fd12:3456:789a:bcde:f012:3456:789a:{i:04x}", "x", 15, 2**31 - 1]
+               for i in range(m.MAX_PATH_REPORT)]
+    paths = bounded(entries)
+    assert 150 < len(paths) < len(entries) and paths == entries[:len(paths)]
+    body = {"relay": relays[0], "relays": relays, "paths": paths}
+    request = m.Request("heartbeat", "z" * 63, "A" * 43 + "=", body)
+    payload = request.to_json()
+    assert len(payload) < m.MAX_MESSAGE_BYTES
+    assert len(m.parse_request(payload).body["paths"]) == len(paths)   # and it validates
+    small = [["10.0.0.2", "d", None, 3]] * 10
+    assert bounded(small) == small

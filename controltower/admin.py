@@ -198,7 +198,7 @@ PATH_MARKS = {"direct": "d", "relayed": "r", "down": "x", "mixed": "~", "unknown
 
 @zone.command("paths")
 @click.argument("name")
-@click.option("--node", help="Only the pairs of this public key.")
+@click.option("--node", help="Only the pairs of this node (public key or name).")
 @api_command
 def zone_paths(out: Output, name: str, node: str | None) -> None:
     """How each pair of zone NAME's nodes reaches each other: d direct, r relayed (with
@@ -208,7 +208,8 @@ def zone_paths(out: Output, name: str, node: str | None) -> None:
 
 def _print_paths(data: Any) -> None:
     nodes = data["Nodes"]
-    label = {n["PublicKey"]: (n.get("Hostname") or n["Address"])[:16] for n in nodes}
+    label = {n["PublicKey"]: (n.get("Name") or n.get("Hostname") or n["Address"])[:16]
+             for n in nodes}
     relays = sorted({p["Relay"] for p in data["Pairs"] if p.get("Relay")})
     mark = {r: str(i + 1) for i, r in enumerate(relays)}
     cell: dict[tuple[str, str], str] = {}

@@ -148,11 +148,13 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": False}},
             "Nodes": {"type": "array", "items": {"type": "object", "properties": {
                 "PublicKey": {"type": "string"}, "Address": {"type": "string"},
+                "Name": {"type": ["string", "null"]},
                 "Hostname": {"type": ["string", "null"]},
                 "NatType": {"type": ["string", "null"]},
                 "Relay": {"type": ["string", "null"], "description": "Its home relay."},
                 "Online": {"type": "boolean"}},
-                "required": ["PublicKey", "Address", "Hostname", "NatType", "Relay", "Online"],
+                "required": ["PublicKey", "Address", "Name", "Hostname", "NatType", "Relay",
+                             "Online"],
                 "additionalProperties": False}},
             "Pairs": {"type": "array", "items": {"type": "object", "properties": {
                 "A": {"type": "string"}, "B": {"type": "string"},
@@ -459,7 +461,7 @@ PATHS: dict[str, Any] = {
                            "pair last reported on their heartbeats; 'mixed' when they "
                            "disagree, 'unknown' when neither reported (within 60 s).",
             "parameters": [{"name": "node", "in": "query", "required": False,
-                            "description": "Only the pairs of this public key.",
+                            "description": "Only the pairs of this node (public key or name).",
                             "schema": {"type": "string"}}],
             "responses": {"200": _json(_ref("ZonePaths"), "The zone's pairs."),
                           **_errors("400", "404")},

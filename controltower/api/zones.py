@@ -161,8 +161,11 @@ def zone_paths(name: str):
     s.get_zone(name)                                   # 404 for an unknown zone
     only = request.args.get("node")
     peers = s.peers(name)
-    if only is not None and only not in {p.key for p in peers}:
-        raise InvalidInput(f"node {only!r} is not in zone {name}")
+    if only is not None:
+        found = [p.key for p in peers if only in (p.key, p.name)]
+        if not found:
+            raise InvalidInput(f"node {only!r} is not in zone {name}")
+        only = found[0]
     now = time.time()
     raw = s.redis.hgetall(s.keys.paths(name))
     reports = {(k.decode() if isinstance(k, bytes) else k): pathmatrix.parse_report(v)
@@ -174,7 +177,7 @@ def zone_paths(name: str):
     offline = current_app.config["OFFLINE_AFTER"]
     stale = max(60.0, 2 * offline)
     pairs = pathmatrix.matrix(peers, reports, now, stale, only)
-    nodes = [{"PublicKey": p.key, "Address": p.address, "Hostname": p.hostname,
+    nodes = [{"PublicKey": p.key, "Address": p.address, "Name": p.name, "Hostname": p.hostname,
               "NatType": p.nat_type, "Relay": p.relay,
               "Online": seen.get(p.key, 0) >= now - offline} for p in sorted(peers, key=lambda p: p.key)]
     relays = [{"Id": r.get("id"), "Region": r.get("region"), "Host": r.get("host"),

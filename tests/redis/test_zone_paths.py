@@ -15,9 +15,9 @@ def _keys(n):
 def test_matrix_from_reports(app, client, store, capsys):
     a, b, c = _keys(3)
     addresses = {}
-    for key in (a, b, c):
+    for key, name in ((a, "alpha"), (b, None), (c, None)):
         addresses[key] = store.register("default", key, session="s", endpoint=None,
-                                        listen_port=51820).address
+                                        listen_port=51820, name=name).address
     relays = ["tower-0a1b2c3d"]
     now = time.time()
     store.run(store.heartbeat_call("default", a, "s", report={
@@ -38,6 +38,8 @@ def test_matrix_from_reports(app, client, store, capsys):
     assert data["Counts"]["relayed"] == 1 and len(data["Nodes"]) == 3
     only = client.get("/zones/default/paths", query_string={"node": c}).get_json()
     assert len(only["Pairs"]) == 2
+    named = client.get("/zones/default/paths", query_string={"node": "alpha"}).get_json()
+    assert {(p["A"], p["B"]) for p in named["Pairs"]} == {(a, b), (a, c)}
     assert client.get("/zones/nope/paths").status_code == 404
     assert client.get("/zones/default/paths", query_string={"node": "x"}).status_code == 400
     counts = _path_counts(list(store.redis.hvals(store.keys.paths("default"))), time.time())
@@ -45,7 +47,7 @@ def test_matrix_from_reports(app, client, store, capsys):
     # the CLI's text form: a matrix with the relay named
     admin._print_paths(data)
     text = capsys.readouterr().out
-    assert "r1" in text and "r1 = relayed via tower-0a1b2c3d" in text and "~" in text
+    assert "alpha" in text and "r1" in text and "r1 = relayed via tower-0a1b2c3d" in text and "~" in text
     assert json.dumps(data)
     # a removed node's report goes with the next read of the matrix
     store.remove_peer("default", c, "deleted")

@@ -122,13 +122,13 @@ def _run_agent(opts: dict) -> int:
                                           opts["allow_insecure_key_file"])
     config.check_public_key(private_key, opts["public_key"])
     port = opts["listen_port"]
+    host = config.controller_host(opts["controller"])
     if opts["local_endpoint_ip"]:
         endpoints = StaticEndpoint(config.check_ip(opts["local_endpoint_ip"], "--local-endpoint-ip"), port)
     elif opts["internal_network"]:
-        endpoints = HostAddressEndpoint(config.controller_host(opts["controller"]), port)
+        endpoints = HostAddressEndpoint(host, port)
     else:
         servers = [config.split_host_port(s, config.DEFAULT_STUN_PORT) for s in opts["stun_server"]]
-        host = config.controller_host(opts["controller"])
         endpoints = StunEndpoint(servers or [(host, config.DEFAULT_STUN_PORT),
                                              (host, config.DEFAULT_STUN_PORT + 1)], port)
     settings = AgentSettings(
@@ -145,7 +145,7 @@ def _run_agent(opts: dict) -> int:
         credentials=CredentialFile(opts["state_dir"], opts["interface"]),
         hosts=None if opts["hosts_file"] in ("", "none") else HostsFile(
             Path(opts["hosts_file"]), opts["interface"], opts["dns_suffix"].strip(".")),
-        relays=opts["relays"], controller_host=config.controller_host(opts["controller"]))
+        relays=opts["relays"], controller_host=host)
     name = opts["interface"]
     heap.use_one_arena()
     agent = Agent(settings, open_device(name), LinkConfig(name), endpoints,

@@ -27,6 +27,8 @@ from prometheus_client.registry import Collector
 from ipam.store import ZoneStore
 from wire.keys import REQUEST_GROUP
 
+from . import pathmatrix
+
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -192,7 +194,7 @@ class ZoneCollector(Collector):
         for i, zone in enumerate(zones):
             n_peers, n_online, groups, reports = results[4 * i:4 * i + 4]
             if isinstance(reports, list):
-                for path, n in _path_counts(reports, now).items():
+                for path, n in pathmatrix.reported(reports, now).items():
                     paths.add_metric([zone, path], n)
             if isinstance(n_peers, int):
                 peers.add_metric([zone], n_peers)
@@ -206,20 +208,6 @@ class ZoneCollector(Collector):
         return [peers, online, lag, pending, paths]
 
 
-def _path_counts(reports: list, now: float, stale: float = 60.0) -> dict[str, int]:
-    from .pathmatrix import CODES, parse_report
-    found = dict.fromkeys(CODES.values(), 0)
-    for text in reports:
-        report = parse_report(text)
-        try:
-            if now - float(report.get("ts", 0)) > stale:
-                continue
-        except (TypeError, ValueError):
-            continue
-        for entry in report.get("paths") or []:
-            if isinstance(entry, list) and len(entry) == 4 and entry[1] in CODES:
-                found[CODES[entry[1]]] += 1
-    return found
 
 
 def _group(groups: object) -> dict | None:

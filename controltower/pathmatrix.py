@@ -73,3 +73,14 @@ def counts(pairs: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     for pair in pairs:
         found[pair["Path"]] += 1
     return found
+
+
+def reported(reports: Iterable[str | bytes], now: float, stale: float = 60.0) -> dict[str, int]:
+    """Peer paths by path (direct, relayed, down) over the fresh ``reports`` of a zone:
+    a pair counts once per side that reported it."""
+    found = dict.fromkeys(CODES.values(), 0)
+    for text in reports:
+        for view in views(parse_report(text), now, stale).values():
+            if view["Path"] in found:
+                found[view["Path"]] += 1
+    return found

@@ -4,7 +4,7 @@ import json
 import time
 
 from controltower import admin
-from controltower.metrics import _path_counts
+from controltower.pathmatrix import reported
 from wire.proof import generate_private_key, public_key_of
 
 
@@ -42,7 +42,7 @@ def test_matrix_from_reports(app, client, store, capsys):
     assert {(p["A"], p["B"]) for p in named["Pairs"]} == {(a, b), (a, c)}
     assert client.get("/zones/nope/paths").status_code == 404
     assert client.get("/zones/default/paths", query_string={"node": "x"}).status_code == 400
-    counts = _path_counts(list(store.redis.hvals(store.keys.paths("default"))), time.time())
+    counts = reported(list(store.redis.hvals(store.keys.paths("default"))), time.time())
     assert counts == {"direct": 1, "relayed": 3, "down": 1}
     # the CLI's text form: a matrix with the relay named
     admin._print_paths(data)

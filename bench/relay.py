@@ -5,10 +5,10 @@ port-restricted cone NATs (their pair punches and ends direct) and two behind ro
 without an input firewall (their pair is relayed), all the same kind of hop otherwise.
 In one run: iperf3 over wg0 through each pair, ``--rounds`` times interleaved (median,
 ratio relayed/direct), RTT over wg0, time from both ends up to the first ping of a pair
-of symmetric-NAT spokes (relayed), time to direct of the cone pair, CPU per Gbit/s of the
-relay process and of the whole machine (the join times count from the second node's
-``aircrew`` start: discovery, registration, binds and the first handshake included), and memory per relayed pair at ``--pairs``
-pairs (``bench.relaymem`` inside a lab host).
+of symmetric-NAT spokes (relayed), time to direct of the cone pair (both join times count
+from the second node's ``aircrew`` start: discovery, registration, binds and the first
+handshake included), CPU per Gbit/s of the relay process and of the whole machine, and
+memory per relayed pair at ``--pairs`` pairs (``bench.relaymem`` inside a lab host).
 """
 from __future__ import annotations
 

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 TARGETS = [Target("throughput_ratio", ">=", 0.8), Target("rtt_added_ms", "<=", 1.0),
            Target("hard_nat_first_ping_s", "<=", 2.0), Target("punchable_direct_s", "<=", 30.0)]
 HEADLINE = ["throughput_ratio", "direct_mbps", "relayed_mbps", "rtt_added_ms",
-            "hard_nat_first_ping_s", "punchable_direct_s", "relay_process_cpu_per_gbps",
-            "machine_cpu_per_gbps_relayed", "machine_cpu_per_gbps_direct",
+            "hard_nat_first_ping_s", "hard_nat_ping_after_address_s", "punchable_direct_s",
+            "relay_process_cpu_per_gbps", "machine_cpu_per_gbps_relayed",
+            "machine_cpu_per_gbps_direct",
             "python_bytes_per_pair", "kernel_bytes_per_pair"]
 
 
@@ -112,6 +113,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         first = mesh.first_ping(hosts["s1"], addresses["s2"], timeout=30)
         result["hard_nat_first_ping_s"] = (None if first is None else
                                            round(time.monotonic() - joined, 2))
+        # of which: from s2's address on its wg0 (agent started, enrolled, registered)
+        result["hard_nat_ping_after_address_s"] = None if first is None else round(first, 2)
         addresses["c2"] = mesh.wait_address(agents["c2"])
         key = {n: a.public_key for n, a in agents.items()}
 

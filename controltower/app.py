@@ -9,7 +9,7 @@ from werkzeug.routing import BaseConverter
 
 from wire.keys import DEFAULT_PREFIX
 
-from . import auth, db, errors, metrics
+from . import auth, dashboard, db, errors, metrics
 from .api import health, ipam, openapi, peers, zones
 
 DEFAULTS: dict[str, Any] = {
@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "ADMIN_TOKEN_FILE": None,
     "READ_AUTH": False,          # True: reads need the token too
     "WORKER_ID": None,           # this replica's request worker, for /ready (set by serve)
+    "SESSION_COOKIE_SECURE": False,  # the dashboard's cookie: serve sets it with HTTPS
 }
 
 
@@ -51,6 +52,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.url_map.merge_slashes = False
     for blueprint in (zones.bp, peers.bp, ipam.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    dashboard.init_app(app)        # /ui/: its own login (session cookie + CSRF), not Bearer
     return app
 
 

@@ -3,6 +3,7 @@
 Write endpoints always need the admin token; read endpoints need it when
 ``READ_AUTH`` is true (serve sets that for any bind other than loopback, unless told
 otherwise). ``/health`` stays open for liveness probes. Comparison is constant-time.
+The dashboard under ``/ui/`` applies the same rules through its own login.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from wire.errors import Forbidden, Unauthorized
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/health", "/ready", "/openapi.json", "/metrics")
+DASHBOARD = "/ui/"      # the dashboard checks its own logins (controltower.dashboard.login)
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -33,7 +35,7 @@ def init_app(app: Flask) -> None:
 
 def _check() -> None:
     token = current_app.config["ADMIN_TOKEN"]
-    if token is None or request.path in OPEN_PATHS:
+    if token is None or request.path in OPEN_PATHS or (request.path + "/").startswith(DASHBOARD):
         return
     if request.method not in WRITE_METHODS and not current_app.config.get("READ_AUTH"):
         return

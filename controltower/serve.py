@@ -245,6 +245,7 @@ class Tower:
                    CONTROLTOWER_EXPIRY=str(s.expiry),
                    CONTROLTOWER_AGENT_ACL=json.dumps(s.agent_acl),
                    CONTROLTOWER_ADMIN_TOKEN_FILE=str(self.token_file),
+                   CONTROLTOWER_SESSION_COOKIE_SECURE=json.dumps(bool(s.http_tls_cert)),
                    CONTROLTOWER_READ_AUTH=json.dumps(
                        s.read_auth == "token" or (s.read_auth == "auto" and not is_loopback(s.listen))))
         for name, value in (("CA", s.redis_tls.ca), ("CERT", s.redis_tls.cert),

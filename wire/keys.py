@@ -55,6 +55,10 @@ class Keys:
         """Sorted set: relay id scored by the unix time it last said it is alive."""
         return f"{self.prefix}relays:seen"
 
+    def dashboard_session(self, digest: str) -> str:
+        """A dashboard login (by the SHA-256 of its id), expiring with it."""
+        return f"{self.prefix}dashboard:session:{digest}"
+
     # -- per zone -------------------------------------------------------------
     def _z(self, zone: str, name: str) -> str:
         return f"{self.prefix}{{{zone}}}:{name}"

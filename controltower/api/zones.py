@@ -5,10 +5,9 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ipam.registry import DEFAULT_EPHEMERAL_AFTER, DEFAULT_JOIN_KEY_SECONDS
 from wire.errors import Conflict, InvalidInput
 
-from .. import pathmatrix
+from .. import joinkeys, pathmatrix
 from ..acl import new_secret
 from ..db import credentials, nodes, store
 from ..relay.directory import read_relays
@@ -103,45 +102,20 @@ def zone_routes(name: str):
 @bp.post("/zones/<name>/join-keys")
 def create_join_key(name: str):
     body = json_object(request, JOIN_KEY_FIELDS)
-    creds = credentials()
-    if creds is None:
-        raise Conflict("this tower does not manage agent credentials (--no-agent-acl)")
-    zone = store().get_zone(name)
-    if body.get("Reusable") and "Uses" in body:
-        raise InvalidInput("a reusable key has no use limit: give Reusable or Uses")
-    key, record = creds.registry.create_join_key(
-        zone.name, zone.network, expires_in=body.get("ExpiresIn", DEFAULT_JOIN_KEY_SECONDS),
-        uses=body.get("Uses", 1), reusable=body.get("Reusable", False),
-        ephemeral=body.get("Ephemeral", False),
-        ephemeral_after=body.get("EphemeralAfter", DEFAULT_EPHEMERAL_AFTER),
-        tags=body.get("Tags", []), routes=body.get("Routes", []),
-        description=body.get("Description", ""))
-    try:
-        creds.apply_join_key(zone.name, record.id, record.sha256)
-    except Exception:
-        creds.registry.forget_join_key(zone.name, record.id)
-        raise
-    return jsonify(render.join_key(record, time.time(), str(key))), 201
+    key, record = joinkeys.create(credentials(), store().get_zone(name), body)
+    return jsonify(render.join_key(record, time.time(), key)), 201
 
 
 @bp.get("/zones/<name>/join-keys")
 def list_join_keys(name: str):
-    creds = credentials()
-    if creds is None:
-        raise Conflict("this tower does not manage agent credentials (--no-agent-acl)")
     now = time.time()
     return jsonify([render.join_key(r, now)
-                    for r in creds.registry.join_keys(store().get_zone(name).name)])
+                    for r in joinkeys.listed(credentials(), store().get_zone(name).name)])
 
 
 @bp.delete("/zones/<name>/join-keys/<key_id>")
 def revoke_join_key(name: str, key_id: str):
-    creds = credentials()
-    if creds is None:
-        raise Conflict("this tower does not manage agent credentials (--no-agent-acl)")
-    zone = store().get_zone(name).name
-    record = creds.registry.revoke_join_key(zone, key_id)
-    creds.revoke_join_key(zone, key_id)
+    record = joinkeys.revoke(credentials(), store().get_zone(name).name, key_id)
     return jsonify(render.join_key(record, time.time()))
 
 

@@ -52,6 +52,10 @@ RULES: tuple[Rule, ...] = (
     Rule("controltower/*.py", ("controltower.api",),
          "the tower's infrastructure does not depend on its HTTP layer",
          unless=("controltower/app.py",)),      # the app factory registers the blueprints
+    Rule("controltower/dashboard/*.py", ("controltower.api",),
+         "the dashboard and the REST API are siblings: they share the tower's modules"),
+    Rule("controltower/dashboard/picture.py", ("flask", "redis", "ipam", "controltower"),
+         "the topology layout is pure"),
     Rule("bench/**/*.py", ("tests",), "bench does not borrow from tests: both use testbed"),
     Rule("**/*.py", ("tests",), "nothing but tests imports tests", unless=("tests/**",)),
     Rule("tests/**/*.py", ("tests.test_*", "tests.*.test_*"),

@@ -103,3 +103,14 @@ def test_the_agent_installs_and_runs_alone(tmp_path):
     for module in ("controltower", "ipam", "flask", "gunicorn"):
         missing = run(str(python), "-c", f"import {module}")
         assert missing.returncode != 0 and "ModuleNotFoundError" in missing.stderr, module
+
+
+def test_the_dashboards_templates_and_static_files_are_package_data():
+    """A wheel or image without them would serve a 500 at /ui/: setup.cfg ships every file."""
+    import fnmatch
+    globs = [g.strip() for g in setup_cfg()["options.package_data"]["controltower"].split(",")]
+    files = [p.relative_to(ROOT / "controltower").as_posix()
+             for d in ("templates", "static") for p in (ROOT / "controltower" / "dashboard" / d).iterdir()]
+    assert len(files) >= 8
+    assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
+    assert setup_cfg()["options"].getboolean("include_package_data")

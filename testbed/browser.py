@@ -72,7 +72,7 @@ class Browser:
     def login(self, base: str, token: str) -> None:
         self.get(f"{base}/ui/login")
         self.one("#token").send_keys(token)
-        self.one("form button[type=submit]").click()
+        self.one("#login-form button[type=submit]").click()
         self.wait(lambda: "/login" not in self.driver.current_url, 10, "the login to go through")
 
     def wait(self, predicate: Callable[[], Any], timeout: float, what: str,

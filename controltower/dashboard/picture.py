@@ -54,6 +54,8 @@ class Segment:
     y2: float
     path: str
     title: str
+    a: str = ""            # the pair's keys (pairs) or group names (groups)
+    b: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def pairwise(nodes: Sequence[Node], path_of: Callable[[str, str], str],
             path = path_of(a.key, b.key)
             pic.counts[path] += 1
             pic.segments.append(Segment(a.x, a.y, b.x, b.y, path,
-                                        f"{a.label} – {b.label}: {path}"))
+                                        f"{a.label} – {b.label}: {path}", a.key, b.key))
     for name, (x, y) in zip(relays, _ring(max(len(relays), 1), cx, cy, 22 if relays else 0)):
         pic.points.append(Point(name, name, "relay", "relay", x, y))
     return pic
@@ -154,7 +156,7 @@ def grouped(nodes: Sequence[Node], between: Mapping[tuple[str, str], Counter],
             pic.segments.append(Segment(
                 round(x1 + (x2 - x1) * f1, 1), round(y1 + (y2 - y1) * f1, 1),
                 round(x1 + (x2 - x1) * f2, 1), round(y1 + (y2 - y1) * f2, 1), path,
-                f"{g} – {h}: {counter[path]} of {total} pairs {path}"))
+                f"{g} – {h}: {counter[path]} of {total} pairs {path}", g, h))
     for name, (x, y) in zip(relays, _ring(max(len(relays), 1), cx, cy, 22 if relays else 0)):
         pic.points.append(Point(name, name, "relay", "relay", x, y))
     return pic

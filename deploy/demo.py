@@ -6,7 +6,9 @@ the phone cannot reach each other directly: their pair goes through the relay); 
 behind a symmetric NAT in another zone. Zones: `default` (pub1, pub2, laptop, phone) and
 `zone-blue` (pub3, spoke2). Every in-zone pair must reach each other over wg0 and no pair
 across zones may; every in-zone pair's path (direct or relayed, from
-`GET /zones/<zone>/paths`) is shown. Ends with `demo: N/N checks passed`.
+`GET /zones/<zone>/paths`) is shown; the tower's dashboard must answer on this machine's
+loopback (its URL and where the admin token is are printed). Ends with
+`demo: N/N checks passed`.
 
 The lab, the tower and agent processes in it and the checks are the test bed's
 (``testbed.lab``, ``testbed.mesh``); the commands run in it are the real ones.
@@ -16,10 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import urllib.request
 
+from testbed import portforward
 from testbed.errors import LabError
 from testbed.lab import Lab
-from testbed.mesh import Mesh
+from testbed.mesh import TOWER_DATA, Mesh
 
 MEMBERS = {"pub1": "default", "pub2": "default", "laptop": "default", "phone": "default",
            "pub3": "zone-blue", "spoke2": "zone-blue"}
@@ -44,9 +48,15 @@ def run(keep: bool) -> int:
         hosts["laptop"] = lab.add_private_host("laptop", lab.add_nat("nat1", "cone"))
         hosts["spoke2"] = lab.add_private_host("spoke2", lab.add_nat("nat2", "symmetric"))
         hosts["phone"] = lab.add_private_host("phone", lab.add_nat("nat3", "symmetric"))
-        mesh = Mesh(lab, tower)
+        mesh = Mesh(lab, tower, detach=keep)     # kept: tower and agents outlive the demo
         say(f"starting `controltower serve` on tower ({tower.address}): Redis, API, STUN, relay")
         mesh.start_tower()
+        # The dashboard, from this machine's loopback into the lab (the forwarder lives in
+        # the tower's namespace: it goes when the lab does).
+        _, port = portforward.start(tower.ns, detach=keep)
+        dashboard = f"http://127.0.0.1:{port}/ui/"
+        token_file = tower.etc_dir / TOWER_DATA.removeprefix("/etc/wireguard/") / "admin-token"
+        say(f"dashboard: {dashboard}  (log in with the admin token: cat {token_file})")
         say("creating zone-blue 10.140.0.0/20 with POST /zone")
         mesh.create_zone("zone-blue", "10.140.0.0/20", "Tenant - Zone Blue")
         agents = {}
@@ -93,6 +103,10 @@ def run(keep: bool) -> int:
         pings = list(checks)
         checks += path_checks(mesh, agents)
         passed = sum(1 for c in checks if c[2] == c[3])
+        shown = _dashboard_answers(dashboard)
+        say(f"the dashboard answers at {dashboard}" if shown else
+            f"FAILED: the dashboard does not answer at {dashboard}")
+        passed += shown
         for src, dst, expected, got in checks:
             if expected != got:
                 say(f"FAILED: {src} -> {dst} ({addresses[dst]}) "
@@ -105,9 +119,10 @@ def run(keep: bool) -> int:
             lab.detach()
             print(f"\nThe lab is kept. Enter a host:  {sys.executable} -m testbed.lab shell "
                   f"{lab.prefix} pub1\n   e.g. then:  wg show; ping {addresses['laptop']}\n"
+                  f"Dashboard:  {dashboard}  (admin token: cat {token_file})\n"
                   f"Tear it down:  {sys.executable} -m testbed.lab teardown {lab.prefix}")
-        say(f"{passed}/{len(checks)} checks passed")
-        return 0 if passed == len(checks) else 1
+        say(f"{passed}/{len(checks) + 1} checks passed")
+        return 0 if passed == len(checks) + 1 else 1
     except LabError as exc:
         say(f"error: {exc}")
         say("0/1 checks passed")
@@ -142,6 +157,16 @@ def path_checks(mesh: Mesh, agents: dict) -> list[tuple[str, str, bool, bool]]:
     print("paths (GET /zones/<zone>/paths; relayed pairs go through the tower's relay):")
     print(table(rows) + "\n")
     return [(a, b, True, path in ("direct", "relayed")) for (a, b), path in found.items()]
+
+
+def _dashboard_answers(url: str) -> bool:
+    """The login page answers through the forward (the tower listens off loopback, so
+    reads need the token: /ui/ leads to the login)."""
+    try:
+        with urllib.request.urlopen(url + "login", timeout=10) as response:
+            return response.status == 200 and b"Admin token" in response.read()
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

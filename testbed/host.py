@@ -225,18 +225,19 @@ class Host:
         return proc
 
     def spawn(self, argv: Sequence[str], name: str,
-              env: dict[str, str] | None = None) -> HostProcess:
+              env: dict[str, str] | None = None, detach: bool = False) -> HostProcess:
         """Start a long-running command; output goes to <host dir>/log/<name>.log.
 
         The process leads its own process group and gets SIGKILL when the *thread* that
         spawned it exits (PR_SET_PDEATHSIG): spawn from a thread that outlives the process.
+        ``detach``: it outlives the caller (a kept lab; the lab's teardown still ends it).
         """
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as out:
             popen = subprocess.Popen(
                 self.command(argv), stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                process_group=0, preexec_fn=_die_with_parent)
+                process_group=0, preexec_fn=None if detach else _die_with_parent)
         proc = HostProcess(self, name, popen, log_path)
         self.lab.register_process(proc)
         log.info("started %r: %s", proc, shlex.join(argv))

@@ -57,9 +57,10 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str,
 class Mesh:
     """``controltower serve`` on one lab host and ``aircrew`` on others."""
 
-    def __init__(self, lab: Lab, tower: Host) -> None:
+    def __init__(self, lab: Lab, tower: Host, detach: bool = False) -> None:
         self.lab = lab
         self.tower = tower
+        self.detach = detach          # processes outlive this one (a kept lab)
         self.tower_proc: HostProcess | None = None
         self.secrets: dict[str, str] = {}
         self.agents: dict[str, LabAgent] = {}
@@ -70,7 +71,7 @@ class Mesh:
     def start_tower(self, *extra: str, timeout: float = 30.0) -> None:
         argv = [str(BIN / "controltower"), "serve", "--data-dir", TOWER_DATA,
                 "--listen", "0.0.0.0", *extra]
-        self.tower_proc = self.tower.spawn(argv, "controltower")
+        self.tower_proc = self.tower.spawn(argv, "controltower", detach=self.detach)
         wait_for(lambda: self._health(), timeout, "the ControlTower to answer /health")
         self.secrets["default"] = self._tower_file("default-zone-secret")
 
@@ -142,7 +143,7 @@ class Mesh:
             key = host.run(["wg", "pubkey"], input=host.run(
                 ["cat", "/etc/wireguard/private.key"]).stdout).stdout.strip()
         agent = LabAgent(host, zone, key, self.agent_argv(zone, *extra), self.agent_env(zone))
-        agent.proc = host.spawn(agent.argv, "aircrew", env=agent.env)
+        agent.proc = host.spawn(agent.argv, "aircrew", env=agent.env, detach=self.detach)
         self.agents[host.name] = agent
         return agent
 

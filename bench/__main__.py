@@ -7,7 +7,7 @@ import signal
 import sys
 from types import ModuleType
 
-from . import api, footprint, identity, join, reconcile, relay, storm, throughput
+from . import api, dashboard, footprint, identity, join, reconcile, relay, storm, throughput
 from .report import emit
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -19,6 +19,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "throughput": throughput,
     "identity": identity,
     "relay": relay,
+    "dashboard": dashboard,
 }
 
 

@@ -88,10 +88,16 @@ def _row(scenario: str, run: dict[str, Any]) -> tuple[str, str]:
                 f"{_n(run.get('redis_bytes_per_node'), ' B')} of Redis per node; revocation to "
                 f"effect p50 {_n(run.get('revoke_ms_p50'), ' ms', 1)}, p99 "
                 f"{_n(run.get('revoke_ms_p99'), ' ms', 1)} ({run.get('revoked')} nodes)")
+    if scenario == "dashboard":
+        return (f"dashboard, zone of {_n(run.get('nodes'))} nodes in headless Chromium",
+                f"load p50 {_n(run.get('load_ms_p50'), ' ms', 1)} (server "
+                f"{_n(run.get('server_ms_p50'), ' ms', 1)}), {_n(run.get('html_bytes'))} B; "
+                f"{run.get('small_nodes')} nodes {_n(run.get('small_load_ms_p50'), ' ms', 1)}; live poll 304 p50 "
+                f"{_n(run.get('poll_304_ms_p50'), ' ms', 2)}")
     return scenario, json.dumps(run)[:80]
 
 
-ORDER = ["join", "storm", "api", "reconcile", "agent-footprint", "identity"]
+ORDER = ["join", "storm", "api", "reconcile", "agent-footprint", "identity", "dashboard"]
 
 
 def table(results: dict[str, list[dict[str, Any]]], env: dict[str, Any] | None = None) -> str:

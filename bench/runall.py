@@ -38,6 +38,7 @@ FULL: list[tuple[str, list[str], float]] = [
     ("reconcile", ["--peers", "1000"], 600),
     ("agent-footprint", [], 600),
     ("identity", ["--nodes", "10000", "--revoke", "200"], 900),
+    ("dashboard", ["--nodes", "1000"], 300),
 ]
 QUICK: list[tuple[str, list[str], float]] = [
     ("join", ["--agents", "20", "--joins", "5"], 120),
@@ -48,6 +49,7 @@ QUICK: list[tuple[str, list[str], float]] = [
     ("reconcile", ["--peers", "1000"], 600),
     ("agent-footprint", [], 600),
     ("identity", ["--nodes", "300", "--revoke", "20"], 180),
+    ("dashboard", ["--nodes", "100", "--rounds", "2", "--polls", "20"], 120),
 ]
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from wire.messages import NAT_CONE, NAT_OPEN, NAT_STATIC, NAT_SYMMETRIC
 
-PAIRWISE_LIMIT = 48
+PAIRWISE_LIMIT = 40
 WIDTH = 760
 HEIGHT = 560
 PATH_ORDER = ("direct", "relayed", "mixed", "unknown", "down")
@@ -54,7 +54,7 @@ class Segment:
     y2: float
     path: str
     title: str
-    a: str = ""            # the pair's keys (pairs) or group names (groups)
+    a: str = ""            # the pair's point indices (pairs) or group names (groups)
     b: str = ""
 
 
@@ -115,11 +115,12 @@ def pairwise(nodes: Sequence[Node], path_of: Callable[[str, str], str],
         pic.points.append(Point(node.key, node.label, NAT_BADGES.get(node.nat_type or "", "?"),
                                 kind(node.nat_type), x, y, node.online, node.anchor))
     for i, a in enumerate(pic.points):
-        for b in pic.points[i + 1:]:
+        for j in range(i + 1, len(pic.points)):
+            b = pic.points[j]
             path = path_of(a.key, b.key)
             pic.counts[path] += 1
             pic.segments.append(Segment(a.x, a.y, b.x, b.y, path,
-                                        f"{a.label} – {b.label}: {path}", a.key, b.key))
+                                        f"{a.label} – {b.label}: {path}", str(i), str(j)))
     for name, (x, y) in zip(relays, _ring(max(len(relays), 1), cx, cy, 22 if relays else 0)):
         pic.points.append(Point(name, name, "relay", "relay", x, y))
     return pic

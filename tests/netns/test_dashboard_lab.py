@@ -47,8 +47,12 @@ def chrome(world):
 
 
 def edge_path(b: browser.Browser, a: str, c: str) -> str | None:
+    index = {n.get_attribute("data-key"): n.get_attribute("data-i")
+             for n in b.css("svg#topology a.node")}
+    if a not in index or c not in index:
+        return None
     for e in b.css("svg#topology line.edge"):
-        if {e.get_attribute("data-a"), e.get_attribute("data-b")} == {a, c}:
+        if {e.get_attribute("data-a"), e.get_attribute("data-b")} == {index[a], index[c]}:
             return e.get_attribute("class").split()[1]
     return None
 

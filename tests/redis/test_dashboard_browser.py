@@ -59,8 +59,10 @@ def chrome():
 
 
 def edge(b: browser.Browser, a: str, c: str):
+    index = {n.get_attribute("data-key"): n.get_attribute("data-i")
+             for n in b.css("svg#topology a.node")}
     found = [e for e in b.css("svg#topology line.edge")
-             if {e.get_attribute("data-a"), e.get_attribute("data-b")} == {a, c}]
+             if {e.get_attribute("data-a"), e.get_attribute("data-b")} == {index[a], index[c]}]
     assert len(found) == 1, f"{len(found)} edges between {a} and {c}"
     return found[0]
 

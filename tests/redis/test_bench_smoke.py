@@ -74,3 +74,14 @@ def test_api():
     result = bench("api", "--peers", "50", "--duration", "2", "--warmup", "0.5")
     assert set(result) >= {"rps", "p99_ms"}
     assert result["errors"] == 0 and result["rps"] > 0 and result["p99_ms"] > 0
+
+
+@pytest.mark.slow
+def test_dashboard():
+    from testbed import browser
+    if browser.missing():
+        pytest.skip(browser.missing())
+    result = bench("dashboard", "--nodes", "60", "--rounds", "2", "--polls", "10", timeout=120)
+    assert set(result) >= {"load_ms_p50", "html_bytes", "poll_304_ms_p50", "poll_200_bytes"}
+    assert result["nodes"] == 60 and result["svg_elements"] > 0
+    assert 0 < result["load_ms_p50"] and result["html_bytes"] > 10_000

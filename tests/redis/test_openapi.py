@@ -36,10 +36,11 @@ def worker_beats(app) -> None:
 
 
 def flask_operations(app) -> set[tuple[str, str]]:
-    """(method, OpenAPI path template) of every route but static files."""
+    """(method, OpenAPI path template) of every route but static files and the dashboard's
+    HTML pages (/ui/: not part of the API, see docs/dashboard.md)."""
     out = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith("dashboard."):
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         out |= {(method, path) for method in rule.methods - IMPLICIT_METHODS}

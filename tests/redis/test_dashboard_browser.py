@@ -212,3 +212,16 @@ def test_a_zone_of_1000_nodes_is_grouped_and_paged(tower, zones, chrome):
     IMAGES.mkdir(parents=True, exist_ok=True)
     chrome.one("section[aria-labelledby=picture-heading]").screenshot(
         str(IMAGES / "dashboard-1000-nodes.png"))
+
+
+def test_last_seen_keeps_counting_between_changes(tower, zones, chrome):
+    store, lab = zones
+    chrome.login(tower.api, tower.token)
+    chrome.get(f"{tower.api}/ui/zones/lab")
+    cell = f'#nodes-table tr[data-key="{lab["nas"].key}"] .ago'
+    first = chrome.one(cell).text
+    assert first.endswith("min ago") or first.endswith("h ago")
+    pub1 = f'#nodes-table tr[data-key="{lab["pub1"].key}"] .ago'
+    before = int(chrome.one(pub1).text.split()[0])
+    chrome.wait(lambda: int(chrome.one(pub1).text.split()[0]) >= before + 2, 10,
+                "pub1's last heartbeat to age on the page")

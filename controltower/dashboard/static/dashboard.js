@@ -29,6 +29,7 @@
           var focused = document.activeElement && box.contains(document.activeElement)
             ? document.activeElement.id : null;
           box.innerHTML = html;
+          clock();
           version = tag || version;
           box.setAttribute("data-version", version);
           refocus(focused);
@@ -37,5 +38,28 @@
       .catch(function () { /* the tower is away: try again next period */ })
       .then(function () { busy = false; });
   }
-  window.setInterval(poll, PERIOD_MS);
+  // "12 s ago" keeps counting between changes, on the tower's clock (the page says
+  // what time the tower had when it rendered; the browser's clock may be off).
+  var skew = 0;
+  function clock() {
+    var now = document.getElementById("server-now");
+    if (now) { skew = parseFloat(now.getAttribute("data-now")) - Date.now() / 1000; }
+  }
+  function ago(seconds) {
+    seconds = Math.max(0, Math.floor(seconds));
+    if (seconds < 120) { return seconds + " s ago"; }
+    if (seconds < 7200) { return Math.floor(seconds / 60) + " min ago"; }
+    if (seconds < 172800) { return Math.floor(seconds / 3600) + " h ago"; }
+    return Math.floor(seconds / 86400) + " d ago";
+  }
+  function tick() {
+    var now = Date.now() / 1000 + skew;
+    var cells = box.querySelectorAll(".ago[data-ts]");
+    for (var i = 0; i < cells.length; i++) {
+      var ts = parseFloat(cells[i].getAttribute("data-ts"));
+      if (ts) { cells[i].textContent = ago(now - ts); }
+    }
+  }
+  clock();
+  window.setInterval(function () { poll(); tick(); }, PERIOD_MS);
 })();

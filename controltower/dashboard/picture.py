@@ -137,16 +137,22 @@ def grouped(nodes: Sequence[Node], between: Mapping[tuple[str, str], Counter],
     places = dict(zip(names, _ring(max(len(names), 1), cx, cy, min(cx, cy) - 110
                                    if len(names) > 1 else 0)))
     biggest = max(sizes.values(), default=1)
+    radius = {}
     for name in names:
         x, y = places[name]
-        r = 34 + 40 * math.sqrt(sizes[name] / biggest)
-        pic.groups.append(Group(name, x, y, round(r, 1), sizes[name], up[name],
+        radius[name] = r = round(34 + 40 * math.sqrt(sizes[name] / biggest), 1)
+        pic.groups.append(Group(name, x, y, r, sizes[name], up[name],
                                 between.get((name, name), Counter())))
     for (g, h), counter in between.items():
         pic.counts.update(counter)
         if g == h or g not in places or h not in places:
             continue
-        (x1, y1), (x2, y2) = places[g], places[h]
+        # From rim to rim, so no path's share hides under a group's circle.
+        (cx1, cy1), (cx2, cy2) = places[g], places[h]
+        length = math.hypot(cx2 - cx1, cy2 - cy1) or 1.0
+        ux, uy = (cx2 - cx1) / length, (cy2 - cy1) / length
+        x1, y1 = cx1 + ux * radius[g], cy1 + uy * radius[g]
+        x2, y2 = cx2 - ux * radius[h], cy2 - uy * radius[h]
         total = sum(counter.values())
         done = 0
         for path in PATH_ORDER:

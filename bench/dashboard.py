@@ -2,14 +2,19 @@
 
 Against a real redis-server and ``controltower serve`` (reads need the token): a zone of
 ``--nodes`` nodes (written by the register script, a mix of NAT types, 1 in 50 offline)
-and a zone of 40 (every pair drawn). One headless Chromium (Debian's, through selenium)
+and a zone of 40 (every pair drawn); every online node has sent its path report (direct
+to its online peers, as many as an agent's report holds). One headless Chromium (Debian's, through selenium)
 logs in and loads each zone page ``--rounds`` times. Reported per zone, from the
 browser's Navigation Timing: the time to the load event (request sent to page laid out
 and scripts run; target <= 1 s at 1,000 nodes), the server's share (to the last response
 byte), the page's bytes (HTML; its CSS and JS are ~10 kB more, cached after the first
-load), and the SVG elements drawn. Then the live updates' cost: ``--polls`` conditional
-requests of the 1,000-node zone's live part answered 304 (the zone unchanged), and one
-answered 200 after a node joined (its bytes).
+load), and the SVG elements drawn. ``first_load_ms``: the very first load of the large
+zone, when the tower reads every path report (~12 MB at 1,000 nodes); later loads reuse
+that reading until the zone's version changes (a node on- or offline, or 10 s passed,
+when one of the 10 loads pays it again). Then the live updates' cost: ``--polls`` conditional
+requests of the 1,000-node zone's live part (the zone unchanged: answered 304, but for
+the refresh of a large zone's paths every 10 s, counted apart), and one answered 200
+after a node joined (its bytes).
 """
 from __future__ import annotations
 
@@ -31,8 +36,8 @@ from testbed.tower import TowerProcess
 
 from .report import Target, percentile
 
-TARGETS = [Target("load_ms_p50", "<=", 1000.0)]
-HEADLINE = ["nodes", "load_ms_p50", "load_ms_max", "server_ms_p50", "html_bytes",
+TARGETS = [Target("load_ms_p50", "<=", 1000.0), Target("first_load_ms", "<=", 1000.0)]
+HEADLINE = ["nodes", "load_ms_p50", "load_ms_max", "server_ms_p50", "first_load_ms", "html_bytes",
             "svg_elements", "small_load_ms_p50", "small_html_bytes", "poll_304_ms_p50",
             "poll_304_ms_p99", "poll_200_bytes"]
 SMALL = 40
@@ -69,14 +74,17 @@ def _polls(base: str, token: str, zone: str, store: ZoneStore, polls: int) -> di
     first = opener.open(f"{base}/ui/zones/{zone}/live")
     first.read()
     etag = first.headers["ETag"]
-    times = []
+    times, refreshed = [], 0
     for _ in range(polls):
         request = urllib.request.Request(f"{base}/ui/zones/{zone}/live",
                                          headers={"If-None-Match": etag})
         started = time.perf_counter()
         try:
-            opener.open(request).read()
-            raise RuntimeError("the live part changed while nothing did")
+            answer = opener.open(request)
+            answer.read()
+            etag = answer.headers["ETag"]       # a large zone's 10 s refresh of its paths
+            refreshed += 1
+            continue
         except urllib.error.HTTPError as exc:
             if exc.code != 304:
                 raise
@@ -88,7 +96,7 @@ def _polls(base: str, token: str, zone: str, store: ZoneStore, polls: int) -> di
     body = changed.read()
     return {"poll_304_ms_p50": round(percentile(times, 50), 2),
             "poll_304_ms_p99": round(percentile(times, 99), 2),
-            "poll_200_bytes": len(body), "polls": polls}
+            "poll_200_bytes": len(body), "polls": polls, "polls_refreshed": refreshed}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,7 +119,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with browser.Browser() as b:
             b.login(tower.api, tower.token)
             b.get(f"{tower.api}/ui/zones/big")            # CSS and JS now cached, as in use
+            b.wait(lambda: b.timing()["load"] > 0, 30, "the load event")
+            first = b.timing()                           # and the tower read the reports
             big = _loads(b, f"{tower.api}/ui/zones/big", args.rounds)
+            big["first_load_ms"] = round(first["load"], 1)
+            big["first_server_ms"] = round(first["response"], 1)
             small = _loads(b, f"{tower.api}/ui/zones/small", args.rounds)
         polls = _polls(tower.api, tower.token, "big", store, args.polls)
         return {"nodes": args.nodes, **big,

@@ -91,7 +91,8 @@ def _row(scenario: str, run: dict[str, Any]) -> tuple[str, str]:
     if scenario == "dashboard":
         return (f"dashboard, zone of {_n(run.get('nodes'))} nodes in headless Chromium",
                 f"load p50 {_n(run.get('load_ms_p50'), ' ms', 1)} (server "
-                f"{_n(run.get('server_ms_p50'), ' ms', 1)}), {_n(run.get('html_bytes'))} B; "
+                f"{_n(run.get('server_ms_p50'), ' ms', 1)}), first load "
+                f"{_n(run.get('first_load_ms'), ' ms', 1)}, {_n(run.get('html_bytes'))} B; "
                 f"{run.get('small_nodes')} nodes {_n(run.get('small_load_ms_p50'), ' ms', 1)}; live poll 304 p50 "
                 f"{_n(run.get('poll_304_ms_p50'), ' ms', 2)}")
     return scenario, json.dumps(run)[:80]

@@ -8,6 +8,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 
+from aircrew.pathkeeper import bounded
 from ipam.store import ZoneStore
 
 NAT_MIX = ("open", "cone", "cone", "symmetric", "cone", "unknown", "cone", "static")
@@ -41,12 +42,41 @@ def add_node(store: ZoneStore, zone: str, hostname: str, nat_type: str = "cone",
     return FakeNode(key, hostname, assignment.address)
 
 
-def fill(store: ZoneStore, zone: str, count: int, offline_every: int = 0) -> list[FakeNode]:
-    """``count`` nodes with a mix of NAT types; every ``offline_every``-th one offline."""
-    out = []
+def report(store: ZoneStore, zone: str, node: FakeNode,
+           paths: dict[str, tuple[str, str | None]]) -> None:
+    """A heartbeat of ``node`` carrying its path report, as its agent sends it:
+    ``paths``: peer mesh address -> ("d" | "r" | "x", relay id or None)."""
+    relays = sorted({r for _, r in paths.values() if r})
+    entries = bounded([[address, code, relays.index(relay) if relay else None, 5]
+                       for address, (code, relay) in sorted(paths.items())])
+    store.run(store.heartbeat_call(zone, node.key, "s-" + node.hostname,
+                                   report={"relay": relays[0] if relays else None,
+                                           "relays": relays, "paths": entries}))
+
+
+def report_all(store: ZoneStore, zone: str, nodes: list[FakeNode], online: set[str],
+               code: str = "d") -> None:
+    """Every online node reports ``code`` for its online peers (as many as an agent's
+    report holds: aircrew.pathkeeper.bounded)."""
+    up = [n for n in nodes if n.key in online]
+    for node in up:
+        report(store, zone, node, {p.address: (code, None) for p in up if p.key != node.key})
+
+
+def fill(store: ZoneStore, zone: str, count: int, offline_every: int = 0,
+         reports: bool = True) -> list[FakeNode]:
+    """``count`` nodes with a mix of NAT types; every ``offline_every``-th one offline;
+    ``reports``: every online node reports its online peers direct (as many as an agent's
+    report holds), as agents do on their heartbeats."""
+    out, online = [], set()
     for i in range(count):
-        online = not (offline_every and i % offline_every == offline_every - 1)
-        out.append(add_node(store, zone, f"node{i:04d}", NAT_MIX[i % len(NAT_MIX)],
-                            f"203.0.113.{10 + i % 200}:{51820 + i // 200}", online))
+        up = not (offline_every and i % offline_every == offline_every - 1)
+        node = add_node(store, zone, f"node{i:04d}", NAT_MIX[i % len(NAT_MIX)],
+                        f"203.0.113.{10 + i % 200}:{51820 + i // 200}", up)
+        out.append(node)
+        if up:
+            online.add(node.key)
+    if reports:
+        report_all(store, zone, out, online)
     store.flush(zone)
     return out

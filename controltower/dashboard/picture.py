@@ -56,6 +56,7 @@ class Segment:
     title: str
     a: str = ""            # the pair's point indices (pairs) or group names (groups)
     b: str = ""
+    via: tuple[float, float] | None = None     # a relayed pair: through its relay
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,10 @@ def _ring(n: int, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
              round(cy + r * math.sin(2 * math.pi * i / n - math.pi / 2), 1)) for i in range(n)]
 
 
-def pairwise(nodes: Sequence[Node], path_of: Callable[[str, str], str],
+def pairwise(nodes: Sequence[Node], pair_of: Callable[[str, str], tuple[str, str | None]],
              relays: Sequence[str] = ()) -> Picture:
-    """Every node on a circle (public nodes first, then by label), every pair an edge."""
+    """Every node on a circle (public nodes first, then by label), every pair an edge;
+    ``pair_of(a, b)``: the pair's (path, relay)."""
     ordered = sorted(nodes, key=lambda n: (GROUPS.index(kind(n.nat_type)), n.label))
     pic = Picture(mode="pairs", nodes=len(ordered))
     cx, cy = WIDTH / 2, HEIGHT / 2
@@ -114,14 +116,18 @@ def pairwise(nodes: Sequence[Node], path_of: Callable[[str, str], str],
     for node, (x, y) in zip(ordered, _ring(max(len(ordered), 1), cx, cy, radius)):
         pic.points.append(Point(node.key, node.label, NAT_BADGES.get(node.nat_type or "", "?"),
                                 kind(node.nat_type), x, y, node.online, node.anchor))
-    for i, a in enumerate(pic.points):
-        for j in range(i + 1, len(pic.points)):
+    at = _relay_places(relays)
+    count = len(pic.points)
+    for i, a in enumerate(pic.points[:count]):
+        for j in range(i + 1, count):
             b = pic.points[j]
-            path = path_of(a.key, b.key)
+            path, relay = pair_of(a.key, b.key)
             pic.counts[path] += 1
+            via = f" via {relay}" if relay else ""
             pic.segments.append(Segment(a.x, a.y, b.x, b.y, path,
-                                        f"{a.label} – {b.label}: {path}", str(i), str(j)))
-    for name, (x, y) in zip(relays, _ring(max(len(relays), 1), cx, cy, 22 if relays else 0)):
+                                        f"{a.label} – {b.label}: {path}{via}", str(i), str(j),
+                                        at.get(relay) if relay else None))
+    for name, (x, y) in at.items():
         pic.points.append(Point(name, name, "relay", "relay", x, y))
     return pic
 
@@ -164,14 +170,20 @@ def grouped(nodes: Sequence[Node], between: Mapping[tuple[str, str], Counter],
                 round(x1 + (x2 - x1) * f1, 1), round(y1 + (y2 - y1) * f1, 1),
                 round(x1 + (x2 - x1) * f2, 1), round(y1 + (y2 - y1) * f2, 1), path,
                 f"{g} – {h}: {counter[path]} of {total} pairs {path}", g, h))
-    for name, (x, y) in zip(relays, _ring(max(len(relays), 1), cx, cy, 22 if relays else 0)):
+    for name, (x, y) in _relay_places(relays).items():
         pic.points.append(Point(name, name, "relay", "relay", x, y))
     return pic
 
 
-def picture(nodes: Sequence[Node], path_of: Callable[[str, str], str],
+def _relay_places(relays: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Relays down the left edge, outside the ring of nodes: a relayed pair's two legs
+    then never lie along another pair's edge through the centre."""
+    return {name: (70.0, 60.0 + 70.0 * i) for i, name in enumerate(relays[:7])}
+
+
+def picture(nodes: Sequence[Node], pair_of: Callable[[str, str], tuple[str, str | None]],
             between: Callable[[Mapping[str, str]], Mapping[tuple[str, str], Counter]],
             relays: Sequence[str] = ()) -> Picture:
     if len(nodes) <= PAIRWISE_LIMIT:
-        return pairwise(nodes, path_of, relays)
+        return pairwise(nodes, pair_of, relays)
     return grouped(nodes, between({n.key: kind(n.nat_type) for n in nodes}), relays)

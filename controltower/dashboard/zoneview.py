@@ -42,6 +42,7 @@ class NodeRow:
     tags: tuple[str, ...]
     child_prefixes: tuple[str, ...]
     pending_prefixes: tuple[str, ...]
+    relay: str = ""                      # its home relay, when it has one
 
 
 @dataclass
@@ -115,9 +116,9 @@ def zone_view(store: ZoneStore, creds: AgentCredentials | None, name: str, now: 
             p.key, "node-" + node_id(p.key)[:12], label(p), p.name or "", p.hostname or "",
             p.address, p.endpoint or "", p.nat_type or NAT_UNKNOWN, picture.kind(p.nat_type),
             last, last is not None and now - last <= offline_after, p.tags,
-            p.child_prefixes, p.pending_prefixes))
+            p.child_prefixes, p.pending_prefixes, p.relay or ""))
     shapes = [picture.Node(r.key, r.label, r.nat_type, r.online, r.anchor) for r in rows]
-    pic = picture.picture(shapes, paths.of, paths.between)
+    pic = picture.picture(shapes, paths.pair, paths.between, paths.relays)
     held = {p.address: label(p) for p in peers}
     keys = None
     if creds is not None:

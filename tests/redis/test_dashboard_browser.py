@@ -1,5 +1,6 @@
 """The dashboard in headless Chromium against a real ``controltower serve`` (reads need
-the token): the login, the picture of a zone (every node, edge colours by path), a node
+the token): the login, the picture of a zone (every node, edge colours by path: direct,
+relayed, down, from the nodes' path reports), a node
 joining shows within 2 s without a reload, a write without the CSRF token is refused,
 keyboard use and contrast. Screenshots go to docs/images/ (README, docs/dashboard.md).
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from controltower.relay.directory import Directory, RelayRecord
 from ipam.store import ZoneStore
 from testbed import browser, zonefill
 from testbed.tower import TowerProcess
@@ -23,7 +25,8 @@ if browser.missing():
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 COLOURS = {"direct": "rgb(26, 127, 55)", "down": "rgb(207, 34, 46)",
            "relayed": "rgb(154, 103, 0)"}
-JOIN_WITHIN = 8.0          # the target is 2 s; headroom for a busy machine
+JOIN_WITHIN = 8.0
+RELAY = "tower-0a1b2c3d"          # the target is 2 s; headroom for a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,15 @@ def zones(module_redis, tower):
                 {"child_prefixes": ("192.168.50.0/24",), "pending": ("192.168.60.0/24",)}),
                ("phone", "symmetric", "203.0.113.101:40112", True, {}),
                ("nas", "cone", "203.0.113.102:51820", False, {}))}
+    # The tower's relay, and each online node's path report as its agent sends it: the
+    # laptop (cone NAT) and the phone (symmetric NAT) reach each other through the relay.
+    Directory(store.redis, RelayRecord(RELAY, "tower", None, 3480, zonefill.fake_key("relay"),
+                                       ("*",), time.time())).announce()
+    up = ("pub1", "pub2", "laptop", "phone")
+    for name in up:
+        zonefill.report(store, "lab", lab[name], {
+            lab[other].address: ("r", RELAY) if {name, other} == {"laptop", "phone"}
+            else ("d", None) for other in up if other != name})
     store.flush("lab")
     return store, lab
 
@@ -61,7 +73,7 @@ def chrome():
 def edge(b: browser.Browser, a: str, c: str):
     index = {n.get_attribute("data-key"): n.get_attribute("data-i")
              for n in b.css("svg#topology a.node")}
-    found = [e for e in b.css("svg#topology line.edge")
+    found = [e for e in b.css("svg#topology .edge[data-a]")
              if {e.get_attribute("data-a"), e.get_attribute("data-b")} == {index[a], index[c]}]
     assert len(found) == 1, f"{len(found)} edges between {a} and {c}"
     return found[0]
@@ -89,13 +101,21 @@ def test_the_picture_shows_every_node_and_edge_colours_by_path(tower, zones, chr
     assert "5" in row.text and "5 / 254" in row.text
     chrome.screenshot(IMAGES / "dashboard-zones.png", full_page=False)
     chrome.get(f"{tower.api}/ui/zones/lab")
-    drawn = {a.get_attribute("data-key") for a in chrome.css("svg#topology a.node")}
+    drawn = {a.get_attribute("data-key") for a in chrome.css("svg#topology a.node:not(.relay)")}
     assert drawn == {n.key for n in lab.values()}
-    assert len(chrome.css("svg#topology line.edge")) == 10
+    assert len(chrome.css("svg#topology .edge[data-a]")) == 10
+    counts = chrome.one("#summary").text
+    assert "5 direct" in counts and "1 relayed" in counts and "4 down" in counts
     direct = edge(chrome, lab["pub1"].key, lab["laptop"].key)
+    relayed = edge(chrome, lab["laptop"].key, lab["phone"].key)
     down = edge(chrome, lab["phone"].key, lab["nas"].key)
     assert "direct" in direct.get_attribute("class")
     assert direct.value_of_css_property("stroke") == COLOURS["direct"]
+    assert "relayed" in relayed.get_attribute("class")
+    assert relayed.value_of_css_property("stroke") == COLOURS["relayed"]
+    assert RELAY in relayed.find_element("css selector", "title").get_attribute("textContent")
+    relay = chrome.one("svg#topology a.node.relay")
+    assert relay.get_attribute("data-key") == RELAY
     assert "down" in down.get_attribute("class")
     assert down.value_of_css_property("stroke") == COLOURS["down"]
     assert down.value_of_css_property("stroke-dasharray") != "none"   # not colour alone
@@ -128,11 +148,17 @@ def test_a_joining_node_appears_without_reload(tower, zones, chrome):
     chrome.wait(lambda: chrome.css(f'#nodes-table tr[data-key="{node.key}"]')
                 and chrome.css(f'svg#topology a.node[data-key="{node.key}"]'),
                 JOIN_WITHIN, "the new node in the table and the picture")
+    # A path that changes shows too: the laptop-phone pair goes direct.
+    for name, other in (("laptop", "phone"), ("phone", "laptop")):
+        zonefill.report(store, "lab", lab[name], {lab[other].address: ("d", None)})
+    chrome.wait(lambda: "direct" in edge(chrome, lab["laptop"].key,
+                                         lab["phone"].key).get_attribute("class"),
+                JOIN_WITHIN, "laptop - phone to turn direct")
     took = time.monotonic() - started
     assert chrome.driver.execute_script("return window.notReloaded === true;")
     assert took < JOIN_WITHIN
     print(f"node joined -> shown in {took:.2f} s")
-    assert len(chrome.css("svg#topology line.edge")) == 15
+    assert len(chrome.css("svg#topology .edge[data-a]")) == 15
 
 
 def test_a_write_without_the_csrf_token_is_refused(tower, zones, chrome):
@@ -205,7 +231,7 @@ def test_a_zone_of_1000_nodes_is_grouped_and_paged(tower, zones, chrome):
     took = time.monotonic() - started
     assert chrome.one("svg#topology").get_attribute("data-mode") == "groups"
     assert len(chrome.css("svg#topology .group")) == 4
-    assert len(chrome.css("svg#topology line.edge")) <= 30
+    assert len(chrome.css("svg#topology .edge[data-a]")) <= 30
     assert len(chrome.css("#nodes-table tbody tr")) == 100
     assert "1,000 nodes" in chrome.one("#topology-desc").get_attribute("textContent")
     assert took < 5.0                               # bench dashboard: the 1 s target

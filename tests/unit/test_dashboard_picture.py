@@ -15,23 +15,58 @@ def nodes(n: int, nat=("open", "cone", "symmetric", None), offline=()) -> list[p
             for i in range(n)]
 
 
+def views(pairs: dict[tuple[str, str], tuple[str, str | None]]) -> dict:
+    """Both ends' views of each pair (keys k<i>, addresses a<i>)."""
+    out: dict = {}
+    for (a, b), view in pairs.items():
+        out.setdefault(a, {})["a" + b[1:]] = view
+        out.setdefault(b, {})["a" + a[1:]] = view
+    return out
+
+
+ADDRESSES = {f"k{i}": f"a{i}" for i in range(1000)}
+
+
 def test_small_zone_every_pair_is_an_edge_with_its_path():
-    paths = PairPaths(frozenset({"k0", "k1", "k2"}))
-    pic = picture.picture(nodes(4, offline={3}), paths.of, paths.between)
-    assert pic.mode == "pairs" and len(pic.points) == 4
+    paths = PairPaths(frozenset({"k0", "k1", "k2"}), ADDRESSES,
+                      views({("k0", "k1"): ("direct", None), ("k0", "k2"): ("direct", None),
+                             ("k1", "k2"): ("relayed", "tower-0123abcd")}),
+                      ("tower-0123abcd",))
+    pic = picture.picture(nodes(4, offline={3}), paths.pair, paths.between, paths.relays)
+    assert pic.mode == "pairs" and len(pic.points) == 5          # 4 nodes and the relay
     assert len(pic.segments) == 6
-    assert pic.counts == Counter({"direct": 3, "down": 3})
+    assert pic.counts == Counter({"direct": 2, "relayed": 1, "down": 3})
+    assert pic.points[-1].kind == "relay" and pic.points[-1].label == "tower-0123abcd"
     assert pic.points[0].kind == "public"                # public nodes first on the ring
     by_pair = {frozenset(s.title.split(":")[0].split(" – ")): s.path for s in pic.segments}
     assert by_pair[frozenset({"n0", "n1"})] == "direct"
+    assert by_pair[frozenset({"n1", "n2"})] == "relayed"
+    relay = pic.points[-1]
+    assert [s.via for s in pic.segments if s.path == "relayed"] == [(relay.x, relay.y)]
     assert by_pair[frozenset({"n0", "n3"})] == "down"
-    assert {p.badge for p in pic.points} == {"open", "cone", "sym", "?"}
+    assert {p.badge for p in pic.points} == {"open", "cone", "sym", "?", "relay"}
+
+
+def test_pair_paths_from_both_ends_reports():
+    paths = PairPaths(frozenset({"k0", "k1", "k2", "k3"}), ADDRESSES, {
+        "k0": {"a1": ("direct", None), "a2": ("relayed", "r-0000000a")},
+        "k1": {"a0": ("direct", None)},
+        "k2": {"a0": ("direct", None)},
+    })
+    assert paths.pair("k0", "k1") == ("direct", None)
+    assert paths.pair("k0", "k2") == ("mixed", None)            # the ends disagree
+    assert paths.pair("k1", "k2") == ("unknown", None)          # neither reported
+    assert paths.pair("k0", "k9") == ("down", None)             # k9 is not online
+    only_one = PairPaths(frozenset({"k0", "k1"}), ADDRESSES, {"k1": {"a0": ("relayed", "r-0000000a")}})
+    assert only_one.pair("k0", "k1") == ("relayed", "r-0000000a")
 
 
 def test_large_zone_is_grouped_not_a_hairball():
     n = 1000
-    paths = PairPaths(frozenset(f"k{i}" for i in range(n) if i % 10))
-    pic = picture.picture(nodes(n), paths.of, paths.between)
+    up = [f"k{i}" for i in range(n) if i % 10]
+    paths = PairPaths(frozenset(up), ADDRESSES,
+                      {k: {ADDRESSES[o]: ("direct", None) for o in up if o != k} for k in up})
+    pic = picture.picture(nodes(n), paths.pair, paths.between)
     assert pic.mode == "groups" and not pic.points
     assert sorted(g.name for g in pic.groups) == ["cone", "public", "symmetric", "unknown"]
     assert sum(g.nodes for g in pic.groups) == n
@@ -43,12 +78,14 @@ def test_large_zone_is_grouped_not_a_hairball():
 
 
 def test_pairpaths_between_groups_counts_pairs_exactly():
-    paths = PairPaths(frozenset({"a", "b", "c"}))
-    found = paths.between({"a": "x", "b": "x", "c": "y", "d": "y"})
-    assert found[("x", "x")] == Counter({"direct": 1, "down": 0})
-    assert found[("x", "y")] == Counter({"direct": 2, "down": 2})
-    assert found[("y", "y")] == Counter({"direct": 0, "down": 1})
-    assert paths.counts(["a", "b", "c", "d"]) == Counter({"direct": 3, "down": 3})
+    paths = PairPaths(frozenset({"k0", "k1", "k2"}), ADDRESSES,
+                      views({("k0", "k1"): ("direct", None), ("k0", "k2"): ("direct", None),
+                             ("k1", "k2"): ("relayed", "r-0000000a")}))
+    found = paths.between({"k0": "x", "k1": "x", "k2": "y", "k3": "y"})
+    assert found[("x", "x")] == Counter({"direct": 1})
+    assert found[("x", "y")] == Counter({"direct": 1, "relayed": 1, "down": 2})
+    assert found[("y", "y")] == Counter({"down": 1})
+    assert paths.counts(["k0", "k1", "k2", "k3"]) == Counter({"direct": 2, "relayed": 1, "down": 3})
 
 
 @pytest.mark.parametrize("cidr,per_cell,cells", [("10.0.0.0/24", 1, 256),
@@ -74,3 +111,29 @@ def test_lease_map_ignores_addresses_outside_and_garbage():
     m = leasemap.lease_map("10.0.0.0/24", {"10.9.9.9": "x", "nonsense": "y", "10.0.0.7": "z"})
     assert m.used == 1 and m.cells[7].state == "full"
     assert leasemap.usage("10.0.0.0/24", 127) == (127, 254, 50.0)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_between_counts_as_asking_every_pair(seed):
+    """The report walk of ``between`` agrees with asking ``pair`` for every pair: one-sided,
+    agreeing and disagreeing reports, reports naming offline or unknown peers, stale ones."""
+    import random
+    r = random.Random(seed)
+    n = r.randrange(2, 30)
+    keys = [f"k{i}" for i in range(n)]
+    online = frozenset(k for k in keys if r.random() < 0.8)
+    choices = [("direct", None), ("relayed", "r-0000000a"), ("relayed", "r-0000000b"),
+               ("down", None)]
+    seen = {}
+    for k in keys:
+        if r.random() < 0.8:
+            seen[k] = {ADDRESSES[o]: r.choice(choices) for o in keys + ["k999"]
+                       if o != k and r.random() < 0.6}
+    paths = PairPaths(online, {k: ADDRESSES[k] for k in keys}, seen)
+    groups = {k: r.choice("xyz") for k in keys}
+    expected: dict = {}
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            slot = tuple(sorted((groups[a], groups[b])))
+            expected.setdefault(slot, Counter())[paths.of(a, b)] += 1
+    assert paths.between(groups) == expected

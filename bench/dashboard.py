@@ -2,7 +2,7 @@
 
 Against a real redis-server and ``controltower serve`` (reads need the token): a zone of
 ``--nodes`` nodes (written by the register script, a mix of NAT types, 1 in 50 offline)
-and a zone of 40 (every pair drawn); every online node has sent its path report (direct
+and a zone of 16 (every pair drawn); every online node has sent its path report (direct
 to its online peers, as many as an agent's report holds). One headless Chromium (Debian's, through selenium)
 logs in and loads each zone page ``--rounds`` times. Reported per zone, from the
 browser's Navigation Timing: the time to the load event (request sent to page laid out
@@ -40,7 +40,7 @@ TARGETS = [Target("load_ms_p50", "<=", 1000.0), Target("first_load_ms", "<=", 10
 HEADLINE = ["nodes", "load_ms_p50", "load_ms_max", "server_ms_p50", "first_load_ms", "html_bytes",
             "svg_elements", "small_load_ms_p50", "small_html_bytes", "poll_304_ms_p50",
             "poll_304_ms_p99", "poll_200_bytes"]
-SMALL = 40
+SMALL = 16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -34,6 +34,7 @@ PATHS = ("direct", "relayed", "down", "mixed", "unknown")
 DETAILED_VERSION = 64      # up to this many reports the version follows every path
 COARSE_SECONDS = 10        # above: the reports are read again this often
 CACHED_ZONES = 16          # large zones' last readings kept per process
+LISTED = 50                # pairs not direct listed by name
 _CACHE: dict[tuple[str, str], tuple[str, "PairPaths"]] = {}
 _LOCK = threading.Lock()
 
@@ -73,11 +74,16 @@ class PairPaths:
         found = self._counted.get(memo)
         if found is None:
             found = self._counted[memo] = self._between(groups)
-            while len(self._counted) > 4:
-                self._counted.pop(next(iter(self._counted)))
+            while len(self._counted) > 5:
+                oldest = next(k for k in self._counted if k != "exceptions")
+                self._counted.pop(oldest)
         return {slot: Counter(counter) for slot, counter in found.items()}
 
-    def _between(self, groups: Mapping[str, str]) -> dict[tuple[str, str], Counter]:
+    def _between(self, groups: Mapping[str, str], listed: int = 0
+                 ) -> dict[tuple[str, str], Counter]:
+        listed = max(listed, LISTED)
+        odd: list[tuple[str, str, str, str | None]] = []
+        odd_total = 0
         size: Counter = Counter(groups.values())
         up: Counter = Counter(g for k, g in groups.items() if k in self.online)
         names = sorted(size)
@@ -102,7 +108,13 @@ class PairPaths:
                     continue                   # counted from b's side
                 else:
                     path = view[0] if other == view else "mixed"
-                gb = group_of[b]
+                if path != "direct":
+                    odd_total += 1
+                    if len(odd) < listed:
+                        odd.append((a, b, path, view[1] if path != "mixed" else None))
+                gb = group_of.get(b)
+                if gb is None:
+                    continue
                 counts = tally[ga * width + gb if ga <= gb else gb * width + ga]
                 counts[path] = counts.get(path, 0) + 1
         out: dict[tuple[str, str], Counter] = {}
@@ -126,7 +138,20 @@ class PairPaths:
                 counter["unknown"] += online - named[(g, h)]
                 for path in [p for p, n in counter.items() if not n]:
                     del counter[path]
+        odd.sort()
+        self._counted["exceptions"] = (odd, odd_total)
         return out
+
+    def exceptions(self, limit: int = LISTED) -> tuple[list[tuple[str, str, str, str | None]], int]:
+        """Pairs of online nodes that some report names and that are not direct:
+        (up to ``limit`` of them as (a, b, path, relay), how many in all). Read from the
+        reports in the same walk as :meth:`between` (a zone of 1,000 nodes costs its
+        reports' entries once)."""
+        found = self._counted.get("exceptions")
+        if found is None or limit > LISTED:
+            self._between(dict.fromkeys(self.online, ""), limit)
+            found = self._counted["exceptions"]
+        return found[0][:limit], found[1]
 
     def counts(self, keys: Iterable[str]) -> Counter:
         found: Counter = Counter()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from wire.messages import NAT_CONE, NAT_OPEN, NAT_STATIC, NAT_SYMMETRIC
 
-PAIRWISE_LIMIT = 40
+PAIRWISE_LIMIT = 16
 WIDTH = 760
 HEIGHT = 560
 PATH_ORDER = ("direct", "relayed", "mixed", "unknown", "down")

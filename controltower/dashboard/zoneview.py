@@ -17,6 +17,9 @@ from . import leasemap, picture
 from .picture import Picture
 
 
+EXCEPTIONS_SHOWN = 50      # pairs of online nodes that are not direct, listed
+
+
 @dataclass(frozen=True)
 class ZoneRow:
     zone: Zone
@@ -57,6 +60,8 @@ class ZoneView:
     version: str
     online: int = 0
     offline_after: float = 30.0
+    exceptions: list[tuple[NodeRow, NodeRow, str, str | None]] = field(default_factory=list)
+    exceptions_total: int = 0
     settings: dict = field(default_factory=dict)
 
 
@@ -123,9 +128,14 @@ def zone_view(store: ZoneStore, creds: AgentCredentials | None, name: str, now: 
     keys = None
     if creds is not None:
         keys = sorted(creds.registry.join_keys(zone.name), key=lambda r: -r.created)
+    by_key = {r.key: r for r in rows}
+    odd, total = paths.exceptions(EXCEPTIONS_SHOWN)
     return ZoneView(zone, int(rev or 0), rows, pic, leasemap.lease_map(zone.cidr, held), keys,
                     now, version(store, zone.name, now, offline_after),
-                    online=sum(r.online for r in rows), offline_after=offline_after)
+                    online=sum(r.online for r in rows), offline_after=offline_after,
+                    exceptions=[(by_key[a], by_key[b], path, relay) for a, b, path, relay in odd
+                                if a in by_key and b in by_key],
+                    exceptions_total=total)
 
 
 def _digest(*parts: object) -> str:

@@ -116,6 +116,9 @@ def test_the_picture_shows_every_node_and_edge_colours_by_path(tower, zones, chr
     assert RELAY in relayed.find_element("css selector", "title").get_attribute("textContent")
     relay = chrome.one("svg#topology a.node.relay")
     assert relay.get_attribute("data-key") == RELAY
+    odd = chrome.css("#odd-pairs-table tbody tr")
+    assert [({r.get_attribute("data-a"), r.get_attribute("data-b")}, r.text.split()[-2:])
+            for r in odd] == [({lab["laptop"].key, lab["phone"].key}, ["relayed", RELAY])]
     assert "down" in down.get_attribute("class")
     assert down.value_of_css_property("stroke") == COLOURS["down"]
     assert down.value_of_css_property("stroke-dasharray") != "none"   # not colour alone

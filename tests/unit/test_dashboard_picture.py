@@ -137,3 +137,19 @@ def test_between_counts_as_asking_every_pair(seed):
             slot = tuple(sorted((groups[a], groups[b])))
             expected.setdefault(slot, Counter())[paths.of(a, b)] += 1
     assert paths.between(groups) == expected
+
+
+def test_exceptions_lists_pairs_of_online_nodes_that_are_not_direct():
+    paths = PairPaths(frozenset({"k0", "k1", "k2", "k3"}), ADDRESSES, {
+        "k0": {"a1": ("direct", None), "a2": ("relayed", "r-0000000a"), "a4": ("down", None)},
+        "k1": {"a0": ("direct", None), "a3": ("down", None)},
+        "k2": {"a0": ("relayed", "r-0000000a"), "a3": ("direct", None)},
+        "k3": {"a2": ("relayed", "r-0000000b")},
+    })
+    found, total = paths.exceptions()
+    assert total == 3 and len(found) == 3                  # k4 is offline: not listed
+    assert sorted((a, b, p) for a, b, p, _ in found) == [
+        ("k0", "k2", "relayed"), ("k1", "k3", "down"), ("k2", "k3", "mixed")]
+    assert ("k0", "k2", "relayed", "r-0000000a") in found
+    first, total = paths.exceptions(limit=1)
+    assert len(first) == 1 and total == 3

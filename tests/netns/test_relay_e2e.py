@@ -9,11 +9,14 @@ within 2 s of both ends being up (asserted: 6 s).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 
 import pytest
 
+from testbed.errors import MeshFailure
 from testbed.lab import Lab
 from testbed.mesh import BIN, Mesh, wait_for
 from tests import wgfake
@@ -64,10 +67,68 @@ def both_report(mesh, world_nodes, a: str, b: str, path: str, timeout: float) ->
     """Seconds until both sides of the pair report ``path`` for each other."""
     (ha, aa, _, _), (hb, ab, _, _) = world_nodes[a], world_nodes[b]
     start = time.monotonic()
-    wait_for(lambda: mesh.path_of(ha, ab.public_key)[0] == path
-             and mesh.path_of(hb, aa.public_key)[0] == path, timeout,
-             f"{a} and {b} to report {path}", interval=0.25)
+    try:
+        wait_for(lambda: mesh.path_of(ha, ab.public_key)[0] == path
+                 and mesh.path_of(hb, aa.public_key)[0] == path, timeout,
+                 f"{a} and {b} to report {path}", interval=0.25)
+    except MeshFailure as exc:
+        raise MeshFailure(f"{exc}\n{pair_state(mesh, world_nodes, a, b)}") from None
     return time.monotonic() - start
+
+
+def pair_state(mesh, world_nodes, a: str, b: str, relays: dict | None = None) -> str:
+    """What a reader of a failure needs first: each end's path status (its decision per
+    peer, its relays' liveness and RTT), ``wg show wg0`` (no private key) and the tail of
+    its agent's log; then the tail of each relay's log."""
+    out = []
+    for name in (a, b):
+        host, agent = world_nodes[name][0], world_nodes[name][1]
+        other = world_nodes[b if name == a else a][1]
+        status = mesh.paths(host)
+        out.append(f"--- {name} ({agent.public_key[:8]}, peer {other.public_key[:8]}) "
+                   f"path status: relays {json.dumps(status.get('relays'))}; to the peer "
+                   f"{json.dumps((status.get('peers') or {}).get(other.public_key))}")
+        out.append(host.run(["wg", "show", "wg0"], check=False).stdout.strip())
+        log_lines = agent.proc.log_text().splitlines() if agent.proc else []
+        out.append("\n".join(log_lines[-40:]))
+    for region, proc in sorted(mesh.relays.items()) if relays is not None else ():
+        out.append(f"--- relay {region} ({'running' if proc.running else 'exited'})")
+        out.append("\n".join(proc.log_text().splitlines()[-15:]))
+    return "\n".join(out)
+
+
+@contextlib.contextmanager
+def relay_cut(host):
+    """The relay's host cut off the network for the block, plugged in again after it,
+    whatever happens inside (the tests after this one need it)."""
+    host.link_down()
+    try:
+        yield
+    finally:
+        host.link_up()
+
+
+@contextlib.contextmanager
+def nat_kind(nat, kind: str):
+    """``nat`` made a NAT of ``kind`` for the block, its old kind back after it."""
+    old = nat.kind
+    nat.set_kind(kind)
+    try:
+        yield
+    finally:
+        nat.set_kind(old)
+
+
+@pytest.fixture(autouse=True)
+def lab_intact(world):
+    """After every test: each relay's host plugged in and its process running, so that one
+    test's failure never becomes the next one's."""
+    yield
+    lab, mesh, relays = world
+    for host in relays.values():
+        host.link_up()                       # idempotent: a no-op when it is up
+    dead = [region for region, proc in mesh.relays.items() if not proc.running]
+    assert not dead, f"relays exited during the test: {dead}"
 
 
 @pytest.fixture(scope="module")
@@ -208,26 +269,27 @@ def test_killed_relay_pairs_move_within_10s(world):
     _, relay_id = mesh.path_of(hs1, a2.public_key)
     region = relay_id.rsplit("-", 1)[0]
     assert hs1.ping(addr2)
-    start = time.monotonic()
-    relays[region].link_down()               # the relay's host is gone (its cable cut)
-    back = mesh.first_ping(hs1, addr2, timeout=30)
-    took = time.monotonic() - start
-    print(f"relay {region} gone: s4-s5 pings again after {took:.1f}s")
-    assert back is not None and took <= 10.0
-    wait_for(lambda: (mesh.path_of(hs1, a2.public_key)[1] or region).rsplit("-", 1)[0] != region,
-             5, "s4 to report the other relay")
-    relays[region].link_up()                 # back for the tests after this
+    print("before the cut:\n" + pair_state(mesh, nodes, "s4", "s5"))   # shown on failure
+    with relay_cut(relays[region]):          # the relay's host is gone (its cable cut)
+        start = time.monotonic()
+        back = mesh.first_ping(hs1, addr2, timeout=30)
+        took = time.monotonic() - start
+        print(f"relay {region} gone: s4-s5 pings again after {took:.1f}s")
+        assert back is not None and took <= 10.0, \
+            f"s4-s5 after relay {region} was cut: ping back {back}, {took:.1f}s\n" + \
+            pair_state(mesh, nodes, "s4", "s5", relays)
+        wait_for(lambda: (mesh.path_of(hs1, a2.public_key)[1] or region).rsplit("-", 1)[0]
+                 != region, 5, "s4 to report the other relay")
 
 
 def test_symmetric_nat_turned_cone_goes_direct_within_30s(world):
     lab, mesh, _ = world
     nodes = spokes(lab, mesh, {"s3": "symmetric", "c3": "cone"})
     both_report(mesh, nodes, "s3", "c3", "relayed", 15)
-    nat = lab.hosts["ns3"]
     start = time.monotonic()
-    nat.set_kind("cone")
-    took = both_report(mesh, nodes, "s3", "c3", "direct", 45)
-    print(f"symmetric NAT made cone: direct after {time.monotonic() - start:.1f}s")
-    assert time.monotonic() - start <= 30.0
-    assert nodes["s3"][0].ping(nodes["c3"][2], count=3)
-    assert took >= 0
+    with nat_kind(lab.hosts["ns3"], "cone"):
+        took = both_report(mesh, nodes, "s3", "c3", "direct", 45)
+        print(f"symmetric NAT made cone: direct after {time.monotonic() - start:.1f}s")
+        assert time.monotonic() - start <= 30.0, pair_state(mesh, nodes, "s3", "c3")
+        assert nodes["s3"][0].ping(nodes["c3"][2], count=3)
+        assert took >= 0

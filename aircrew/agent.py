@@ -659,7 +659,7 @@ class Agent:
         keys, self._touched = self._touched, set()
         if self.paths is not None:           # decide new peers' paths before adding them
             async with self._paths_lock:
-                self.paths.tick(time.monotonic(), self._own_view(), self.mirror.peers)
+                self.paths.decide(time.monotonic(), self._own_view(), self.mirror.peers)
         endpoints = self._path_endpoints()
         ops = self.applied.diff(self.public_key, keys, self.mirror.peers, endpoints)
         if ops:
@@ -680,7 +680,7 @@ class Agent:
         self._touched = set()
         if self.paths is not None:
             async with self._paths_lock:
-                self.paths.tick(time.monotonic(), self._own_view(), self.mirror.peers)
+                self.paths.decide(time.monotonic(), self._own_view(), self.mirror.peers)
         return await self._on_device(self._reconcile_device, self._path_endpoints())
 
     def _reconcile_device(self, endpoints: dict[str, str | None] | None = None) -> int:

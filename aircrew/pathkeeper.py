@@ -20,7 +20,7 @@ from typing import Any
 
 from wire.messages import MAX_PATH_REPORT, Peer
 
-from .paths import DOWN, RELAYED, NodeView
+from .paths import DOWN, RELAYED, Decision, NodeView
 from .pathservice import PathService, PeerLink
 from .relaybook import RelayInfo
 
@@ -117,12 +117,22 @@ class PathKeeper:
     def set_links(self, now: float, links: dict[str, PeerLink]) -> None:
         self._links, self._links_at = links, now
 
-    def tick(self, now: float, own: NodeView, peers: Mapping[str, Peer]):
-        """Decide every peer's path now; returns {key: Decision} of the changed ones."""
+    def _decide(self, now: float, own: NodeView, peers: Mapping[str, Peer], keep: bool):
         self.service.bind_due(now)
         views = {key: NodeView(p.key, p.endpoint, p.nat_type, p.relay)
                  for key, p in peers.items() if key != own.key}
-        return self.service.tick(now, own, views, self._links)
+        return self.service.tick(now, own, views, self._links, keep=keep)
+
+    def decide(self, now: float, own: NodeView, peers: Mapping[str, Peer]) -> None:
+        """Decide every peer's path now, for a reconcile (it adds new peers and sets the
+        endpoints): the other changes (a move onto another relay, a peer to re-create)
+        stay owed to the next ``tick``."""
+        self._decide(now, own, peers, keep=True)
+
+    def tick(self, now: float, own: NodeView, peers: Mapping[str, Peer]) -> dict[str, Decision]:
+        """Decide every peer's path now; returns {key: Decision} of the changes to carry
+        out: this tick's and those ``decide`` left owed."""
+        return self.service.take_changes(self._decide(now, own, peers, keep=False))
 
     def endpoints(self) -> dict[str, str | None]:
         return self.service.endpoints() if self.service else {}

@@ -1,14 +1,20 @@
 """The agent's relays and paths at work: binds, probes and decisions (I/O around the pure
 RelayBook and PathMachine). The caller owns the loop: it calls ``receive_all`` when the
-port socket is readable and ``tick`` on a timer and when the zone changed, and applies
-the endpoint decisions to the device."""
+port socket is readable and ``tick`` on a timer and when the zone changed, and carries
+out the changes ``take_changes`` hands it on the device.
+
+A tick whose caller carries out only the endpoints (a reconcile: it adds new peers and
+sets endpoints, but re-creates no peer) passes ``keep=True``: its changes to peers
+already decided stay owed, and the next ``take_changes`` hands them over. Else such a
+tick swallowed a move onto another relay: the next tick no longer saw it as a change,
+and the peer was never re-created there."""
 from __future__ import annotations
 
 import base64
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from wire import relaymsg as rm, x25519
 from wire.errors import InvalidInput
@@ -52,6 +58,7 @@ class PathService:
         self._by_relay_address: dict[tuple[str, int], str] = {}
         self.restarted: set[str] = set()       # relays that came back with a new boot id
         self._endpoints: dict[str, str | None] = {}   # each peer's advertised endpoint
+        self._owed: dict[str, Decision] = {}  # changes decided, not yet taken by the caller
 
     # -- relays --------------------------------------------------------------------------
 
@@ -128,13 +135,15 @@ class PathService:
     # -- decisions ---------------------------------------------------------------------------
 
     def tick(self, now: float, own: NodeView, peers: dict[str, NodeView],
-             links: dict[str, PeerLink]) -> dict[str, Decision]:
+             links: dict[str, PeerLink], keep: bool = False) -> dict[str, Decision]:
         """Decide every peer's path; returns the decisions that changed the device's
-        endpoint (or need a fresh peer)."""
+        endpoint (or need a fresh peer). ``keep``: the caller will not carry them out;
+        those of peers decided before stay owed (``take_changes``)."""
         for gone in set(self.machines) - set(peers):
             del self.machines[gone]
             self.decisions.pop(gone, None)
             self._endpoints.pop(gone, None)
+            self._owed.pop(gone, None)
         relays = self.book.alive()
         own = NodeView(own.key, own.endpoint, own.nat_type, own.relay or self.book.home)
         changes: dict[str, Decision] = {}
@@ -156,12 +165,29 @@ class PathService:
             if decision.fresh or (decision.endpoint is not None and (
                     previous is None or previous.endpoint != decision.endpoint)):
                 changes[key] = decision
+                if keep and previous is not None:
+                    self._owe(key, decision)
             for target in decision.probe_to:
                 self._send_probe(key, target, decision.claim)
             if decision.probe_to:
                 machine.probe_sent(now)
         self.restarted.clear()
         return changes
+
+    def _owe(self, key: str, decision: Decision) -> None:
+        """The latest change is owed; a re-creation owed before stays one."""
+        owed = self._owed.get(key)
+        if owed is not None and owed.fresh and not decision.fresh:
+            decision = replace(decision, fresh=True)
+        self._owed[key] = decision
+
+    def take_changes(self, changes: dict[str, Decision]) -> dict[str, Decision]:
+        """``changes`` (a tick's, to be carried out now) with those owed by ticks with
+        ``keep`` since the last call."""
+        for key, decision in changes.items():
+            self._owe(key, decision)
+        owed, self._owed = self._owed, {}
+        return owed
 
     def _send_probe(self, peer: str, target: str, claim: str | None) -> None:
         data = rm.encode_probe(self._pair_key(peer), rm.Probe(

@@ -1,0 +1,103 @@
+"""PathService: the decisions a tick hands its caller, and those it owes (pure: a fake
+port socket records what would be sent)."""
+from __future__ import annotations
+
+import base64
+import os
+
+from aircrew.paths import RELAYED, NodeView
+from aircrew.pathservice import PathService
+from aircrew.relaybook import RelayInfo
+from wire import x25519
+
+
+class RecordingSocket:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def send(self, data: bytes, destination: tuple[str, int]) -> None:
+        self.sent.append((data, destination))
+
+    def receive(self):
+        return None
+
+
+def keypair() -> tuple[str, str]:
+    private = os.urandom(32)
+    return (base64.b64encode(private).decode(),
+            base64.b64encode(x25519.public_key(private)).decode())
+
+
+def service_and_peer(decider: bool) -> tuple[PathService, NodeView, NodeView]:
+    """A service of a node behind a NAT with two relays alive (ra nearer), and a peer
+    behind a NAT; ``decider``: our key is the smaller (we re-create on a move)."""
+    while True:
+        (own_private, own_key), (_, peer_key) = keypair(), keypair()
+        if (own_key < peer_key) == decider:
+            break
+    service = PathService(own_private, "default", 51820, port_socket=RecordingSocket())
+    relays = [RelayInfo(rid, host, 3480, keypair()[1], rid[:2])
+              for rid, host in (("ra-1", "203.0.113.10"), ("rb-1", "203.0.113.20"))]
+    service.set_relays(relays)
+    for rid, rtt in (("ra-1", 0.001), ("rb-1", 0.002)):
+        service.book.sent(rid, rid.encode(), 0.0)
+        service.book.answered(rid, rid.encode(), rtt, ("198.51.100.1", 5), b"boot0000")
+    own = NodeView(own_key, "198.51.100.1:40000", "symmetric")
+    peer = NodeView(peer_key, "198.51.100.2:40000", "symmetric", relay="ra-1")
+    return service, own, peer
+
+
+def kill(service: PathService, rid: str) -> None:
+    service.book.relays[rid].misses = service.book.timing.dead_after
+
+
+def test_first_decision_is_relayed_through_the_pairs_relay():
+    service, own, peer = service_and_peer(decider=True)
+    changes = service.take_changes(service.tick(1.0, own, {peer.key: peer}, {}))
+    assert changes[peer.key].mode == RELAYED and changes[peer.key].relay == "ra-1"
+    assert changes[peer.key].endpoint == "203.0.113.10:3480" and changes[peer.key].fresh
+
+
+def test_a_move_decided_by_a_reconcile_tick_is_still_handed_over():
+    """The relay failover that never came back: the tick that saw the pair's relay dead
+    ran for a reconcile (which applies endpoints only); the next tick found nothing
+    changed, so the peer was never re-created on the other relay."""
+    service, own, peer = service_and_peer(decider=True)
+    service.take_changes(service.tick(1.0, own, {peer.key: peer}, {}))
+    assert service.take_changes(service.tick(1.25, own, {peer.key: peer}, {})) == {}
+    kill(service, "ra-1")
+    service.tick(1.5, own, {peer.key: peer}, {}, keep=True)      # a reconcile's tick
+    changes = service.take_changes(service.tick(1.75, own, {peer.key: peer}, {}))
+    assert peer.key in changes, "the move onto rb-1 was swallowed"
+    moved = changes[peer.key]
+    assert moved.relay == "rb-1" and moved.endpoint == "203.0.113.20:3480" and moved.fresh
+    assert service.take_changes(service.tick(2.0, own, {peer.key: peer}, {})) == {}
+
+
+def test_an_owed_recreation_stays_one():
+    service, own, peer = service_and_peer(decider=True)
+    service.take_changes(service.tick(1.0, own, {peer.key: peer}, {}))
+    kill(service, "ra-1")
+    assert service.tick(1.5, own, {peer.key: peer}, {}, keep=True)[peer.key].fresh
+    service.book.relays["ra-1"].misses = 0                 # back: the pair returns to ra
+    later = service.tick(1.75, own, {peer.key: peer}, {}, keep=True)[peer.key]
+    assert later.relay == "ra-1"
+    changes = service.take_changes({})
+    assert changes[peer.key].relay == "ra-1" and changes[peer.key].fresh
+
+
+def test_a_first_decision_of_a_reconcile_is_not_owed():
+    """A reconcile adds a new peer itself (a new device peer handshakes at once): its
+    first decision is not carried out a second time."""
+    service, own, peer = service_and_peer(decider=False)
+    service.tick(1.0, own, {peer.key: peer}, {}, keep=True)
+    assert service.take_changes({}) == {}
+
+
+def test_a_peer_gone_owes_nothing():
+    service, own, peer = service_and_peer(decider=True)
+    service.take_changes(service.tick(1.0, own, {peer.key: peer}, {}))
+    kill(service, "ra-1")
+    service.tick(1.5, own, {peer.key: peer}, {}, keep=True)
+    service.tick(1.75, own, {}, {}, keep=True)
+    assert service.take_changes({}) == {}

@@ -631,7 +631,11 @@ class Agent:
                          f" via {decision.relay}" if decision.relay else "", decision.endpoint,
                          ", new handshake" if decision.fresh else "")
             if ops:
-                await self._on_device(apply_ops, self.device, self.links, ops)
+                try:
+                    await self._on_device(apply_ops, self.device, self.links, ops)
+                except DeviceError:
+                    self.paths.give_back(changes)      # owed again: the next tick retries
+                    raise
                 for op in ops:
                     self.applied.peers[op.peer.public_key] = op.peer
         if self.paths.home != self._published_home and self.session is not None \

@@ -134,6 +134,10 @@ class PathKeeper:
         out: this tick's and those ``decide`` left owed."""
         return self.service.take_changes(self._decide(now, own, peers, keep=False))
 
+    def give_back(self, changes: Mapping[str, Decision]) -> None:
+        """Changes ``tick`` handed over that could not be carried out: owed again."""
+        self.service.give_back(changes)
+
     def endpoints(self) -> dict[str, str | None]:
         return self.service.endpoints() if self.service else {}
 

@@ -189,6 +189,13 @@ class PathService:
         owed, self._owed = self._owed, {}
         return owed
 
+    def give_back(self, changes: dict[str, Decision]) -> None:
+        """Changes taken but not carried out (the device refused): owed again, unless a
+        later tick already owes a newer change for the peer."""
+        for key, decision in changes.items():
+            if key in self.machines and key not in self._owed:
+                self._owed[key] = decision
+
     def _send_probe(self, peer: str, target: str, claim: str | None) -> None:
         data = rm.encode_probe(self._pair_key(peer), rm.Probe(
             os.urandom(8), self.public, base64.b64decode(peer), claim))

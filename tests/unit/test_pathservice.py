@@ -101,3 +101,13 @@ def test_a_peer_gone_owes_nothing():
     service.tick(1.5, own, {peer.key: peer}, {}, keep=True)
     service.tick(1.75, own, {}, {}, keep=True)
     assert service.take_changes({}) == {}
+
+
+def test_changes_the_device_refused_are_owed_again():
+    service, own, peer = service_and_peer(decider=True)
+    service.take_changes(service.tick(1.0, own, {peer.key: peer}, {}))
+    kill(service, "ra-1")
+    taken = service.take_changes(service.tick(1.5, own, {peer.key: peer}, {}))
+    service.give_back(taken)                              # apply_ops raised DeviceError
+    again = service.take_changes(service.tick(1.75, own, {peer.key: peer}, {}))
+    assert again[peer.key].relay == "rb-1" and again[peer.key].fresh

@@ -307,6 +307,7 @@ def test_killed_relay_pairs_move_within_10s(world):
             pair_state(mesh, nodes, "s4", "s5", relays)
         wait_for(lambda: (mesh.path_of(hs1, a2.public_key)[1] or region).rsplit("-", 1)[0]
                  != region, 5, "s4 to report the other relay")
+        print("after the cut:\n" + pair_state(mesh, nodes, "s4", "s5", relays))
 
 
 def test_symmetric_nat_turned_cone_goes_direct_within_30s(world):

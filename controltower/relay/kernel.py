@@ -5,6 +5,10 @@ port, receiver index) in two maps and rewrites destination address and port, ski
 conntrack; postrouting rewrites the source to the relay's own address and port. Map
 elements carry timeouts, so sessions the relay forgets also leave the kernel.
 Talks to nftables through libnftables (in process; no ``nft`` process per change).
+One context serves the relay's threads (the socket thread adds routes, housekeeping
+expires them and reads the counters), one call at a time: a libnftables context is not
+thread-safe, and two calls at once mix their netlink replies, which libnftnl takes for a
+broken kernel ABI and ends the process with exit(1).
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import ctypes
 import ipaddress
 import logging
 import re
+import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -57,7 +62,7 @@ class NftError(Exception):
 
 
 class Nft:
-    """A libnftables context."""
+    """A libnftables context, used by one thread at a time (``run`` holds a lock)."""
 
     def __init__(self) -> None:
         try:
@@ -76,22 +81,27 @@ class Nft:
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
         self._lib = lib
+        self._lock = threading.Lock()
         self._ctx = lib.nft_ctx_new(0)
         lib.nft_ctx_buffer_output(self._ctx)
         lib.nft_ctx_buffer_error(self._ctx)
 
     def run(self, commands: str) -> str:
-        rc = self._lib.nft_run_cmd_from_buffer(self._ctx, commands.encode())
-        out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode()
-        err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
+        with self._lock:
+            if not self._ctx:
+                raise NftError("the libnftables context is closed")
+            rc = self._lib.nft_run_cmd_from_buffer(self._ctx, commands.encode())
+            out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode()
+            err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
         if rc != 0:
             raise NftError(err.strip() or f"nft failed ({rc})")
         return out
 
     def close(self) -> None:
-        if self._ctx:
-            self._lib.nft_ctx_free(self._ctx)
-            self._ctx = None
+        with self._lock:
+            if self._ctx:
+                self._lib.nft_ctx_free(self._ctx)
+                self._ctx = None
 
 
 def _element(source: tuple[str, int], index: bytes) -> str:

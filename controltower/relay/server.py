@@ -198,8 +198,8 @@ class RelayServer:
         while not self.stop_event.wait(0.5):
             try:
                 self._housekeeping_once(last=last)
-            except (redis.exceptions.RedisError, MeshError, OSError) as exc:
-                log.warning("relay: %s", exc)
+            except (redis.exceptions.RedisError, MeshError, OSError, NftError) as exc:
+                log.warning("relay: %s", exc)      # housekeeping goes on: next round
 
     def _housekeeping_once(self, first: bool = False, last: dict | None = None) -> None:
         now = time.monotonic()

@@ -25,6 +25,7 @@ from wire import relaymsg as rm
 pytestmark = pytest.mark.slow
 
 PATTERN = "a5c3e1f00dfeed42"
+RELAY_ARGS = ("--metrics-port", "9480")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def world():
         mesh.start_tower("--relay-port", "0")
         relays = {"ra": lab.add_public_host("relaya"), "rb": lab.add_public_host("relayb")}
         for region, host in relays.items():
-            mesh.start_relay(host, region, "--metrics-port", "9480")
+            mesh.start_relay(host, region, *RELAY_ARGS)
         mesh.create_zone("zone-blue", "10.140.0.0/20")
         yield lab, mesh, relays
 
@@ -93,7 +94,7 @@ def pair_state(mesh, world_nodes, a: str, b: str, relays: dict | None = None) ->
         out.append("\n".join(log_lines[-40:]))
     for region, proc in sorted(mesh.relays.items()) if relays is not None else ():
         out.append(f"--- relay {region} ({'running' if proc.running else 'exited'})")
-        out.append("\n".join(proc.log_text().splitlines()[-15:]))
+        out.append("\n".join(proc.log_text().splitlines()[-30:]))
     return "\n".join(out)
 
 
@@ -121,14 +122,19 @@ def nat_kind(nat, kind: str):
 
 @pytest.fixture(autouse=True)
 def lab_intact(world):
-    """After every test: each relay's host plugged in and its process running, so that one
-    test's failure never becomes the next one's."""
+    """After every test: each relay's host plugged in and its process running (a relay
+    that exited is started again, and this test fails with its log), so that one test's
+    failure never becomes the next one's."""
     yield
     lab, mesh, relays = world
     for host in relays.values():
         host.link_up()                       # idempotent: a no-op when it is up
-    dead = [region for region, proc in mesh.relays.items() if not proc.running]
-    assert not dead, f"relays exited during the test: {dead}"
+    dead = {region: mesh.relays[region] for region in relays if not mesh.relays[region].running}
+    for region, proc in dead.items():
+        mesh.start_relay(relays[region], region, *RELAY_ARGS)
+    assert not dead, "relays exited during the test (started again):\n" + "\n".join(
+        f"--- relay {region} (exit {proc.returncode}):\n{proc.log_text()[-3000:]}"
+        for region, proc in dead.items())
 
 
 @pytest.fixture(scope="module")

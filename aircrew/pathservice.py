@@ -4,10 +4,13 @@ port socket is readable and ``tick`` on a timer and when the zone changed, and c
 out the changes ``take_changes`` hands it on the device.
 
 A tick whose caller carries out only the endpoints (a reconcile: it adds new peers and
-sets endpoints, but re-creates no peer) passes ``keep=True``: its changes to peers
-already decided stay owed, and the next ``take_changes`` hands them over. Else such a
-tick swallowed a move onto another relay: the next tick no longer saw it as a change,
-and the peer was never re-created there."""
+sets endpoints, but re-creates no peer) passes ``keep=True``: its changes of peers
+already decided onto a relay stay owed, and the next ``take_changes`` hands them over.
+Else such a tick swallowed a move onto another relay: the next tick no longer saw it as
+a change, and the peer was not re-created there (the relay must see a handshake) until
+the 2 s kick. Direct changes are not owed: the reconcile set their endpoint, which is
+all WireGuard needs (a moved node handshakes itself; re-creating the peer here after
+that handshake would only drop its session)."""
 from __future__ import annotations
 
 import base64
@@ -19,7 +22,7 @@ from dataclasses import dataclass, replace
 from wire import relaymsg as rm, x25519
 from wire.errors import InvalidInput
 
-from .paths import Decision, Env, NodeView, PathMachine, Timing
+from .paths import RELAYED, Decision, Env, NodeView, PathMachine, Timing
 from .portsocket import PortSocket
 from .relaybook import RelayBook, RelayInfo
 
@@ -165,7 +168,7 @@ class PathService:
             if decision.fresh or (decision.endpoint is not None and (
                     previous is None or previous.endpoint != decision.endpoint)):
                 changes[key] = decision
-                if keep and previous is not None:
+                if keep and previous is not None and decision.mode == RELAYED:
                     self._owe(key, decision)
             for target in decision.probe_to:
                 self._send_probe(key, target, decision.claim)

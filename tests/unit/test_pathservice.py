@@ -111,3 +111,15 @@ def test_changes_the_device_refused_are_owed_again():
     service.give_back(taken)                              # apply_ops raised DeviceError
     again = service.take_changes(service.tick(1.75, own, {peer.key: peer}, {}))
     assert again[peer.key].relay == "rb-1" and again[peer.key].fresh
+
+
+def test_a_direct_change_of_a_reconcile_is_not_owed():
+    """A public peer that moved: the reconcile set its new endpoint; re-creating it after
+    the moved node's own handshake would drop that session."""
+    service, own, peer = service_and_peer(decider=True)
+    public = NodeView(peer.key, "198.51.100.9:51820", "open")
+    service.take_changes(service.tick(1.0, own, {peer.key: public}, {}))
+    moved = NodeView(peer.key, "198.51.100.10:51820", "open")
+    change = service.tick(1.5, own, {peer.key: moved}, {}, keep=True)[peer.key]
+    assert change.endpoint == "198.51.100.10:51820" and change.fresh
+    assert service.take_changes({}) == {}

@@ -34,6 +34,7 @@ from wire.proof import public_key_of
 from .applier import Links, apply_ops, apply_zone, ensure_device
 from .device import Device, DeviceState
 from .device_errors import DeviceError
+from .inbox import Inbox
 from .mirror import Outcome, ZoneMirror
 from .credential import CredentialFile, NodeCredential
 from .hosts import HostsFile
@@ -191,7 +192,7 @@ class Agent:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.paths is not None:
                 self.paths.close(loop)
-            if self.state_writer.dirty.is_set():
+            if self.state_writer.dirty:
                 await self._save()
             self._state_thread.shutdown(wait=False)
 
@@ -454,45 +455,53 @@ class Agent:
 
     async def _follow(self) -> None:
         session = self.session
-        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         next_heartbeat = now + self.s.heartbeat_interval
         last_endpoint = now
         next_revision = now + self.s.revision_interval
         next_drift = now + self.s.drift_interval
-        while not self.stop.is_set():
-            if session.lost.is_set():
-                raise Unavailable("lost the connection to the controller")
-            next_endpoint = last_endpoint + self._endpoint_interval()
-            due = min(next_heartbeat, next_endpoint, next_revision, next_drift)
-            update = await self._next_update(max(0.0, min(due - time.monotonic(), 1.0)))
-            if update is not None:
-                if not (self._apply_update(update) and self._apply_buffered()):
-                    await self._resync()
-                    continue
-                if self.public_key not in self.mirror.peers:
-                    reason = self.mirror.removed.get(self.public_key, "")
-                    self._check_removed(reason)
-                    log.warning("the tower removed this node (%s): registering again",
-                                reason or "unknown reason")
-                    await self._register()
-                    await self._resync()
-                    continue
-                self._check_membership()
-                await self._reconcile_touched()
-            now = time.monotonic()
-            if now >= next_heartbeat:
-                next_heartbeat = now + self.s.heartbeat_interval
-                await self._heartbeat()
-            if now >= next_endpoint:
-                last_endpoint = now
-                await self._recheck_endpoint()
-            if now >= next_revision:
-                next_revision = now + await self._check_revision()
-                await self._read_relays()
-            if now >= next_drift:
-                next_drift = now + self.s.drift_interval
-                if await self._reconcile_all():
-                    self._state_changed()
+        # A stop ends the wait for the next update at once (a lost connection does too:
+        # the session wakes its inbox), so the loop needs no wake-up of its own.
+        stopping = asyncio.create_task(self._wake_on_stop(session.updates),
+                                       name="follow-stop")
+        try:
+            while not self.stop.is_set():
+                if session.lost.is_set():
+                    raise Unavailable("lost the connection to the controller")
+                next_endpoint = last_endpoint + self._endpoint_interval()
+                update = await self._next_update(
+                    min(next_heartbeat, next_endpoint, next_revision, next_drift))
+                if update is not None:
+                    if not (self._apply_update(update) and self._apply_buffered()):
+                        await self._resync()
+                        continue
+                    if self.public_key not in self.mirror.peers:
+                        reason = self.mirror.removed.get(self.public_key, "")
+                        self._check_removed(reason)
+                        log.warning("the tower removed this node (%s): registering again",
+                                    reason or "unknown reason")
+                        await self._register()
+                        await self._resync()
+                        continue
+                    self._check_membership()
+                    await self._reconcile_touched()
+                now = loop.time()
+                if now >= next_heartbeat:
+                    next_heartbeat = now + self.s.heartbeat_interval
+                    await self._heartbeat()
+                if now >= next_endpoint:
+                    last_endpoint = now
+                    await self._recheck_endpoint()
+                if now >= next_revision:
+                    next_revision = now + await self._check_revision()
+                    await self._read_relays()
+                if now >= next_drift:
+                    next_drift = now + self.s.drift_interval
+                    if await self._reconcile_all():
+                        self._state_changed()
+        finally:
+            stopping.cancel()
 
     def _endpoint_interval(self) -> float:
         """Seconds between endpoint re-checks: sooner while a peer is relayed (a NAT that
@@ -501,18 +510,20 @@ class Agent:
             return min(self.s.endpoint_interval, self.s.relayed_endpoint_interval)
         return self.s.endpoint_interval
 
-    async def _next_update(self, timeout: float) -> ZoneUpdate | None:
-        """The next zone update, waiting up to ``timeout`` seconds for one. (``asyncio.timeout``
-        rather than ``wait_for``: no task per wait, which was most of an update's cost in a
-        simulated agent.)"""
+    async def _wake_on_stop(self, updates: Inbox) -> None:
+        await self.stop.wait()
+        updates.wake()
+
+    async def _next_update(self, deadline: float) -> ZoneUpdate | None:
+        """The next zone update, waiting for one until the event loop's clock reaches
+        ``deadline`` (None when none came). No task and no timer per wait: the inbox's
+        one timer stays armed for the deadline however many updates come first."""
         updates = self.session.updates
-        if not updates.empty():
-            return updates.get_nowait()
-        try:
-            async with asyncio.timeout(timeout):
-                return await updates.get()
-        except TimeoutError:
-            return None
+        if updates.empty():
+            await updates.wait(deadline)
+            if updates.empty():
+                return None
+        return updates.get_nowait()
 
     async def _check_revision(self) -> float:
         """Resync when the tower published a revision that never reached us; returns the

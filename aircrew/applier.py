@@ -31,8 +31,8 @@ class Links(Protocol):
 def apply_ops(device: Device, links: Links, ops: list[Op]) -> None:
     """Carry out typed changes: one device or route operation each (new peers batched)."""
     added = [op.peer for op in ops if isinstance(op, AddPeer)]
-    batch = getattr(device, "upsert_peers", None)
-    if len(added) > 1 and batch is not None:
+    batch = getattr(device, "upsert_peers", None) if len(added) > 1 else None
+    if batch is not None:
         batch(added)
         added = []
     for op in ops:

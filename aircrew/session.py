@@ -25,6 +25,8 @@ from wire.errors import InvalidInput, MeshError, NotFound, Unavailable, code_of
 from wire.keys import Keys, node_id
 from wire.messages import Peer, Request, ZoneUpdate
 
+from .inbox import Inbox
+
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +81,7 @@ class TowerSession:
         self.keys = keys or Keys()
         self.route = route or Route.node(self.keys, self.zone, self.public_key)
         self.session_id = session_id or uuid.uuid4().hex
-        self.updates: asyncio.Queue[ZoneUpdate] = asyncio.Queue()
+        self.updates: Inbox[ZoneUpdate] = Inbox()
         self.bytes_received = 0
         self.lost = asyncio.Event()
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -116,6 +118,7 @@ class TowerSession:
         for future in self._pending.values():
             future.cancel()
         self._pending.clear()
+        self.updates.close()
 
     async def _read(self) -> None:
         assert self._pubsub is not None
@@ -140,6 +143,7 @@ class TowerSession:
         except Exception as exc:  # noqa: BLE001 - any failure means the link is gone
             log.warning("lost the connection to the controller: %s", exc)
             self.lost.set()
+            self.updates.wake()
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(Unavailable("lost the connection to the controller"))

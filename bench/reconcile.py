@@ -68,8 +68,9 @@ class _StandInSession:
     snapshot and the updates are handed over directly."""
 
     def __init__(self, snapshot: Any) -> None:
+        from aircrew.inbox import Inbox
         self.session_id = "bench-session"
-        self.updates: asyncio.Queue[Any] = asyncio.Queue()
+        self.updates: Any = Inbox()
         self.lost = asyncio.Event()
         self._snapshot = snapshot
         self.published = snapshot.rev

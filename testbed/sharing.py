@@ -116,8 +116,12 @@ class SharedMirror(ZoneMirror):
     def load(self, rev: int, peers: dict[str, Peer]) -> None:
         if not self.shared.keep_peers:
             initial = self.shared.initial
-            peers = {k: p for k, p in peers.items()
-                     if k == self.own_key or initial.get(k) != p}
+            if peers is initial:    # the start-up snapshot itself: all of it is shared
+                own = initial.get(self.own_key)
+                peers = {} if own is None else {self.own_key: own}
+            else:                   # a resync: leave out what is unchanged since start-up
+                peers = {k: p for k, p in peers.items()
+                         if k == self.own_key or not _same(initial.get(k), p)}
         super().load(rev, peers)
 
     def apply(self, update: ZoneUpdate) -> Outcome:
@@ -125,6 +129,10 @@ class SharedMirror(ZoneMirror):
         if outcome is Outcome.GAP and self.loaded:
             self.gaps += 1
         return outcome
+
+
+def _same(a: Peer | None, b: Peer) -> bool:
+    return a is b or a == b
 
 
 class ProcessShared:

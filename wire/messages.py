@@ -333,7 +333,8 @@ class Peer:
     relay: str | None = None        # its home relay (the nearest), when it has one
 
     def allowed_ips(self) -> tuple[str, ...]:
-        host = 32 if ipaddress.ip_address(self.address).version == 4 else 128
+        # ``address`` is an IP address (``parse_peer`` checks it): IPv6 has colons, IPv4 none.
+        host = 128 if ":" in self.address else 32
         return (f"{self.address}/{host}", *self.child_prefixes)
 
     def to_dict(self) -> dict[str, Any]:

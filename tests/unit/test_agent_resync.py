@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from aircrew.agent import Agent, AgentSettings
 from aircrew.device import RecordingDevice
 from aircrew.endpoint import StaticEndpoint
+from aircrew.inbox import Inbox
 from testbed.simagent import MemoryState, RecordingLinks
 from wire.messages import Change, Peer, ZoneUpdate
 from wire.proof import generate_private_key, public_key_of
@@ -33,7 +34,7 @@ class ScriptedSession:
     'arrived while it was read'."""
     snapshots: list[tuple[Snapshot, list[ZoneUpdate]]]
     session_id: str = "own-session"
-    updates: asyncio.Queue = field(default_factory=asyncio.Queue)
+    updates: Inbox = field(default_factory=Inbox)
     taken: int = 0
 
     async def snapshot(self) -> Snapshot:

@@ -22,13 +22,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 
+from aircrew.agent import CONNECTION_ERRORS, controller_client
 from aircrew.session import NoReply, TowerSession
 from wire.keys import Keys
 
 from . import fulllist
-from .fleet import Fleet, split
+from .fleet import Fleet, FleetError, split
 from .harness import (Stack, add_stack_arguments, make_identities, make_identity, stack_for,
                       stack_options)
 from .report import Target, percentile
@@ -135,19 +135,32 @@ class ChannelCounter:
         return next((t for t, r in zip(self.arrivals, self.revisions) if r >= rev), None)
 
 
+class JoinFailed(RuntimeError):
+    """A joining node could not reach the stack: the scenario stops, saying why."""
+
+
 async def _join_once(url: str, zone: str, index: int) -> tuple[str, float, float | None]:
-    """Register one fresh node; (its key, request sent, reply received or None)."""
+    """Register one fresh node, as an agent does (its client settings, its session);
+    (its key, request sent, reply received or None). JoinFailed when the node cannot
+    reach Redis at all."""
     ident = make_identity(index, "join")
-    client = aioredis.Redis.from_url(url, decode_responses=True)
+    client = controller_client(url)
     session = TowerSession(client, zone, ident.private_key, session_id=ident.session)
     try:
-        await session.open()
+        try:
+            await session.open()
+        except CONNECTION_ERRORS as exc:
+            raise JoinFailed(f"join {index}: the joining node could not subscribe "
+                             f"({type(exc).__name__}: {exc})") from None
         sent = time.monotonic()
         try:
             await session.request("register", ident.body, timeout=30)
         except NoReply:
             log.warning("join %d: the tower did not answer the register request in 30 s", index)
             return ident.public_key, sent, None
+        except CONNECTION_ERRORS as exc:
+            raise JoinFailed(f"join {index}: the joining node could not send its register "
+                             f"request ({type(exc).__name__}: {exc})") from None
         return ident.public_key, sent, time.monotonic()
     finally:
         await session.close()
@@ -169,7 +182,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "spread": args.spread}
                     for part in split(identities, processes)]
             started = time.monotonic()
-            setup = fleet.call("setup", jobs, timeout=180 + args.agents * 0.05)
+            try:
+                setup = fleet.call("setup", jobs, timeout=180 + args.agents * 0.05)
+            except FleetError as exc:
+                lines = str(exc).strip().splitlines()
+                reason = f"{lines[0]} {lines[-1]}" if len(lines) > 1 else str(exc)
+                return _not_run(args, f"set-up failed: {reason}", [])
             setup_s = time.monotonic() - started
             at_setup = fleet.call("stats", {}, timeout=30)
             snapshot = stack.store().snapshot(stack.zone)
@@ -177,16 +195,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             client = stack.client()
             publisher = (fulllist.FullListPublisher(client, stack.zone) if args.mode == "full-list"
                          else contextlib.nullcontext())
-            with publisher, ChannelCounter(client, Keys().updates(stack.zone)) as deltas:
-                if args.warmup_joins:   # not counted in the bytes either
-                    _joins(argparse.Namespace(**{**vars(args), "joins": 0}), stack, fleet, deltas)
-                before = fleet.call("stats", {}, timeout=30)
-                bytes_before = deltas.bytes
-                timings = _joins(argparse.Namespace(**{**vars(args), "warmup_joins": 0}),
-                                 stack, fleet, deltas)
-                after = fleet.call("stats", {}, timeout=30)
-                delta_bytes = deltas.bytes - bytes_before
-            client.close()
+            try:
+                with publisher, ChannelCounter(client, Keys().updates(stack.zone)) as deltas:
+                    if args.warmup_joins:   # not counted in the bytes either
+                        _joins(argparse.Namespace(**{**vars(args), "joins": 0}), stack, fleet,
+                               deltas)
+                    before = fleet.call("stats", {}, timeout=30)
+                    bytes_before = deltas.bytes
+                    timings = _joins(argparse.Namespace(**{**vars(args), "warmup_joins": 0}),
+                                     stack, fleet, deltas)
+                    after = fleet.call("stats", {}, timeout=30)
+                    delta_bytes = deltas.bytes - bytes_before
+            except JoinFailed as exc:
+                return _not_run(args, str(exc), fleet.call("stats", {}, timeout=30))
+            finally:
+                client.close()
     received = sum(a["update_bytes"] for a in after) - sum(b["update_bytes"] for b in before)
     bytes_per_agent = received / (args.agents * args.joins)
     latencies = timings.latency
@@ -233,6 +256,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for warning in reply["warning_samples"]:
             log.warning("agent warning: %s", warning)
     return result
+
+
+def _not_run(args: argparse.Namespace, reason: str, stats: list[dict[str, Any]]
+             ) -> dict[str, Any]:
+    """The result of a run that could not go on: why, and what the simulated agents were
+    going through (reconnections and warnings usually say why Redis did not answer)."""
+    warnings = [w for reply in stats for w in reply["warning_samples"]]
+    log.error("bench join cannot go on: %s", reason)
+    for warning in warnings:
+        log.error("agent warning: %s", warning)
+    return {"agents": args.agents, "mode": args.mode, "not_run": reason,
+            "reconnects": sum(r["reconnects"] for r in stats),
+            "resyncs": sum(r["resyncs"] for r in stats),
+            "agent_warnings": sum(r["warnings"] for r in stats),
+            "agent_errors": sum(r["error_count"] for r in stats),
+            "warning_samples": warnings[:5], "command": command_of(args)}
 
 
 def full_reconcile_ms(own_private: str, peers: dict[str, Any], repeat: int = 3) -> float:

@@ -11,6 +11,7 @@ key. ``PUBLISH`` answers how many listened: none means no tower is running.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -158,7 +159,6 @@ class TowerSession:
             self.updates.put_nowait(update)
 
     def _on_reply(self, data: bytes | str) -> None:
-        import json
         try:
             reply = json.loads(data)
             reply_id = reply.get("id") if isinstance(reply, dict) else None
@@ -183,13 +183,15 @@ class TowerSession:
                                   session=self.session_id, id=request_id)
                 packed = request.packed(self.private_key, self._tower_public)
                 await self._publish(packed, timeout)
-                try:
-                    reply = await asyncio.wait_for(asyncio.shield(future), timeout)
+                # Waits without cancelling the future on a timeout (the next attempt
+                # waits for the same reply) and without a task of its own.
+                await asyncio.wait((future,), timeout=timeout)
+                if future.done():
+                    reply = future.result()
                     break
-                except asyncio.TimeoutError:
-                    log.info("no reply to %s request %s after %.0fs (attempt %d of %d)",
-                             kind, request_id, timeout, attempt + 1, attempts,
-                             extra={"request_id": request_id})
+                log.info("no reply to %s request %s after %.0fs (attempt %d of %d)",
+                         kind, request_id, timeout, attempt + 1, attempts,
+                         extra={"request_id": request_id})
             else:
                 raise NoReply(f"the tower did not answer the {kind} request")
         finally:

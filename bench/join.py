@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parse", choices=("shared", "per-agent"), default="shared",
                         help="parse each message once per simulator process, or per agent")
     parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds to wait for all agents to apply one join")
+                        help="seconds to wait for all agents to apply one join (a join that "
+                             "takes longer ends the run as not run, saying why)")
     parser.add_argument("--spread", type=float, default=None,
                         help="seconds over which the agents start following the zone, so "
                              "that their heartbeats and checks are out of step as on "
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     after = fleet.call("stats", {}, timeout=30)
                     delta_bytes = deltas.bytes - bytes_before
             except JoinFailed as exc:
-                return _not_run(args, str(exc), fleet.call("stats", {}, timeout=30))
+                return _not_run(args, str(exc), _stats_if_any(fleet))
             finally:
                 client.close()
     received = sum(a["update_bytes"] for a in after) - sum(b["update_bytes"] for b in before)
@@ -256,6 +257,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for warning in reply["warning_samples"]:
             log.warning("agent warning: %s", warning)
     return result
+
+
+def _stats_if_any(fleet: Fleet) -> list[dict[str, Any]]:
+    """The simulators' statistics, or none when a simulator does not answer."""
+    try:
+        return fleet.call("stats", {}, timeout=30)
+    except FleetError as exc:
+        log.warning("no statistics from the simulators: %s", exc)
+        return []
 
 
 def _not_run(args: argparse.Namespace, reason: str, stats: list[dict[str, Any]]
@@ -312,7 +322,7 @@ class Timings:
     reply: list[float] = field(default_factory=list)        # the joining node's reply
     published: list[float] = field(default_factory=list)    # the delta reached a subscriber
     first_applied: list[float] = field(default_factory=list)
-    incomplete: int = 0       # not every agent applied it within --timeout
+    incomplete: int = 0       # always 0: a join not applied everywhere within --timeout ends the run
     unanswered: int = 0       # the joining node got no reply within 30 s
 
 
@@ -326,9 +336,12 @@ def _joins(args: argparse.Namespace, stack: Stack, fleet: Fleet,
             if answered is None:
                 timings.unanswered += 1
                 continue
-            replies = await asyncio.to_thread(fleet.call, "await_keys",
-                                              {"keys": [key], "timeout": args.timeout},
-                                              args.timeout + 30)
+            try:
+                replies = await asyncio.to_thread(fleet.call, "await_keys",
+                                                  {"keys": [key], "timeout": args.timeout},
+                                                  args.timeout + 30)
+            except FleetError as exc:
+                raise JoinFailed(f"join {j}: {exc}") from None
             counts = [r["applied"][key] for r in replies]
             if j < 0:
                 log.info("warm-up join: not measured")
@@ -344,10 +357,10 @@ def _joins(args: argparse.Namespace, stack: Stack, fleet: Fleet,
                 log.info("join %d: last agent %.1f ms (reply %.1f ms, first agent %.1f ms)",
                          j, ms[0], ms[1], ms[2])
             else:
-                timings.incomplete += 1
+                # No latency to measure: the run stops here, saying why.
                 got = sum(c[0] for c in counts)
-                log.warning("join %d: only %d of %d agents applied it within %.0f s",
-                            j, got, args.agents, args.timeout)
+                raise JoinFailed(f"join {j}: only {got:,} of {args.agents:,} agents applied it "
+                                 f"within {args.timeout:.0f} s")
             await asyncio.sleep(args.interval)
     asyncio.run(main())
     return timings

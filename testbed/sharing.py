@@ -12,6 +12,9 @@ So, within one simulator process, :meth:`ProcessShared.install` puts in place:
   bytes and messages the agents received are counted here;
 * **peer configurations** (``aircrew.reconcile.peer_config``): a function of one
   immutable peer record, computed once per record (by identity) and shared;
+* **the records of a snapshot** (``wire.snapshot.peers``, what a resync parses): each
+  record text is parsed once per process and the frozen ``Peer`` shared; every agent
+  still reads its own snapshot from Redis;
 * **the start-up snapshot** (``aircrew.session.TowerSession.snapshot``): while
   :class:`StartGate` is closed, an agent's snapshot waits for the process's other agents;
   once every agent has subscribed and registered, one snapshot is read for all of them
@@ -33,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -43,6 +46,8 @@ from aircrew.device import DEFAULT_KEEPALIVE, PeerConfig
 from aircrew.mirror import Outcome, ZoneMirror
 from aircrew.session import TowerSession, ZoneSnapshot
 from wire import messages
+from wire import snapshot as snapshots
+from wire.errors import InvalidInput
 from wire.messages import Peer, ZoneUpdate
 
 from .simagent import AppliedLog
@@ -157,6 +162,8 @@ class ProcessShared:
         self._resync_from = resync_from
         self._cache: OrderedDict[str, ZoneUpdate] = OrderedDict()
         self._configs: dict[int, tuple[Peer, PeerConfig]] = {}
+        self._records: dict[str, Peer] = {}
+        self.record_parses = 0
         self._originals: dict[str, Any] = {}
         self._pool_owner: aioredis.Redis | None = None
 
@@ -192,6 +199,29 @@ class ProcessShared:
                 self._configs.clear()
             self._configs[id(peer)] = entry
         return entry[1]
+
+    def snapshot_peers(self, records: Mapping[str, str],
+                       on_malformed: Callable[[InvalidInput], None] | None = None
+                       ) -> dict[str, Peer]:
+        """``wire.snapshot.peers``, each record text parsed once per process."""
+        out: dict[str, Peer] = {}
+        known = self._records
+        for record in records.values():
+            peer = known.get(record)
+            if peer is None:
+                try:
+                    peer = messages.parse_peer(record)
+                except InvalidInput as exc:
+                    if on_malformed is None:
+                        raise
+                    on_malformed(exc)
+                    continue
+                self.record_parses += 1
+                if len(known) >= CONFIG_CACHE:
+                    known.clear()
+                known[record] = peer
+            out[peer.key] = peer
+        return out
 
     async def snapshot(self, session: TowerSession) -> ZoneSnapshot:
         """``TowerSession.snapshot``: at start-up through the gate, later the agent's own."""
@@ -238,9 +268,11 @@ class ProcessShared:
             return
         self._originals = {"parse_update": messages.parse_update,
                            "peer_config": reconcile.peer_config,
+                           "snapshot_peers": snapshots.peers,
                            "snapshot": TowerSession.snapshot}
         messages.parse_update = self.parse_update              # type: ignore[assignment]
         reconcile.peer_config = self.peer_config               # type: ignore[assignment]
+        snapshots.peers = self.snapshot_peers                  # type: ignore[assignment]
         shared = self
 
         async def snapshot(session: TowerSession) -> ZoneSnapshot:
@@ -252,6 +284,7 @@ class ProcessShared:
             return
         messages.parse_update = self._originals["parse_update"]
         reconcile.peer_config = self._originals["peer_config"]
+        snapshots.peers = self._originals["snapshot_peers"]
         TowerSession.snapshot = self._originals["snapshot"]    # type: ignore[method-assign]
         self._originals = {}
 

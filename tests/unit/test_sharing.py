@@ -55,6 +55,29 @@ def test_peer_configs_are_computed_once_per_record():
     assert reconcile.peer_config is original
 
 
+def test_snapshot_records_are_parsed_once_per_record_text():
+    from wire import snapshot as snapshots
+    from wire.errors import InvalidInput
+    a, b = peer(1), peer(2)
+    records = {a.key: messages.peer_record(a), b.key: messages.peer_record(b)}
+    original = snapshots.peers
+    with ProcessShared() as shared:
+        first = snapshots.peers(records)
+        again = snapshots.peers(dict(records))
+        assert first == original(records) == {a.key: a, b.key: b}
+        assert all(again[k] is first[k] for k in first)
+        assert shared.record_parses == 2
+        moved = replace(a, endpoint="203.0.113.1:4000")
+        changed = snapshots.peers({**records, a.key: messages.peer_record(moved)})
+        assert changed[a.key] == moved and changed[b.key] is first[b.key]
+        skipped: list[InvalidInput] = []
+        assert snapshots.peers({**records, "x": "{not json"}, skipped.append) == first
+        assert len(skipped) == 1
+        with pytest.raises(InvalidInput):
+            snapshots.peers({"x": "{not json"})
+    assert snapshots.peers is original
+
+
 def test_rev_only_mirror_keeps_its_own_and_changed_records_and_counts_gaps():
     own, a, b = peer(1), peer(2), peer(3)
     shared = ProcessShared(keep_peers=False)

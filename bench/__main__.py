@@ -7,7 +7,8 @@ import signal
 import sys
 from types import ModuleType
 
-from . import api, dashboard, footprint, identity, join, reconcile, relay, storm, throughput
+from . import (api, dashboard, footprint, identity, join, reconcile, relay, storm, throughput,
+               updatecost)
 from .report import emit
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -20,6 +21,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "identity": identity,
     "relay": relay,
     "dashboard": dashboard,
+    "update-cost": updatecost,
 }
 
 

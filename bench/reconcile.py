@@ -63,28 +63,6 @@ def _peer(index: int, key: str, session: str = "other") -> Any:
                 nat_type="cone", session=session, hostname=f"peer-{index}")
 
 
-class _StandInSession:
-    """What the agent uses of ``aircrew.session.TowerSession``, without the tower: the
-    snapshot and the updates are handed over directly."""
-
-    def __init__(self, snapshot: Any) -> None:
-        from aircrew.inbox import Inbox
-        self.session_id = "bench-session"
-        self.updates: Any = Inbox()
-        self.lost = asyncio.Event()
-        self._snapshot = snapshot
-        self.published = snapshot.rev
-
-    async def snapshot(self) -> Any:
-        return self._snapshot
-
-    async def revision(self) -> int:
-        return self.published
-
-    async def request(self, kind: str, body: Any = None, **_: Any) -> dict[str, Any]:
-        return {"ok": True, "id": kind}
-
-
 def _counting_device(name: str, socket_dir: str) -> Any:
     from aircrew.uapi import UserspaceDevice
 
@@ -196,6 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from aircrew.state import StateFiles
     from testbed.lab import standalone
     from testbed.simagent import RecordingLinks
+    from testbed.standin import StandInSession
     from wire import proof
 
     own = proof.generate_private_key()
@@ -217,8 +196,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             agent.assignment = {"address": "10.64.255.254", "prefix_len": 16,
                                 "cidr": "10.64.0.0/16"}
             agent._ensure_device()
-            session = _StandInSession(ZoneSnapshot("10.64.0.0/16", 1, {
-                **peers, own_key: _peer(args.peers * 2, own_key, "bench-session")}))
+            session = StandInSession(ZoneSnapshot("10.64.0.0/16", 1, {
+                **peers, own_key: _peer(args.peers * 2, own_key, "bench-session")}),
+                "bench-session")
             agent.session = session
             try:
                 found = asyncio.run(_drive(args, agent, device, session, changes))

@@ -10,6 +10,7 @@
     tower        a real ``controltower serve`` on loopback
     simagent     simulated nodes: the real ``aircrew.agent.Agent`` with a recording device
     sharing      what thousands of simulated agents in one process share (``bench``)
+    standin      a stand-in tower session (snapshot, updates, requests) without Redis
     errors       LabError, CommandError, MeshFailure (in the ``wire.errors`` hierarchy)
 
 It may import every package of the project; nothing of the project imports it but

@@ -10,50 +10,33 @@ import pytest
 from aircrew.agent import Agent, AgentSettings
 from aircrew.device import RecordingDevice
 from aircrew.endpoint import StaticEndpoint
-from aircrew.inbox import Inbox
+from aircrew.session import ZoneSnapshot
 from testbed.simagent import MemoryState, RecordingLinks
+from testbed.standin import StandInSession
 from wire.errors import Unavailable
 from wire.messages import Peer
 from wire.proof import generate_private_key, public_key_of
 
 
-class StandInSession:
-    """What the follow loop uses of a session; counts heartbeats and revision checks."""
-
-    def __init__(self) -> None:
-        self.session_id = "own-session"
-        self.updates: Inbox = Inbox()
-        self.lost = asyncio.Event()
-        self.requests: list[str] = []
-        self.revisions = 0
-
-    async def request(self, kind, body=None, **_):
-        self.requests.append(kind)
-        return {"ok": True}
-
-    async def revision(self) -> int:
-        self.revisions += 1
-        return 0
-
-
-def agent_on(session: StandInSession, **settings) -> Agent:
+def following(**settings) -> tuple[Agent, StandInSession]:
+    """An agent whose mirror holds the stand-in session's zone (itself alone)."""
     private = generate_private_key()
+    me = Peer(key=public_key_of(private), address="10.200.0.1", session="own-session")
+    session = StandInSession(ZoneSnapshot("10.200.0.0/20", 0, {me.key: me}), "own-session")
     agent = Agent(AgentSettings(zone="default", private_key=private,
                                 controller_urls=["redis://127.0.0.1:1"], **settings),
                   RecordingDevice(), RecordingLinks(), StaticEndpoint("203.0.113.1", 51820),
                   MemoryState())
-    me = Peer(key=public_key_of(private), address="10.200.0.1", session=session.session_id)
     agent.mirror.load(0, {me.key: me})
     agent.session = session  # type: ignore[assignment]
-    return agent
+    return agent, session
 
 
 @pytest.mark.parametrize("interval", [3600.0, float("inf")])
 def test_stop_ends_the_wait_at_once(interval):
     async def scenario():
-        session = StandInSession()
-        agent = agent_on(session, heartbeat_interval=interval, revision_interval=interval,
-                         endpoint_interval=interval, drift_interval=interval)
+        agent, _ = following(heartbeat_interval=interval, revision_interval=interval,
+                             endpoint_interval=interval, drift_interval=interval)
         follow = asyncio.create_task(agent._follow())
         await asyncio.sleep(0.1)
         started = time.monotonic()
@@ -65,8 +48,7 @@ def test_stop_ends_the_wait_at_once(interval):
 
 def test_a_lost_connection_ends_the_wait_at_once():
     async def scenario():
-        session = StandInSession()
-        agent = agent_on(session, heartbeat_interval=3600, revision_interval=3600)
+        agent, session = following(heartbeat_interval=3600, revision_interval=3600)
         follow = asyncio.create_task(agent._follow())
         await asyncio.sleep(0.1)
         started = time.monotonic()
@@ -80,13 +62,12 @@ def test_a_lost_connection_ends_the_wait_at_once():
 
 def test_periodic_work_runs_when_due_between_updates():
     async def scenario():
-        session = StandInSession()
-        agent = agent_on(session, heartbeat_interval=0.1, revision_interval=0.25)
+        agent, session = following(heartbeat_interval=0.1, revision_interval=0.25)
         follow = asyncio.create_task(agent._follow())
         await asyncio.sleep(0.6)
         agent.stop.set()
         await asyncio.wait_for(follow, 5)
-        return session.requests.count("heartbeat"), session.revisions
+        return session.requests.count("heartbeat"), session.revision_checks
     heartbeats, revisions = asyncio.run(scenario())
     assert 3 <= heartbeats <= 7
     assert 1 <= revisions <= 3

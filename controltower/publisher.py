@@ -66,6 +66,9 @@ class Step:
     zone: str
     call: Call
     changed_at: float       # when the first change it carries came
+    # The zone's window before this publication started (its last start, and the
+    # window's ``carried`` and ``busy``): put back when the publication found nothing.
+    before: tuple[float | None, int, int] | None = None
 
 
 class Publisher:
@@ -118,9 +121,11 @@ class Publisher:
         steps = list(self.next.values())
         self.next = {}
         for zone in [z for z in self.dirty if start and now >= self.due_at(z)]:
-            steps.append(Step(zone, self.store.flush_call(zone), self.dirty.pop(zone)))
+            window = self.windows[zone]
+            before = (self._started.get(zone), window.carried, window.busy)
+            steps.append(Step(zone, self.store.flush_call(zone), self.dirty.pop(zone), before))
             self._started[zone] = now
-            self.windows[zone].published()
+            window.published()
         return steps
 
     def settled(self, steps: list[Step], outcomes: list[Any]) -> None:
@@ -134,7 +139,7 @@ class Publisher:
                 earlier = self.next.get(step.zone)
                 since = step.changed_at if earlier is None else min(earlier.changed_at,
                                                                      step.changed_at)
-                self.next[step.zone] = Step(step.zone, outcome, since)
+                self.next[step.zone] = Step(step.zone, outcome, since, step.before)
                 continue
             self.next.pop(step.zone, None)
             if isinstance(outcome, Exception):
@@ -142,3 +147,20 @@ class Publisher:
                           "next change): %s", step.zone, outcome)
             elif outcome:
                 self.observe(now - step.changed_at)
+            elif step.before is not None and step.zone not in self.next:
+                self._found_nothing(step.zone, step.before)
+
+    def _found_nothing(self, zone: str, before: tuple[float | None, int, int]) -> None:
+        """A publication that found nothing to publish is none: the zone's window is put
+        back as it was. (A request whose change comes a step later, such as the
+        register of a tower that manages identities, which reads the node's record
+        first, counted as a change already; without this the change would wait a whole
+        window, and an idle worker's wait for it is Redis's blocking-read timeout, up
+        to 100 ms late at Redis's default ``hz``.)"""
+        started, carried, busy = before
+        if started is None:
+            self._started.pop(zone, None)
+        else:
+            self._started[zone] = started
+        window = self.windows[zone]
+        window.carried, window.busy = carried, busy

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from controltower.acl import AgentCredentials
 from controltower.publisher import Publisher, PublishWindow
 from ipam.calls import Call
 from controltower.worker import RequestWorker
@@ -137,6 +138,38 @@ def test_a_zone_due_again_reads_after_its_publication_under_way_and_supersedes_i
     assert not pub.unpublished() and observed == []
 
 
+def test_a_publication_that_found_nothing_leaves_the_window_as_it_was():
+    pub, clock, observed = publisher()
+    pub.changed("z")
+    [read] = pub.calls()
+    pub.settled([read], [Call((("PUBLISH",),), lambda replies: 1)])
+    [step] = pub.calls()
+    pub.settled([step], [1])                  # published at 1e6
+    clock.now += 0.5
+    pub.changed("z")                          # a request that changes the zone a step later
+    [empty] = pub.calls()
+    pub.settled([empty], [0])                 # its read came first: nothing to publish
+    assert not pub.unpublished()
+    clock.now += 0.005
+    pub.changed("z")                          # its change: the zone has been quiet 0.5 s
+    assert pub.wait() == 0.0 and pub.windows["z"].window == BASE
+    [read] = pub.calls()
+    assert read.call.commands[0][0] == "READ"
+    # A busy zone's window, too, is as it was before a read that found nothing.
+    pub.settled([read], [Call((("PUBLISH",),), lambda replies: 1)])
+    [step] = pub.calls()
+    pub.settled([step], [1])
+    clock.now += 0.005
+    pub.changed("z", 3)                       # 5 ms after a publication: busy
+    window = pub.windows["z"]
+    assert window.busy == 1 and pub.wait() == pytest.approx(BASE - 0.005)
+    clock.now += BASE
+    [empty] = pub.calls()
+    assert (window.carried, window.busy) == (3, 1)
+    pub.settled([empty], [0])
+    assert (window.carried, window.busy) == (1, 1)
+
+
 # -- the worker ------------------------------------------------------------------------------
 
 class Clock:
@@ -150,14 +183,16 @@ class Clock:
 class Zone:
     """A worker with its own clock, stepped by hand, and a subscriber of the zone."""
 
-    def __init__(self, redis_client, maximum: float) -> None:
+    def __init__(self, redis_client, maximum: float, identities: bool = False) -> None:
         self.redis = redis_client
         self.store = ZoneStore(redis_client, expiry=3600)
         self.store.ensure_default_zone()
         self.clock = Clock()
+        # ``identities``: a tower that manages identities (its register takes two steps).
+        credentials = AgentCredentials(redis_client, self.store.keys) if identities else None
         self.worker = RequestWorker(self.store, publish_window=BASE,
                                     publish_window_max=maximum, zone_refresh=3600,
-                                    clock=self.clock)
+                                    clock=self.clock, credentials=credentials)
         self.listener = redis_client.pubsub(ignore_subscribe_messages=True)
         self.listener.subscribe(self.store.keys.updates("default"))
         # Loaded once: every step has requests to read or changes due, so never waits.
@@ -200,9 +235,9 @@ class Zone:
 def zone_of(redis_client):
     made = []
 
-    def make(maximum: float) -> Zone:
+    def make(maximum: float, identities: bool = False) -> Zone:
         redis_client.flushall()
-        made.append(Zone(redis_client, maximum))
+        made.append(Zone(redis_client, maximum, identities))
         return made[-1]
     yield make
     for zone in made:
@@ -265,6 +300,17 @@ def test_a_lone_change_after_a_burst_is_published_at_once(zone_of):
     assert not zone.worker.publisher.unpublished()
     assert changed_keys(zone.updates()) == [key]
     assert zone.worker.publisher.windows["default"].window == BASE
+
+
+@pytest.mark.parametrize("identities", [False, True])
+def test_a_lone_join_is_published_by_the_step_that_handles_it(zone_of, identities):
+    zone = zone_of(MAXIMUM, identities)
+    for _ in range(3):                      # joins 0.3 s apart, as in bench join
+        [key] = zone.register(1)
+        zone.step(0.0)
+        assert not zone.worker.publisher.unpublished()
+        assert changed_keys(zone.updates()) == [key]
+        zone.clock.now += 0.3
 
 
 def test_a_change_soon_after_a_lone_one_waits_the_base_window(zone_of):

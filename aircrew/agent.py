@@ -1,7 +1,9 @@
 """The agent's connection loop: register, follow the zone, keep the device equal to it.
 
 Tower or Redis unreachable: every tunnel stays as it is; the agent retries with
-jittered backoff and resyncs (subscribe, snapshot, buffered updates) when back.
+jittered backoff and resyncs (subscribe, snapshot, buffered updates) when back. A
+heartbeat, revision check or read of the relays whose command fails while the
+subscription is intact is tried again at its next turn instead (``Agent._command``).
 
 An update is applied to the peers it touched only, against what was last applied
 (``reconcile.Applied``): no pass over the zone, no device read. The whole zone is diffed
@@ -20,7 +22,8 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -48,6 +51,7 @@ from .state import StateFiles
 from .statewriter import AgentState, StateWriter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # NoPermissionError: the tower suspended this node's publish right (it flooded the tower)
 # or is re-applying users: keep the tunnels, try again.
@@ -78,6 +82,12 @@ RETRY_MAX = 2.0
 REVISION_RECHECK = 2.0
 # Snapshots in a row a resync takes while updates buffered meanwhile show a gap.
 RESYNC_ATTEMPTS = 3
+# A heartbeat, revision check or read of the relays whose command failed to reach Redis
+# (a new connection timed out, say) while the subscription is intact is tried again at
+# its next turn; this many such failures in a row end the session as any connection
+# error does.
+COMMAND_FAILURES = 3
+COMMAND_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 def controller_client(url: str, tls: dict[str, str] | None = None) -> aioredis.Redis:
@@ -138,6 +148,7 @@ class Agent:
         self.applied = Applied()
         self._touched: set[str] = set()     # peers changed since the last reconcile
         self._behind: int | None = None     # a published revision missing at the last check
+        self._command_failures = 0          # periodic commands failed in a row (``_command``)
         self.assignment: dict[str, Any] | None = None
         self.endpoint: str | None = None
         self.nat_type: str | None = None
@@ -235,6 +246,7 @@ class Agent:
             pass
 
     async def _connected(self) -> None:
+        self._command_failures = 0
         client = await self._login()
         session = TowerSession(client, self.s.zone, self.s.private_key, keys=self.keys,
                                session_id=self.session.session_id if self.session else None)
@@ -489,13 +501,14 @@ class Agent:
                 now = loop.time()
                 if now >= next_heartbeat:
                     next_heartbeat = now + self.s.heartbeat_interval
-                    await self._heartbeat()
+                    await self._command("heartbeat", self._heartbeat, None)
                 if now >= next_endpoint:
                     last_endpoint = now
                     await self._recheck_endpoint()
                 if now >= next_revision:
-                    next_revision = now + await self._check_revision()
-                    await self._read_relays()
+                    next_revision = now + await self._command(
+                        "revision check", self._check_revision, REVISION_RECHECK)
+                    await self._command("reading the relays", self._read_relays, None)
                 if now >= next_drift:
                     next_drift = now + self.s.drift_interval
                     if await self._reconcile_all():
@@ -524,6 +537,25 @@ class Agent:
             if updates.empty():
                 return None
         return updates.get_nowait()
+
+    async def _command(self, what: str, step: Callable[[], Awaitable[T]], instead: T) -> T:
+        """A periodic step of the follow loop; ``instead`` when its command did not reach
+        Redis while the subscription is intact. Ending the session for it would give up
+        the one connection that works and cost a resync (the whole zone read again),
+        just when Redis is short of connections or time; the step is tried again at its
+        next turn. A lost subscription, or ``COMMAND_FAILURES`` such failures in a row,
+        end the session as before."""
+        try:
+            result = await step()
+        except COMMAND_ERRORS as exc:
+            self._command_failures += 1
+            if self.session.lost.is_set() or self._command_failures >= COMMAND_FAILURES:
+                raise
+            log.warning("%s failed (%s); the subscription is intact: trying again at the "
+                        "next one", what, exc)
+            return instead
+        self._command_failures = 0
+        return result
 
     async def _check_revision(self) -> float:
         """Resync when the tower published a revision that never reached us; returns the

@@ -97,7 +97,7 @@ def read_private_key(key: str | None, key_file: Path | None, allow_insecure: boo
                     "it may show in ps: prefer --private-key-file")
     if not key:
         raise InvalidInput("a private key is required: --private-key-file (or --private-key)")
-    proof.decode_key(key, "private key")
+    proof.decode_private_key(key)
     return key
 
 

@@ -85,7 +85,8 @@ class Admission:
                             "private key of this public key")
         skew = time.time() - request.ts
         if abs(skew) > self.clock_skew:
-            raise Forbidden(f"request timestamp is {skew:+.0f}s off the tower's clock "
+            off = f"{skew:+.0f}s" if abs(skew) < 86400 else "more than a day"
+            raise Forbidden(f"request timestamp is {off} off the tower's clock "
                             f"(allowed: {self.clock_skew:.0f}s)")
 
     def _mac_key(self, public_key: str) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable
 
+from wire import addresses
+from wire.messages import brief
 from wire.errors import InvalidInput
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -14,7 +16,9 @@ MIN_PREFIX_HOSTS = 4
 
 
 def zone_network(cidr: Network) -> Network:
-    """Check that a network can be a zone (at least 2 usable addresses)."""
+    """Check that a network can be a zone: unicast space a mesh can use
+    (``wire.addresses``), at least 2 usable addresses."""
+    addresses.usable_cidr(cidr, "zone CIDR")
     if cidr.num_addresses < MIN_PREFIX_HOSTS:
         raise InvalidInput(f"zone CIDR {cidr} is too small: it needs at least 2 usable addresses")
     return cidr
@@ -36,7 +40,7 @@ def host_address(cidr: Network, address: str) -> str:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        raise InvalidInput(f"{address!r} is not an IP address") from None
+        raise InvalidInput(f"{brief(address)} is not an IP address") from None
     if ip.version != cidr.version or ip not in cidr:
         raise InvalidInput(f"{ip} is not inside the zone's CIDR {cidr}")
     offset = int(ip) - int(cidr.network_address)
@@ -58,27 +62,14 @@ def span(net: Network) -> tuple[str, str]:
     return f"{first:0{width + 1}x}", f"{last:0{width + 1}x}"
 
 
-# Ranges no child prefix may touch: not unicast space a node can route for others.
-NOT_UNICAST: tuple[tuple[Network, str], ...] = tuple(
-    (ipaddress.ip_network(net), why) for net, why in (
-        ("0.0.0.0/8", "'this network'"), ("127.0.0.0/8", "loopback"),
-        ("169.254.0.0/16", "link-local"), ("224.0.0.0/4", "multicast"),
-        ("240.0.0.0/4", "reserved and broadcast"), ("::/128", "the unspecified address"),
-        ("::1/128", "loopback"), ("::ffff:0:0/96", "IPv4-mapped"),
-        ("fe80::/10", "link-local"), ("ff00::/8", "multicast")))
-
-
 def unicast_prefix(net: Network) -> Network:
-    """Refuse a prefix that is, or holds, space that is not routable unicast: default
-    routes (and their halves and quarters: 64.0.0.0/2 holds loopback, 192.0.0.0/2
-    multicast, 128.0.0.0/2 link-local), loopback, link-local, multicast, reserved."""
+    """Refuse a prefix that is, or holds, space that is not routable unicast
+    (``wire.addresses``): default routes (and their halves and quarters: 64.0.0.0/2
+    holds loopback, 192.0.0.0/2 multicast, 128.0.0.0/2 link-local), loopback,
+    link-local, multicast, reserved."""
     if net.prefixlen == 0:
         raise InvalidInput(f"{net} is a default route, not a child prefix")
-    for bad, why in NOT_UNICAST:
-        if bad.version == net.version and net.overlaps(bad):
-            raise InvalidInput(f"child prefix {net} overlaps {bad} ({why}): not routable "
-                               "unicast space")
-    return net
+    return addresses.usable_cidr(net, "child prefix")
 
 
 def within(net: Network, ranges: Iterable[Network]) -> bool:
@@ -93,7 +84,7 @@ def child_prefixes(zone: Network, prefixes: Iterable[str]) -> list[Network]:
         try:
             net = ipaddress.ip_network(text, strict=True)
         except ValueError:
-            raise InvalidInput(f"child prefix {text!r} is not a network address in CIDR form") from None
+            raise InvalidInput(f"child prefix {brief(text)} is not a network address in CIDR form") from None
         if net.version == zone.version and net.overlaps(zone):
             raise InvalidInput(f"child prefix {net} overlaps the zone's own CIDR {zone}")
         unicast_prefix(net)

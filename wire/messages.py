@@ -16,11 +16,13 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import proof
+from . import addresses, proof
 from .errors import InvalidInput
 
 VERSION = 1
 REQUEST_TYPES = ("register", "heartbeat", "endpoint-update", "leave", "enroll")
+REQUEST_FIELDS = frozenset({"v", "type", "id", "zone", "key", "session", "ts", "nonce", "body"})
+BRIEF = 64          # characters of an input value quoted in an error message
 # How a node is reached: STUN's classification (aircrew.nat), or "static" for an endpoint
 # given by its operator (--local-endpoint-ip, --internal-network).
 NAT_OPEN = "open"
@@ -44,6 +46,12 @@ _RELAY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}-[0-9a-f]{8}$")
 
 
 # -- field validators (shared by REST, the worker and the agent) ------------------
+
+
+def brief(value: Any) -> str:
+    """``repr(value)`` cut to ``BRIEF`` characters: errors quote input, never all of it."""
+    text = repr(value)
+    return text if len(text) <= BRIEF else text[:BRIEF - 3] + "..."
 
 def zone_name(value: Any) -> str:
     if not isinstance(value, str) or not _ZONE_RE.fullmatch(value):
@@ -74,6 +82,7 @@ def endpoint(value: Any) -> str:
     port = int(port_text)
     if not 1 <= port <= 65535:
         raise InvalidInput(f"endpoint {value!r} has a port outside 1-65535")
+    addresses.usable_endpoint_ip(ip, "endpoint")
     return format_endpoint(ip, port)
 
 
@@ -97,7 +106,7 @@ def ip_address(value: Any, what: str = "address") -> str:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
-        raise InvalidInput(f"{what} {value!r} is not an IP address") from None
+        raise InvalidInput(f"{what} {brief(value)} is not an IP address") from None
 
 
 def network(value: Any, what: str = "CIDR") -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -110,8 +119,8 @@ def network(value: Any, what: str = "CIDR") -> ipaddress.IPv4Network | ipaddress
         if "host bits set" in str(exc):
             net = ipaddress.ip_network(value, strict=False)
             raise InvalidInput(
-                f"{what} {value!r} has host bits set; did you mean {net}?") from None
-        raise InvalidInput(f"{what} {value!r} is not a valid CIDR") from None
+                f"{what} {brief(value)} has host bits set; did you mean {net}?") from None
+        raise InvalidInput(f"{what} {brief(value)} is not a valid CIDR") from None
 
 
 def _json(payload: bytes | str, what: str) -> Any:
@@ -121,12 +130,17 @@ def _json(payload: bytes | str, what: str) -> Any:
         raise InvalidInput(f"{what} is not JSON") from None
 
 
+MAX_TIMESTAMP = 2**33      # unix time in the year 2242
+
+
 def timestamp(value: Any, what: str) -> float:
-    """A finite unix time (bounded: huge integers do not fit a float)."""
+    """A unix time from 0 to ``MAX_TIMESTAMP`` (so no message built from it can carry a
+    300-digit number)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput(f"{what} must be a number")
-    if isinstance(value, int) and abs(value) > 2**53 or not math.isfinite(value):
-        raise InvalidInput(f"{what} is out of range")
+    if not (isinstance(value, float) and math.isfinite(value) or isinstance(value, int)) \
+            or not 0 <= value <= MAX_TIMESTAMP:
+        raise InvalidInput(f"{what} is out of range (a unix time)")
     return float(value)
 
 
@@ -198,10 +212,13 @@ def parse_request(payload: bytes) -> Request:
     if not isinstance(data, dict):
         raise InvalidInput("request must be a JSON object")
     if data.get("v") != VERSION:
-        raise InvalidInput(f"unsupported protocol version {data.get('v')!r}")
+        raise InvalidInput(f"unsupported protocol version {brief(data.get('v'))}")
+    unknown = set(data) - REQUEST_FIELDS
+    if unknown:
+        raise InvalidInput(f"unknown request fields: {', '.join(sorted(map(str, unknown)))[:BRIEF]}")
     kind = data.get("type")
     if kind not in REQUEST_TYPES:
-        raise InvalidInput(f"unknown request type {kind!r}")
+        raise InvalidInput(f"unknown request type {brief(kind)}")
     ts = timestamp(data.get("ts"), "ts")
     body = data.get("body", {})
     if not isinstance(body, dict):
@@ -499,7 +516,7 @@ def parse_update(payload: bytes | str) -> ZoneUpdate:
         elif op == "zone-deleted":
             changes.append(Change(raw["rev"], op))
         else:
-            raise InvalidInput(f"unknown change op {op!r}")
+            raise InvalidInput(f"unknown change op {brief(op)}")
     return ZoneUpdate(zone_name(data.get("zone")), since, rev, tuple(changes))
 
 

@@ -36,12 +36,21 @@ def encode_key(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
+def decode_private_key(text: str, what: str = "private key") -> bytes:
+    """A private key: as ``decode_key``, and not all zero (WireGuard reads a zero private
+    key as "no key": the device would have none, and every node derived from it the same)."""
+    raw = decode_key(text, what)
+    if not any(raw):
+        raise InvalidInput(f"{what} is all zero: make a new one with `aircrew keygen`")
+    return raw
+
+
 def generate_private_key() -> str:
     return encode_key(x25519.generate_private_key())
 
 
 def public_key_of(private_key: str) -> str:
-    return encode_key(x25519.public_key(decode_key(private_key, "private key")))
+    return encode_key(x25519.public_key(decode_private_key(private_key)))
 
 
 @functools.lru_cache(maxsize=16384)

@@ -47,6 +47,11 @@ def test_seed_curl_shapes(client, store):
     ({"Name": "z", "CIDR": "10.0.0.0/24", "Extra": 1}, "unknown fields: Extra"),
     ([1, 2], "must be a JSON object"),
     ({"Name": "a b", "CIDR": "10.0.0.0/24"}, "zone name"),
+    ({"Name": "z", "CIDR": "0.0.0.0/0"}, "'this network' addresses"),      # issue 15, item 4
+    ({"Name": "z", "CIDR": "127.0.0.0/8"}, "loopback"),
+    ({"Name": "z", "CIDR": "224.0.0.0/4"}, "multicast"),
+    ({"Name": "z", "CIDR": "::/0"}, "unspecified"),
+    ({"Name": "z", "CIDR": "fe80::/64"}, "link-local"),
 ])
 def test_bad_zone_input_is_400_and_writes_nothing(client, body, message):
     r = client.post("/zone", json=body)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from flask import Flask, current_app, request
 
-from wire.errors import Forbidden, Unauthorized
+from wire.errors import Forbidden, InvalidInput, Unauthorized
+from wire.secretfile import read_secret
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +24,19 @@ WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 def init_app(app: Flask) -> None:
+    """Check every request's token. The API is never open by accident: without a token
+    (``ADMIN_TOKEN``, or ``ADMIN_TOKEN_FILE`` holding one) the app is not built, unless
+    its config says ``INSECURE_OPEN_API`` (tests of the API itself; ``serve`` never does)."""
     token = app.config.get("ADMIN_TOKEN")
     path = app.config.get("ADMIN_TOKEN_FILE")
     if not token and path:
-        token = Path(path).read_text().strip()
+        token = read_secret(Path(path), "admin token file")
     app.config["ADMIN_TOKEN"] = token or None
     if not token:
-        log.warning("no admin token configured: the REST API accepts writes from anyone")
+        if not app.config.get("INSECURE_OPEN_API"):
+            raise InvalidInput("no admin token: give ADMIN_TOKEN or ADMIN_TOKEN_FILE "
+                               "(controltower serve always does)")
+        log.warning("INSECURE_OPEN_API: the REST API answers every call from anyone")
     app.before_request(_check)
 
 

@@ -72,9 +72,11 @@ class PrivateRedis:
         self.port = port
         self.keys = keys
         self.password = read_or_create_secret(data_dir / "redis-password",
-                                              lambda: secrets.token_urlsafe(24))
+                                              lambda: secrets.token_urlsafe(24),
+                                              "Redis password file")
         self.relay_password = read_or_create_secret(data_dir / "relay-redis-password",
-                                                    lambda: secrets.token_urlsafe(24))
+                                                    lambda: secrets.token_urlsafe(24),
+                                                    "relay's Redis password file")
         self.proc = None
 
     @property

@@ -32,7 +32,7 @@ from wire import logs
 from wire.errors import MeshError
 from wire.keys import Keys
 from wire.redisconn import RedisTLS, connect, never_evicted
-from wire.secretfile import read_or_create_secret, write_secret
+from wire.secretfile import read_or_create_secret, read_secret, write_secret
 
 from . import children, metrics
 from .acl import AgentCredentials, digest, new_secret
@@ -140,11 +140,7 @@ class Tower:
                 creds = self._agent_credentials(store)
                 self._thread(lambda stop: self._follow_redis(store, server_id, stop),
                              "redis-watch")
-            token_file = s.admin_token_file or s.data_dir / "admin-token"
-            if not token_file.exists():
-                write_secret(token_file, secrets.token_urlsafe(32) + "\n")
-                log.info("generated the admin token for write API calls in %s", token_file)
-            self.token_file = token_file
+            self.token_file = self._admin_token_file()
             worker = RequestWorker(store, publish_window=s.publish_window,
                                    publish_window_max=s.publish_window_max, credentials=creds)
             self._thread(worker.run, "request-worker")      # and its gate
@@ -186,6 +182,17 @@ class Tower:
             return
         self.relay = relay
 
+    def _admin_token_file(self) -> Path:
+        """The admin token's file, checked now (an empty one is an error, never an open
+        API) or generated when missing, before the API workers read it."""
+        token_file = self.settings.admin_token_file or self.settings.data_dir / "admin-token"
+        if token_file.exists() or token_file.is_symlink():
+            read_secret(token_file, "admin token file")
+        else:
+            write_secret(token_file, secrets.token_urlsafe(32) + "\n")
+            log.info("generated the admin token for the REST API in %s", token_file)
+        return token_file
+
     def _agent_credentials(self, store: ZoneStore) -> AgentCredentials:
         """Re-apply zone agent users; the default zone's secret lives in the data dir.
 
@@ -196,7 +203,7 @@ class Tower:
         secret_file = self.settings.data_dir / "default-zone-secret"
         stored = creds.zone_secret_digest(DEFAULT_ZONE)
         if secret_file.exists():
-            secret = secret_file.read_text().strip()
+            secret = read_secret(secret_file, "default zone secret file")
             if stored != digest(secret):
                 creds.set(DEFAULT_ZONE, secret)
         elif stored:
@@ -204,7 +211,8 @@ class Tower:
                         "its default-zone-secret into %s", DEFAULT_ZONE, self.settings.data_dir)
             return creds
         else:
-            creds.set(DEFAULT_ZONE, read_or_create_secret(secret_file, new_secret))
+            creds.set(DEFAULT_ZONE, read_or_create_secret(secret_file, new_secret,
+                                                          "default zone secret file"))
         log.info("agents of zone %s use --controller-password from %s", DEFAULT_ZONE, secret_file)
         return creds
 
@@ -238,7 +246,11 @@ class Tower:
 
     def _start_gunicorn(self, redis_url: str, worker_id: str) -> None:
         s = self.settings
-        env = dict(os.environ, CONTROLTOWER_REDIS_URL=redis_url,
+        # The app reads CONTROLTOWER_* (Flask's prefixed env): only what is set here, so a
+        # variable of the admin commands (CONTROLTOWER_ADMIN_TOKEN...) in the operator's
+        # environment cannot replace the token file or any other setting.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLTOWER_")}
+        env = dict(inherited, CONTROLTOWER_REDIS_URL=redis_url,
                    CONTROLTOWER_WORKER_ID=worker_id,
                    CONTROLTOWER_KEY_PREFIX=s.key_prefix,
                    CONTROLTOWER_OFFLINE_AFTER=str(s.offline_after),

@@ -96,7 +96,8 @@ def app_config() -> dict[str, Any]:
 def app(redis_proc: RedisProcess, app_config: dict[str, Any]) -> Any:
     """The tower's Flask app on the test's Redis, with the default zone."""
     from controltower.app import create_app
-    app = create_app({"REDIS_URL": redis_proc.url, "TESTING": True, **app_config})
+    app = create_app({"REDIS_URL": redis_proc.url, "TESTING": True,
+                      "INSECURE_OPEN_API": True, **app_config})
     app.extensions["zone_store"].ensure_default_zone()
     return app
 

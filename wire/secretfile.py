@@ -7,7 +7,11 @@ import secrets
 from pathlib import Path
 from typing import Callable
 
+from .errors import InvalidInput
+
 log = logging.getLogger(__name__)
+
+MIN_SECRET = 16     # characters; shorter secrets are used, with a warning
 
 
 def write_secret(path: str | os.PathLike[str], text: str) -> None:
@@ -51,9 +55,38 @@ def _fsync_dir(directory: Path) -> None:
         os.close(dir_fd)
 
 
-def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
-    if path.exists():
-        return path.read_text().strip()
+def read_secret(path: str | os.PathLike[str], what: str = "secret file") -> str:
+    """The secret held by a file: one line of printable characters without spaces.
+
+    An empty (or blank) file is an error, never "no secret": a Redis password or token of
+    "" would let anyone in. A file other users may read is used, with a warning."""
+    target = Path(path)
+    try:
+        text = target.read_text(encoding="utf-8")
+        mode = target.stat().st_mode
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{what} {target} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {target}: {exc.strerror or exc}") from None
+    secret = text.strip()
+    if not secret:
+        raise InvalidInput(f"{what} {target} is empty: write a secret into it (one line), "
+                           "or remove it to have one generated")
+    if any(c.isspace() or not c.isprintable() for c in secret):
+        raise InvalidInput(f"{what} {target} must hold one line of printable characters "
+                           "without spaces")
+    if len(secret) < MIN_SECRET:
+        log.warning("%s %s holds a short secret (%d characters): use %d or more",
+                    what, target, len(secret), MIN_SECRET)
+    if mode & 0o077:
+        log.warning("%s %s can be read by other users: chmod 600 it", what, target)
+    return secret
+
+
+def read_or_create_secret(path: Path, make: Callable[[], str], what: str = "secret file") -> str:
+    """The secret in ``path`` (``read_secret``), or a new one from ``make`` written there."""
+    if path.exists() or path.is_symlink():
+        return read_secret(path, what)
     secret = make()
     write_secret(path, secret + "\n")
     return secret

@@ -157,7 +157,8 @@ def test_stream_lag_and_pending_show_requests_nobody_handled(app, redis_client):
 
 
 def test_metrics_and_ready_without_redis():
-    app = create_app({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "TESTING": True})
+    app = create_app({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "TESTING": True,
+                      "INSECURE_OPEN_API": True})
     client = app.test_client()
     r = client.get("/metrics")
     assert r.status_code == 200

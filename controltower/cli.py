@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from wire import configfile, logs
+from wire import clitypes, configfile, logs
 from wire.errors import MeshError
 from wire.redisconn import RedisTLS
 
 from . import admin
+from .private_redis import RedisTLSPort
 from .serve import ServeSettings, Tower
 
 
@@ -27,7 +29,9 @@ admin.register(main)
               expose_value=False, callback=configfile.option_callback, envvar="CONTROLTOWER_CONFIG",
               help="TOML file with any of these options (command line > environment > file).")
 @click.option("--listen", default="0.0.0.0", show_default=True, envvar="CONTROLTOWER_LISTEN",
-              help="Address the REST API, STUN and a private Redis listen on.")
+              type=clitypes.LISTEN,
+              help="IP address the REST API, STUN and a private Redis listen on (0.0.0.0 or "
+                   ":: for every address).")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
               envvar="CONTROLTOWER_PORT", help="TCP port of the REST API.")
 @click.option("--redis-url", default=None, envvar="CONTROLTOWER_REDIS_URL",
@@ -35,6 +39,9 @@ admin.register(main)
                    "primary: redis+sentinel://[user:password@]host:26379[,host:26379...]"
                    "/<master-name>[/db]). Without it a private redis-server is started in the "
                    "data directory.")
+@click.option("--redis-wait", default=30.0, show_default=True,
+              type=clitypes.FiniteFloat(0, 3600), envvar="CONTROLTOWER_REDIS_WAIT",
+              help="Seconds to wait at start for the Redis of --redis-url to answer.")
 @click.option("--redis-port", default=6379, show_default=True, type=click.IntRange(1, 65535),
               envvar="CONTROLTOWER_REDIS_PORT", help="Port of the private redis-server.")
 @click.option("--data-dir", default="/var/lib/controltower", show_default=True,
@@ -61,17 +68,17 @@ admin.register(main)
               type=click.Choice(logs.FORMATS, case_sensitive=False),
               envvar="CONTROLTOWER_LOG_FORMAT",
               help="text for people, json for machines (one object per line).")
-@click.option("--offline-after", default=30.0, show_default=True, type=click.FloatRange(1),
+@click.option("--offline-after", default=30.0, show_default=True, type=clitypes.FiniteFloat(1),
               envvar="CONTROLTOWER_OFFLINE_AFTER",
               help="Seconds without a heartbeat after which a node shows as offline.")
-@click.option("--expiry", default=86400.0, show_default=True, type=click.FloatRange(10),
+@click.option("--expiry", default=86400.0, show_default=True, type=clitypes.FiniteFloat(10),
               envvar="CONTROLTOWER_EXPIRY",
               help="Seconds without a heartbeat after which a node is removed and its address released.")
-@click.option("--publish-window", default=0.02, show_default=True, type=click.FloatRange(0, 5),
+@click.option("--publish-window", default=0.02, show_default=True, type=clitypes.FiniteFloat(0, 5),
               envvar="CONTROLTOWER_PUBLISH_WINDOW",
               help="Seconds over which zone changes are coalesced into one update.")
 @click.option("--publish-window-max", default=0.25, show_default=True,
-              type=click.FloatRange(0, 5), envvar="CONTROLTOWER_PUBLISH_WINDOW_MAX",
+              type=clitypes.FiniteFloat(0, 5), envvar="CONTROLTOWER_PUBLISH_WINDOW_MAX",
               help="Longest publish window: while a zone keeps changing, its window "
                    "doubles up to this (fewer, larger updates); at or below "
                    "--publish-window the window stays fixed.")
@@ -97,16 +104,33 @@ admin.register(main)
               envvar="CONTROLTOWER_REDIS_TLS_CERT", help="Client certificate for Redis.")
 @click.option("--redis-tls-key", type=click.Path(exists=True, dir_okay=False),
               envvar="CONTROLTOWER_REDIS_TLS_KEY", help="Client certificate key for Redis.")
-def serve(listen: str, port: int, redis_url: str | None, redis_port: int, data_dir: Path,
-          stun_port: int, relay_port: int, relay_public_address: str | None, relay_region: str,
-          relay_datapath: str, log_level: str, log_format: str, offline_after: float, expiry: float,
+@click.option("--private-redis-tls-port", default=0, show_default=True,
+              type=click.IntRange(0, 65535), envvar="CONTROLTOWER_PRIVATE_REDIS_TLS_PORT",
+              help="Also serve the private Redis with TLS on this TCP port, for agents on "
+                   "networks you do not trust (they use --controller rediss://HOST:PORT); "
+                   "0: no TLS port.")
+@click.option("--private-redis-tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="CONTROLTOWER_PRIVATE_REDIS_TLS_CERT",
+              help="Certificate (PEM) of the private Redis's TLS port.")
+@click.option("--private-redis-tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="CONTROLTOWER_PRIVATE_REDIS_TLS_KEY",
+              help="Private key (PEM) of that certificate.")
+def serve(listen: str, port: int, redis_url: str | None, redis_wait: float, redis_port: int,
+          data_dir: Path, stun_port: int, relay_port: int, relay_public_address: str | None,
+          relay_region: str, relay_datapath: str, log_level: str, log_format: str,
+          offline_after: float, expiry: float,
           publish_window: float, publish_window_max: float, agent_acl: bool, read_auth: str,
           admin_token_file: Path | None, http_tls_cert: Path | None, http_tls_key: Path | None,
           http_tls_ca: Path | None, redis_tls_ca: str | None, redis_tls_cert: str | None,
-          redis_tls_key: str | None) -> None:
+          redis_tls_key: str | None, private_redis_tls_port: int,
+          private_redis_tls_cert: Path | None, private_redis_tls_key: Path | None) -> None:
     """Run the ControlTower: REST API, request worker, STUN responder and relay."""
+    problems = serve_problems(click.get_current_context().params)
+    if problems:
+        raise click.UsageError(problems[0])
     logs.setup(log_level, log_format.lower())
     settings = ServeSettings(listen=listen, port=port, redis_url=redis_url or None,
+                             redis_wait=redis_wait,
                              redis_port=redis_port, data_dir=data_dir, stun_port=stun_port,
                              relay_port=relay_port, relay_public_address=relay_public_address,
                              relay_region=relay_region, relay_datapath=relay_datapath,
@@ -117,11 +141,10 @@ def serve(listen: str, port: int, redis_url: str | None, redis_port: int, data_d
                              read_auth=read_auth, admin_token_file=admin_token_file,
                              http_tls_cert=http_tls_cert, http_tls_key=http_tls_key,
                              http_tls_ca=http_tls_ca,
-                             redis_tls=RedisTLS(redis_tls_ca, redis_tls_cert, redis_tls_key))
-    if bool(http_tls_cert) != bool(http_tls_key):
-        raise click.UsageError("--http-tls-cert and --http-tls-key go together")
-    if http_tls_ca and not http_tls_cert:
-        raise click.UsageError("--http-tls-ca (client certificates) needs --http-tls-cert")
+                             redis_tls=RedisTLS(redis_tls_ca, redis_tls_cert, redis_tls_key),
+                             private_redis_tls=RedisTLSPort(
+                                 private_redis_tls_port, private_redis_tls_cert,
+                                 private_redis_tls_key) if private_redis_tls_port else None)
     try:
         sys.exit(Tower(settings).run())
     except MeshError as exc:
@@ -159,6 +182,38 @@ def relay_command(region: str, redis_url: str, listen: str, public_address: str 
                            datapath=datapath, metrics_port=metrics_port, key_prefix=key_prefix))
     except MeshError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def serve_problems(values: dict[str, Any]) -> list[str]:
+    """What is wrong with a combination of serve's settings (flags, environment or a
+    config file): the same checks at start and in `config check`."""
+    get = values.get
+    problems = []
+    stun, relay = get("stun_port", 3478), get("relay_port", 3480)
+    if stun and relay and relay in (stun, stun + 1):
+        problems.append(f"--relay-port {relay} is a STUN port (--stun-port {stun} and the "
+                        "port after it): choose another UDP port")
+    if bool(get("http_tls_cert")) != bool(get("http_tls_key")):
+        problems.append("--http-tls-cert and --http-tls-key go together")
+    if get("http_tls_ca") and not get("http_tls_cert"):
+        problems.append("--http-tls-ca (client certificates) needs --http-tls-cert")
+    if not get("redis_url"):
+        if get("agent_acl") is False:
+            problems.append("--no-agent-acl needs --redis-url: with the private Redis the only "
+                            "other credential is the tower's own full-rights password, which "
+                            "agents must never hold")
+        ports = {"--port": get("port", 8080), "--redis-port": get("redis_port", 6379)}
+        if get("private_redis_tls_port"):
+            ports["--private-redis-tls-port"] = get("private_redis_tls_port")
+        if len(set(ports.values())) < len(ports):
+            problems.append(f"{', '.join(ports)} must be different TCP ports")
+        tls = (get("private_redis_tls_cert"), get("private_redis_tls_key"))
+        if bool(get("private_redis_tls_port")) != all(tls) or any(tls) != all(tls):
+            problems.append("--private-redis-tls-port, --private-redis-tls-cert and "
+                            "--private-redis-tls-key go together")
+    elif get("private_redis_tls_port"):
+        problems.append("--private-redis-tls-port is for the private Redis (no --redis-url)")
+    return problems
 
 
 @main.group("config")

@@ -30,6 +30,8 @@ def init_app(app: Flask) -> None:
         return error(exc.description or exc.name, exc.code or 500)
 
     @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    @app.errorhandler(redis.exceptions.BusyLoadingError)
     def redis_down(exc: Exception):
         log.warning("redis unreachable: %s", exc)
         return mesh_error(Unavailable("the zone store (Redis) is unreachable"))

@@ -10,13 +10,17 @@ acl.py). No secret is ever on a command line.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import resource
 import secrets
 import shutil
+import socket
+import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -64,12 +68,67 @@ def raise_open_files(clients: int) -> int:
     return allowed
 
 
+def connect_host(bind: str) -> str:
+    """The address the tower reaches a server on that binds ``bind``: loopback of the
+    family for a wildcard, else the address itself."""
+    if bind in ("", "0.0.0.0", "*"):
+        return "127.0.0.1"
+    if bind == "::":
+        return "::1"
+    return bind
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def check_port(bind: str, port: int) -> None:
+    """Unavailable (saying why, and what to do) when nothing could listen on ``bind``:``port``."""
+    host = "0.0.0.0" if bind in ("", "*") else bind
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as Redis does
+        try:
+            probe.bind((host, port))
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise Unavailable(f"the private Redis cannot listen on "
+                                  f"{url_host(host)}:{port}: {exc.strerror}") from None
+    who = "a Redis" if _answers_like_redis(connect_host(bind), port) else "another program"
+    raise Unavailable(
+        f"port {port} on {host} is in use by {who} (Debian's redis-server service? "
+        f"`systemctl disable --now redis-server`), so the private Redis cannot start: free "
+        f"it, choose another --redis-port, or use that Redis with --redis-url")
+
+
+def _answers_like_redis(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(64)[:1] in (b"+", b"-")
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class RedisTLSPort:
+    """A TLS port of the private Redis (agents on networks the tower does not trust)."""
+    port: int
+    cert: Path
+    key: Path
+
+
 class PrivateRedis:
+    """The child redis-server: ``start`` it, ``restart`` it when it died (same
+    configuration, same AOF), ``stop`` it. Every file it writes is 0600 (umask 077)."""
+
     def __init__(self, data_dir: Path, bind: str = "127.0.0.1", port: int = 6379,
-                 keys: Keys = Keys()) -> None:
+                 tls: RedisTLSPort | None = None, keys: Keys = Keys()) -> None:
         self.data_dir = data_dir
         self.bind = bind
         self.port = port
+        self.tls = tls
         self.keys = keys
         self.password = read_or_create_secret(data_dir / "redis-password",
                                               lambda: secrets.token_urlsafe(24),
@@ -77,16 +136,21 @@ class PrivateRedis:
         self.relay_password = read_or_create_secret(data_dir / "relay-redis-password",
                                                     lambda: secrets.token_urlsafe(24),
                                                     "relay's Redis password file")
-        self.proc = None
+        self.proc: subprocess.Popen | None = None
+        self.config: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{TOWER_USER}:{quote(self.password, safe='')}@127.0.0.1:{self.port}/0"
+        host = url_host(connect_host(self.bind))
+        return f"redis://{TOWER_USER}:{quote(self.password, safe='')}@{host}:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise Unavailable("redis-server is not on PATH: install it, or pass --redis-url")
+        check_port(self.bind, self.port)
+        if self.tls is not None:
+            check_port(self.bind, self.tls.port)
         redis_dir = self.data_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(redis_dir, 0o700)
@@ -103,28 +167,36 @@ class PrivateRedis:
                                           f"user {TOWER_USER} on #{digest} ~* &* +@all",
                                           f"user {RELAY_USER} {relay_rules} #{relay_digest}",
                                           ""]))
-        config = self.data_dir / "redis.conf"
+        self.config = self.data_dir / "redis.conf"
         binds = "* -::*" if self.bind in ("0.0.0.0", "::", "") else self.bind
         max_clients = raise_open_files(MAX_CLIENTS)
-        write_secret(config, "\n".join([
+        tls = [] if self.tls is None else [
+            f"tls-port {self.tls.port}", f"tls-cert-file {self.tls.cert}",
+            f"tls-key-file {self.tls.key}", "tls-auth-clients no"]
+        write_secret(self.config, "\n".join([
             f"bind {binds}", f"port {self.port}", f"dir {redis_dir}", "appendonly yes",
             "daemonize no", "protected-mode no", "loglevel warning",
             f"maxclients {max_clients}", f"tcp-backlog {TCP_BACKLOG}", "appendfsync always",
-            f"aclfile {acl_file}",
+            f"aclfile {acl_file}", *tls,
             # No argument over 1 MB (Redis's lowest setting; a 150 MB one reached Redis
             # whole before), and a bound on what all clients together make Redis hold
             # (a refused command is read whole before the ACL check): the tower's own
             # connections are exempt (CLIENT NO-EVICT, wire.redisconn.never_evicted).
             "proto-max-bulk-len 1mb", f"maxmemory-clients {MAX_CLIENT_MEMORY}", ""]))
-        log.info("starting a private redis-server on %s:%d (data in %s)", self.bind, self.port,
-                 redis_dir)
-        self.proc = children.spawn([binary, str(config)])
+        log.info("starting a private redis-server on %s:%d%s (data in %s)", self.bind,
+                 self.port, f" and TLS port {self.tls.port}" if self.tls else "", redis_dir)
+        self._spawn(binary, timeout)
+
+    def _spawn(self, binary: str, timeout: float) -> None:
+        # umask 077: Redis rewrites users.acl (secret digests) and its AOF (the tower's
+        # private key) by renaming new files, which would otherwise be 0644.
+        self.proc = children.spawn([binary, str(self.config)], umask=0o077)
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url, socket_timeout=1)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise Unavailable(f"redis-server exited with status {self.proc.returncode}; "
-                                  f"is port {self.port} already in use?")
+                raise Unavailable(f"redis-server exited with status {self.proc.returncode} "
+                                  "(its own message is above)")
             try:
                 client.ping()
                 return
@@ -133,6 +205,18 @@ class PrivateRedis:
             finally:
                 client.close()
         raise Unavailable(f"redis-server did not answer within {timeout:.0f}s")
+
+    def exited(self) -> int | None:
+        """The exit status when the child has exited, else None."""
+        return None if self.proc is None else self.proc.poll()
+
+    def restart(self, timeout: float = 15.0) -> None:
+        """Start the child again with the configuration of ``start`` (it replays its AOF)."""
+        binary = shutil.which("redis-server")
+        if binary is None or self.config is None:
+            raise Unavailable("cannot restart the private Redis: redis-server is gone")
+        check_port(self.bind, self.port)
+        self._spawn(binary, timeout)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -22,6 +22,8 @@ import ssl
 import sys
 import tempfile
 import threading
+import time
+from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +31,14 @@ import redis
 
 from ipam.store import DEFAULT_ZONE, ZoneStore
 from wire import logs
-from wire.errors import MeshError
+from wire.errors import MeshError, Unavailable
 from wire.keys import Keys
 from wire.redisconn import RedisTLS, connect, never_evicted
 from wire.secretfile import read_or_create_secret, read_secret, write_secret
 
 from . import children, metrics
 from .acl import AgentCredentials, digest, new_secret
-from .private_redis import PrivateRedis
+from .private_redis import PrivateRedis, RedisTLSPort
 from .worker import RequestWorker
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,14 @@ class ServeSettings:
     http_tls_key: Path | None = None
     http_tls_ca: Path | None = None      # given: clients need a certificate it signed (mTLS)
     redis_tls: RedisTLS = RedisTLS()
+    private_redis_tls: RedisTLSPort | None = None   # a TLS port of the private Redis
+    redis_wait: float = 30.0             # seconds to wait for a given Redis at start
+
+
+# The private Redis is restarted when it dies, after these pauses; when it dies again
+# after the last, the tower exits (status 1) and its service manager takes over.
+REDIS_RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)
+REDIS_STABLE_AFTER = 120.0     # a Redis up this long has its restart count forgiven
 
 
 def is_loopback(host: str) -> bool:
@@ -82,6 +92,29 @@ def is_loopback(host: str) -> bool:
 
 def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def make_data_dir(path: Path) -> None:
+    """The data directory holds secrets: made 0700; an existing one that others may
+    enter is used, with a warning (a directory the tower did not make is not chmodded)."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise Unavailable(f"the data directory {path} is not a directory") from None
+        if path.stat().st_mode & 0o077:
+            log.warning("the data directory %s can be entered by other users: chmod 700 it",
+                        path)
+
+
+def redact(url: str) -> str:
+    """A Redis URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
 
 
 def new_run_dir() -> Path:
@@ -116,56 +149,70 @@ class Tower:
         self.run_dir: Path | None = None
 
     def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (0), or until the API server or the private Redis
+        cannot be kept running (1). A set-up step that fails raises MeshError, saying
+        which file, port or server and why."""
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
         try:
-            self.run_dir = new_run_dir()
-            (self.run_dir / "metrics").mkdir()
-            metrics.use_directory(self.run_dir / "metrics")
-            redis_url = s.redis_url
-            if not redis_url:
-                self.private_redis = PrivateRedis(s.data_dir, s.listen, s.redis_port,
-                                                  Keys(s.key_prefix))
-                self.private_redis.start()
-                redis_url = self.private_redis.url
-                log.info("agents connect with --controller <this host>:%d", s.redis_port)
-            store = ZoneStore(connect(redis_url, s.redis_tls, redis_connect_func=never_evicted),
-                              Keys(s.key_prefix), expiry=s.expiry)
-            store.ensure_default_zone()
-            creds = None
-            if s.agent_acl:
-                server_id = self._server_id(store)     # before the users are applied
-                creds = self._agent_credentials(store)
-                self._thread(lambda stop: self._follow_redis(store, server_id, stop),
-                             "redis-watch")
-            self.token_file = self._admin_token_file()
-            worker = RequestWorker(store, publish_window=s.publish_window,
-                                   publish_window_max=s.publish_window_max, credentials=creds)
-            self._thread(worker.run, "request-worker")      # and its gate
-            if s.stun_port:
-                # Two ports, so an agent asking both can tell a symmetric NAT (a new
-                # mapping per destination) from a cone NAT (one mapping).
-                from .stun_responder import StunResponder
-                for port in (s.stun_port, s.stun_port + 1):
-                    responder = StunResponder(s.listen, port)
-                    responder.start()
-                    self.stun.append(responder)
-                log.info("answering STUN on udp ports %d and %d", s.stun_port, s.stun_port + 1)
-            if s.relay_port:
-                self._start_relay(store)
-            self._start_gunicorn(redis_url, worker.consumer)
-            scheme = "https" if s.http_tls_cert else "http"
-            log.info("ControlTower API on %s://%s%s", scheme, bind_address(s.listen, s.port),
-                     " (client certificates required)" if s.http_tls_ca else "")
-            while not self.stop_event.wait(0.5):
-                if self.gunicorn.poll() is not None:
-                    log.error("the API server exited with status %s", self.gunicorn.returncode)
-                    return 1
-            return 0
+            try:
+                return self._run()
+            except OSError as exc:   # a file or socket of our own set-up
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise Unavailable(f"cannot start the tower: {exc.strerror or exc}{where}") from None
+            except redis.exceptions.RedisError as exc:
+                raise Unavailable(f"cannot start the tower: Redis answered {exc}") from None
         finally:
             self.shutdown()
+
+    def _run(self) -> int:
+        s = self.settings
+        make_data_dir(s.data_dir)
+        self.run_dir = new_run_dir()
+        (self.run_dir / "metrics").mkdir()
+        metrics.use_directory(self.run_dir / "metrics")
+        redis_url = s.redis_url
+        if not redis_url:
+            self.private_redis = PrivateRedis(s.data_dir, s.listen, s.redis_port,
+                                              s.private_redis_tls, Keys(s.key_prefix))
+            self.private_redis.start()
+            redis_url = self.private_redis.url
+            log.info("agents connect with --controller <this host>:%d", s.redis_port)
+        store = ZoneStore(connect(redis_url, s.redis_tls, redis_connect_func=never_evicted),
+                          Keys(s.key_prefix), expiry=s.expiry)
+        self._wait_for_redis(store, redis_url)
+        store.ensure_default_zone()
+        creds = None
+        if s.agent_acl:
+            server_id = self._server_id(store)     # before the users are applied
+            creds = self._agent_credentials(store)
+            self._thread(lambda stop: self._follow_redis(store, server_id, stop),
+                         "redis-watch")
+        self.token_file = self._admin_token_file()
+        worker = RequestWorker(store, publish_window=s.publish_window,
+                               publish_window_max=s.publish_window_max, credentials=creds)
+        self._thread(worker.run, "request-worker")      # and its gate
+        if s.stun_port:
+            # Two ports, so an agent asking both can tell a symmetric NAT (a new
+            # mapping per destination) from a cone NAT (one mapping).
+            from .stun_responder import StunResponder
+            for port in (s.stun_port, s.stun_port + 1):
+                responder = StunResponder(s.listen, port)
+                try:
+                    responder.start()
+                except OSError as exc:
+                    raise Unavailable(f"cannot answer STUN on udp "
+                                      f"{bind_address(s.listen, port)}: {exc.strerror}") from None
+                self.stun.append(responder)
+            log.info("answering STUN on udp ports %d and %d", s.stun_port, s.stun_port + 1)
+        if s.relay_port:
+            self._start_relay(store)
+        self._start_gunicorn(redis_url, worker.consumer)
+        scheme = "https" if s.http_tls_cert else "http"
+        log.info("ControlTower API on %s://%s%s", scheme, bind_address(s.listen, s.port),
+                 " (client certificates required)" if s.http_tls_ca else "")
+        return self._supervise()
 
     def _start_relay(self, store: ZoneStore) -> None:
         from .relay.server import make_relay, relay_key
@@ -181,6 +228,56 @@ class Tower:
                       "without it (--relay-port 0 to say so)", s.relay_port, exc)
             return
         self.relay = relay
+
+    def _supervise(self) -> int:
+        """Watch the children: the API server must run; the private Redis is restarted
+        (``REDIS_RESTART_DELAYS``) and the tower exits when it keeps dying."""
+        restarts, up_since = 0, time.monotonic()
+        while not self.stop_event.wait(0.5):
+            if self.gunicorn.poll() is not None:
+                log.error("the API server exited with status %s", self.gunicorn.returncode)
+                return 1
+            status = self.private_redis.exited() if self.private_redis else None
+            if status is None:
+                if restarts and time.monotonic() - up_since > REDIS_STABLE_AFTER:
+                    restarts = 0
+                continue
+            if restarts >= len(REDIS_RESTART_DELAYS):
+                log.error("the private Redis keeps exiting (status %s): giving up", status)
+                return 1
+            delay = REDIS_RESTART_DELAYS[restarts]
+            restarts += 1
+            log.error("the private Redis %s: restarting it in %.0fs (attempt %d of %d)",
+                      f"exited with status {status}" if restarts == 1 or up_since else
+                      "is still down", delay, restarts, len(REDIS_RESTART_DELAYS))
+            up_since = 0.0
+            if self.stop_event.wait(delay):
+                break
+            try:
+                self.private_redis.restart()
+                up_since = time.monotonic()
+                log.warning("the private Redis is running again")
+            except MeshError as exc:
+                log.error("restarting the private Redis failed: %s", exc)
+        return 0
+
+    def _wait_for_redis(self, store: ZoneStore, url: str) -> None:
+        """A Redis given by URL may still be starting: wait up to ``redis_wait`` seconds."""
+        deadline = time.monotonic() + self.settings.redis_wait
+        delay = 0.2
+        while True:
+            try:
+                store.redis.ping()
+                return
+            except redis.exceptions.AuthenticationError as exc:
+                raise Unavailable(f"Redis at {redact(url)} refused the tower's credentials: "
+                                  f"{exc}") from None
+            except redis.exceptions.RedisError as exc:
+                if time.monotonic() > deadline or self.stop_event.is_set():
+                    raise Unavailable(f"cannot reach Redis at {redact(url)}: {exc}") from None
+                log.warning("Redis at %s does not answer yet (%s); retrying", redact(url), exc)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, 2.0)
 
     def _admin_token_file(self) -> Path:
         """The admin token's file, checked now (an empty one is an error, never an open
@@ -265,16 +362,18 @@ class Tower:
             if value:
                 env[f"CONTROLTOWER_REDIS_TLS_{name}"] = str(value)
         argv = [sys.executable, "-m", "gunicorn", "--bind", bind_address(s.listen, s.port),
-                "--workers", str(s.workers), "--worker-class", "gthread", "--threads", "4",
+                "--workers", str(s.workers), "--worker-class", "controltower.httpworker.JsonErrorWorker",
+                "--threads", "4",
                 "--log-level", s.log_level, "--graceful-timeout", "5", "--no-control-socket",
                 *self._tls_args(), *self._log_args(), "controltower.app:create_app()"]
         self.gunicorn = children.spawn(argv, env=env)
 
     def _log_args(self) -> list[str]:
-        if self.settings.log_format != "json":
-            return []
+        """gunicorn and the app in its workers log as this process does (text with time,
+        level and logger, or JSON): without it the app's lines had neither."""
         path = self.run_dir / "gunicorn-logging.json"
-        path.write_text(json.dumps(logs.gunicorn_config(self.settings.log_level)))
+        path.write_text(json.dumps(logs.gunicorn_config(self.settings.log_level,
+                                                        self.settings.log_format)))
         return ["--log-config-json", str(path)]
 
     def _tls_args(self) -> list[str]:

@@ -119,7 +119,7 @@ class RequestWorker:
                 if self.gate.running.is_set():     # requests can reach the stream
                     self.running.set()
                 backoff = 0.1
-            except redis.exceptions.ConnectionError as exc:
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 self.running.clear()
                 log.warning("redis unreachable (%s); retrying in %.1fs", exc, backoff)
                 stop.wait(backoff)

@@ -51,19 +51,22 @@ def setup(level: str, fmt: str = "text") -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
-def gunicorn_config(level: str) -> dict[str, Any]:
-    """A ``logging.config.dictConfig`` for gunicorn and the app in its workers: JSON on
-    stderr (gunicorn's own messages included)."""
+def gunicorn_config(level: str, fmt: str = "json") -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for gunicorn and the app in its workers: the same
+    lines as the tower's own (text with time, level and logger, or JSON) on stderr,
+    gunicorn's own messages included."""
+    formatter_config = ({"()": f"{__name__}.JsonFormatter"} if fmt == "json"
+                        else {"format": TEXT_FORMAT})
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+        "formatters": {"main": formatter_config},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "main",
                                 "stream": "ext://sys.stderr"}},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         "loggers": {"gunicorn.error": {"level": level.upper(), "handlers": [],
                                        "propagate": True},
-                    # off, as in text mode (gunicorn has no access log unless asked)
+                    # off (gunicorn has no access log unless asked)
                     "gunicorn.access": {"level": "WARNING", "handlers": [],
                                         "propagate": True}},
     }

@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "ADMIN_TOKEN": None,         # or ADMIN_TOKEN_FILE: a file holding it
     "ADMIN_TOKEN_FILE": None,
     "INSECURE_OPEN_API": False,  # True: no token needed at all (tests of the API only)
+    "MAX_CONTENT_LENGTH": 64 * 1024,  # bytes of a request body (the largest valid is < 1 KiB)
     "READ_AUTH": False,          # True: reads need the token too
     "WORKER_ID": None,           # this replica's request worker, for /ready (set by serve)
     "SESSION_COOKIE_SECURE": False,  # the dashboard's cookie: serve sets it with HTTPS

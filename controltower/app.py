@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "AGENT_ACL": False,          # manage zone-scoped Redis users for agents
     "ADMIN_TOKEN": None,         # or ADMIN_TOKEN_FILE: a file holding it
     "ADMIN_TOKEN_FILE": None,
+    "DEFAULT_ZONE_SECRET_FILE": None,  # rotating the default zone's secret rewrites it
     "INSECURE_OPEN_API": False,  # True: no token needed at all (tests of the API only)
     "MAX_CONTENT_LENGTH": 64 * 1024,  # bytes of a request body (the largest valid is < 1 KiB)
     "READ_AUTH": False,          # True: reads need the token too

@@ -137,7 +137,7 @@ class Nodes:
 
     def settings(self, zone: str) -> dict[str, object]:
         z = self.store.redis.hgetall(self.store.keys.zone(messages.zone_name(zone)))
-        if not z:
+        if "cidr" not in z:
             raise NotFound(f"zone {zone} does not exist")
         expiry = z.get(KEY_EXPIRY)
         return {"ZoneSecret": z.get("zone_secret") != "off",
@@ -147,16 +147,14 @@ class Nodes:
     def set_auto_approve(self, zone: str, ranges: list[str]) -> None:
         network = self.store.get_zone(zone).network
         checked = [str(p) for p in cidrs.child_prefixes(network, ranges)]
-        self.store.redis.hset(self.store.keys.zone(zone), AUTO_APPROVE, json.dumps(checked))
+        self.registry.zone_hset(zone, self.store.keys.zone(zone), {AUTO_APPROVE: json.dumps(checked)})
         for peer in self.store.peers(zone):          # pending ones now in range
             if peer.pending_prefixes:
                 self.reregister(zone, peer)
 
     def set_key_expiry(self, zone: str, days: float | None) -> None:
-        key = self.store.keys.zone(zone)
-        if days is None:
-            self.store.redis.hdel(key, KEY_EXPIRY)
-            return
-        if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= 3650:
+        if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float))
+                                 or not 60 / 86400 <= days <= 3650):
             raise InvalidInput("KeyExpiryDays must be a number of days, 1 minute to 10 years")
-        self.store.redis.hset(key, KEY_EXPIRY, repr(float(days) * 86400))
+        self.registry.zone_hset(zone, self.store.keys.zone(zone),
+                                {KEY_EXPIRY: "" if days is None else repr(float(days) * 86400)})

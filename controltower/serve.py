@@ -293,23 +293,36 @@ class Tower:
     def _agent_credentials(self, store: ZoneStore) -> AgentCredentials:
         """Re-apply zone agent users; the default zone's secret lives in the data dir.
 
-        A replica started with an empty data directory must not replace the secret the
-        other replicas' agents use: it keeps the stored one and says where it lives."""
+        Redis holds the truth (the secret's digest). The file ``default-zone-secret`` is
+        applied when it holds a secret the tower has not seen: a new file of the operator's,
+        or the first start. A file holding what the tower last applied or wrote there
+        (``FILE_FIELD``) while the zone has another secret is older than a rotation through
+        the API: it is left alone and named in a warning, so a restart never undoes a
+        rotation. A replica started with no file keeps the stored secret."""
         creds = AgentCredentials(store.redis, store.keys)
         creds.sync(store.zone_names())
         secret_file = self.settings.data_dir / "default-zone-secret"
         stored = creds.zone_secret_digest(DEFAULT_ZONE)
         if secret_file.exists():
             secret = read_secret(secret_file, "default zone secret file")
-            if stored != digest(secret):
+            if digest(secret) == stored:
+                creds.note_file_secret(DEFAULT_ZONE, stored)
+            elif stored and digest(secret) in creds.file_secrets(DEFAULT_ZONE):
+                log.warning("%s holds an older secret than zone %s's (it was rotated since): "
+                            "not applied; copy the current secret there from the replica "
+                            "that rotated it", secret_file, DEFAULT_ZONE)
+                return creds
+            else:
                 creds.set(DEFAULT_ZONE, secret)
+                creds.note_file_secret(DEFAULT_ZONE, digest(secret))
         elif stored:
             log.warning("zone %s already has an agent secret (set by another replica); copy "
                         "its default-zone-secret into %s", DEFAULT_ZONE, self.settings.data_dir)
             return creds
         else:
-            creds.set(DEFAULT_ZONE, read_or_create_secret(secret_file, new_secret,
-                                                          "default zone secret file"))
+            secret = read_or_create_secret(secret_file, new_secret, "default zone secret file")
+            creds.set(DEFAULT_ZONE, secret)
+            creds.note_file_secret(DEFAULT_ZONE, digest(secret))
         log.info("agents of zone %s use --controller-password from %s", DEFAULT_ZONE, secret_file)
         return creds
 
@@ -355,6 +368,8 @@ class Tower:
                    CONTROLTOWER_AGENT_ACL=json.dumps(s.agent_acl),
                    CONTROLTOWER_ADMIN_TOKEN_FILE=str(self.token_file),
                    CONTROLTOWER_SESSION_COOKIE_SECURE=json.dumps(bool(s.http_tls_cert)),
+                   CONTROLTOWER_DEFAULT_ZONE_SECRET_FILE=str(
+                       s.data_dir / "default-zone-secret") if s.agent_acl else "",
                    CONTROLTOWER_READ_AUTH=json.dumps(
                        s.read_auth == "token" or (s.read_auth == "auto" and not is_loopback(s.listen))))
         for name, value in (("CA", s.redis_tls.ca), ("CERT", s.redis_tls.cert),

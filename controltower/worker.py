@@ -178,12 +178,10 @@ class RequestWorker:
         return stream[stream.index("{") + 1:stream.rindex("}")]
 
     def _refresh_zones(self) -> None:
-        """The zones' names (one round trip), and the settings of new ones (one more)."""
+        """The zones' names and settings (two round trips): a zone deleted and created
+        again under its name may have another CIDR (register.lua checks ``created``)."""
         names = self.store.zone_names()
-        settings = {name: self._settings[name] for name in names if name in self._settings}
-        new = [name for name in names if name not in settings]
-        if new:
-            settings.update((zone.name, zone) for zone in self.store.list_zones(new))
+        settings = {zone.name: zone for zone in self.store.list_zones(names)}
         self._zones, self._settings = names, settings
         self._zones_at = self.clock()
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import WatchError
 
 from wire import identity
 from wire.errors import Conflict, Forbidden, InvalidInput, NotFound, Removed
@@ -204,7 +205,8 @@ class Registry:
             ephemeral=bool(ephemeral), ephemeral_after=float(ephemeral_after),
             tags=check_tags(list(tags)), routes=check_routes(network, list(routes)),
             description=description)
-        if not self.redis.hsetnx(self.keys.joinkeys(zone), key.key_id, record.to_json()):
+        if self.zone_hset(zone, self.keys.joinkeys(zone), {key.key_id: record.to_json()},
+                          nx=True) < 0:
             raise RuntimeError("join key id collision")     # 48 random bits: never
         return key, record
 
@@ -224,9 +226,20 @@ class Registry:
         if not record.revoked:
             data = json.loads(record.to_json())
             data["revoked"] = time.time() if now is None else now
-            self.redis.hset(self.keys.joinkeys(zone), key_id, json.dumps(data))
+            self.zone_hset(zone, self.keys.joinkeys(zone), {key_id: json.dumps(data)})
             record = parse_join_key(zone, key_id, json.dumps(data))
         return record
+
+    def zone_hset(self, zone: str, key: str, fields: dict[str, str], nx: bool = False) -> int:
+        """Write ``fields`` into the hash ``key`` of ``zone`` only while the zone exists
+        (``zone_hset.lua``; an empty value deletes the field): 1, or -1 when ``nx`` and a
+        field exists. NotFound when the zone does not exist (a deletion came first)."""
+        done = self.scripts.zone_hset(
+            keys=[self.keys.zone(zone), key],
+            args=["setnx" if nx else "set", *(x for pair in fields.items() for x in pair)])
+        if done == 0:
+            raise NotFound(f"zone {zone} does not exist")
+        return int(done)
 
     def forget_join_key(self, zone: str, key_id: str) -> None:
         self.redis.hdel(self.keys.joinkeys(zone), key_id)
@@ -308,7 +321,10 @@ class Registry:
                 raise Conflict(f"node {node.name or node.id} changed meanwhile; try again")
             pipe.multi()
             pipe.hset(key, node.id, new.to_json())
-            pipe.execute()
+            try:
+                pipe.execute()
+            except WatchError:
+                raise Conflict(f"node {node.name or node.id} changed meanwhile; try again") from None
         return new
 
 

@@ -8,7 +8,8 @@ from redis import Redis
 from redis.commands.core import Script
 
 NAMES = ("candidate", "register", "replace_peer", "remove_peer", "heartbeat", "pending",
-         "publish", "create_zone", "delete_zone", "enroll", "remove_node", "admit")
+         "publish", "create_zone", "delete_zone", "enroll", "remove_node", "admit",
+         "zone_hset")
 
 
 @cache
@@ -48,3 +49,4 @@ class Scripts:
     enroll: Script
     remove_node: Script
     admit: Script
+    zone_hset: Script

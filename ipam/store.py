@@ -117,7 +117,10 @@ class ZoneStore:
 
     # -- zones ---------------------------------------------------------------------
 
-    def create_zone(self, name: str, cidr: str, description: str = "") -> Zone:
+    def create_zone(self, name: str, cidr: str, description: str = "",
+                    auth: dict[str, str] | None = None) -> Zone:
+        """``auth``: the fields of the zone's auth hash (its zone secret's digest), written
+        with the zone."""
         name = messages.zone_name(name)
         network = cidrs.zone_network(messages.network(cidr))
         if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
@@ -125,9 +128,13 @@ class ZoneStore:
         zone = Zone(name, description, str(network), time.time())
         k = self.keys
         with self.redis.pipeline(transaction=True) as pipe:
-            self.scripts.create_zone(keys=[k.zone(name), k.requests(name)],
-                                     args=[name, description, zone.cidr, zone.created, REQUEST_GROUP],
-                                     client=pipe)
+            self.scripts.create_zone(
+                keys=[k.zone(name), k.requests(name), k.auth(name), k.joinkeys(name),
+                      k.nodes(name), k.names(name), k.ephemeral(name), k.expiring(name),
+                      k.paths(name)],
+                args=[name, description, zone.cidr, zone.created, REQUEST_GROUP,
+                      *(x for pair in (auth or {}).items() for x in pair)],
+                client=pipe)
             pipe.sadd(k.zones, name)
             created, _ = pipe.execute()
         if created[0] != "ok":
@@ -143,7 +150,7 @@ class ZoneStore:
 
     def get_zone(self, name: str) -> Zone:
         data = self.redis.hgetall(self.keys.zone(messages.zone_name(name)))
-        if not data:
+        if not _complete(data):
             raise NotFound(f"zone {name} does not exist")
         return _zone(data)
 
@@ -164,12 +171,14 @@ class ZoneStore:
             for name in names:
                 pipe.hgetall(self.keys.zone(name))
             found = pipe.execute()
-        return [_zone(data) for data in found if data]
+        return [_zone(data) for data in found if _complete(data)]
 
     def delete_zone(self, name: str, force: bool = False) -> None:
         name = messages.zone_name(name)
         self.run(self._delete_zone_call(name, force, 0))
         self.redis.srem(self.keys.zones, name)
+        if self.redis.hexists(self.keys.zone(name), "cidr"):
+            self.redis.sadd(self.keys.zones, name)  # created again meanwhile: listed
         self._zone_cache.pop(name, None)
         log.info("zone %s deleted", name)
 
@@ -242,15 +251,31 @@ class ZoneStore:
                 *_keys(guard)]
         args = [key, before, after, now, self.expiry, requested, "", wanted,
                 self.change_log_length, _score(order), base, cidrs.pool_size(network),
-                *_args(guard)]
-        return self._register_step(zone, keys, args, order, 0)
+                repr(zone.created), *_args(guard)]
+
+        def again(fresh: Zone) -> Call:
+            """The same registration in a zone deleted and created again meanwhile."""
+            return self.register_call(fresh, key, listen_port=listen_port, session=session,
+                                      endpoint=endpoint, request_ip=request_ip,
+                                      child_prefixes=child_prefixes, nat_type=nat_type,
+                                      hostname=hostname, now=now, order=order, guard=guard,
+                                      name=name, tags=tags, pending=pending,
+                                      key_expiry=key_expiry)
+        return self._register_step(zone, keys, args, order, 0, again)
 
     def _register_step(self, zone: Zone, keys: list[str], args: list[Any], order: str | None,
-                       attempt: int) -> Call:
+                       attempt: int, again: Callable[[Zone], Call]) -> Call:
         key, now, requested, ipv4 = args[0], args[3], args[5], bool(args[10])
 
         def decode(reply: list[Any]) -> Assignment | Call:
             status = reply[0]
+            if status == "changed":
+                # Our settings of the zone are those of a zone of the same name deleted
+                # since: read them again (its CIDR may differ) and register once more.
+                self._zone_cache.pop(zone.name, None)
+                if attempt + 1 >= REGISTER_ATTEMPTS:
+                    raise refusal("nozone", zone=zone.name)
+                return self._zone_call(zone.name, again)
             if status == "ok":
                 return Assignment(reply[1], zone.network.prefixlen, zone.cidr, int(reply[2]))
             if status == "stale":
@@ -264,9 +289,9 @@ class ZoneStore:
                 if attempt + 1 >= REGISTER_ATTEMPTS:
                     raise refusal("exhausted", zone=zone.name)
                 if ipv4:
-                    return self._register_step(zone, keys, args, order, attempt + 1)
+                    return self._register_step(zone, keys, args, order, attempt + 1, again)
                 return self._candidate_call(zone, lambda address: self._register_step(
-                    zone, keys, [*args[:6], address, *args[7:]], order, attempt + 1))
+                    zone, keys, [*args[:6], address, *args[7:]], order, attempt + 1, again))
             if status == "held":
                 raise refusal(status, requested=requested,
                               age=max(0.0, now - float(reply[2])))
@@ -297,6 +322,16 @@ class ZoneStore:
                                       **extra, **kwargs)
         return Call((("HGET", self.keys.nodes(zone.name), nid),
                      ("HGET", self.keys.zone(zone.name), AUTO_APPROVE)), read)
+
+    def _zone_call(self, name: str, then: Callable[[Zone], Call]) -> Call:
+        """Read a zone's settings; the result is ``then(zone)`` (NotFound when gone)."""
+        def decode(replies: list[Any]) -> Call:
+            data = replies[0]
+            if not _complete(data):
+                raise refusal("nozone", zone=name)
+            zone = self._zone_cache[name] = _zone(data)
+            return then(zone)
+        return Call((("HGETALL", self.keys.zone(name)),), decode)
 
     def _candidate_call(self, zone: Zone, then: Callable[[str], Call]) -> Call:
         """A new address candidate of an IPv6 zone: a released address, else the next
@@ -508,6 +543,8 @@ class ZoneStore:
             snapshots.queue(pipe, snapshots.commands(self.keys, read))
             found = snapshots.parse(read, pipe.execute())
         data = {name: value for name, value in found.fields.items() if value is not None}
+        if not _complete(data):
+            raise NotFound(f"zone {zone} does not exist")
         return Snapshot(_zone(data), found.rev, snapshots.peers(found.records))
 
     def peers(self, zone: str) -> list[Peer]:
@@ -575,6 +612,11 @@ def _args(guard: Guard | None) -> list[Any]:
 
 def _at(reply: list[Any], index: int) -> Any:
     return reply[index] if len(reply) > index else None
+
+
+def _complete(data: dict[str, Any] | None) -> bool:
+    """A zone hash with its settings (not one left half-written by an old race)."""
+    return bool(data) and "name" in data and "cidr" in data
 
 
 def _zone(data: dict[str, Any]) -> Zone:

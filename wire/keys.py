@@ -202,9 +202,21 @@ class Keys:
         """Glob matching every key of one zone."""
         return self._z(zone, "*")
 
+    def credential_lock(self, zone: str) -> str:
+        """Short-lived lock held while the tower changes a zone's agent user."""
+        return self._z(zone, "credlock")
+
     def agent_user(self, zone: str) -> str:
         """Redis ACL user of a zone's agent secret (enrollment only)."""
         return f"{self.prefix}agent:{zone}"
+
+    def user_zone(self, user: str) -> str | None:
+        """The zone of an agent's Redis user (zone secret, node or join key), else None."""
+        for kind, nested in (("agent:", False), ("node:", True), ("join:", True)):
+            if user.startswith(self.prefix + kind):
+                rest = user[len(self.prefix + kind):]
+                return rest.rsplit(":", 1)[0] if nested else rest
+        return None
 
 
 REQUEST_GROUP = "controltower"

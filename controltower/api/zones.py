@@ -1,11 +1,13 @@
-"""Zones: create, list, show, delete."""
+"""Zones: create, list, show, delete; their settings, routes, join keys and secret."""
 from __future__ import annotations
 
 import time
 
 from flask import Blueprint, current_app, jsonify, request
 
+from ipam.store import DEFAULT_ZONE
 from wire.errors import Conflict, InvalidInput
+from wire.messages import brief
 
 from .. import joinkeys, pathmatrix
 from ..acl import new_secret
@@ -26,15 +28,18 @@ JOIN_KEY_FIELDS = {"ExpiresIn": (int, float), "Uses": int, "Reusable": bool, "Ep
 @bp.post("/zones")
 def create_zone():
     body = json_object(request, ZONE_FIELDS, required=("Name", "CIDR"))
-    zone = store().create_zone(body["Name"], body["CIDR"], body.get("Description", ""))
-    data = render.zone(zone)
     creds = credentials()
+    secret = new_secret() if creds is not None else None
+    # The digest is written with the zone: no moment in which the zone has no secret.
+    zone = store().create_zone(body["Name"], body["CIDR"], body.get("Description", ""),
+                               auth=creds.secret_fields(secret) if creds and secret else None)
+    data = render.zone(zone)
     if creds is not None:
-        secret = new_secret()
         try:
-            creds.set(zone.name, secret)
+            creds.apply_zone(zone.name)
         except Exception:
             store().delete_zone(zone.name, force=True)  # no zone without its credential
+            creds.delete(zone.name)
             raise
         data["AgentSecret"] = secret  # shown once: only its digest is kept
     return jsonify(data), 201
@@ -57,11 +62,10 @@ def delete_zone(name: str):
     force = request.args.get("force", "false").lower()
     if force not in ("true", "false", "1", "0"):
         raise InvalidInput("force must be true or false")
-    creds = credentials()
-    enrolled = creds.registry.nodes(name) if creds is not None else {}
     store().delete_zone(name, force=force in ("true", "1"))
+    creds = credentials()
     if creds is not None:
-        creds.delete(name, enrolled)
+        creds.delete(name)
     return jsonify({"Deleted": name})
 
 
@@ -124,7 +128,11 @@ def rotate_secret(name: str):
     creds = credentials()
     if creds is None:
         raise Conflict("this tower does not manage agent credentials (--no-agent-acl)")
-    return jsonify({"Name": store().get_zone(name).name, "AgentSecret": creds.rotate(name)})
+    zone = store().get_zone(name)
+    secret = creds.rotate(zone.name)
+    if zone.name == DEFAULT_ZONE:
+        creds.remember_default_secret(current_app.config.get("DEFAULT_ZONE_SECRET_FILE"), secret)
+    return jsonify({"Name": zone.name, "AgentSecret": secret})
 
 
 @bp.get("/zones/<name>/paths")
@@ -138,7 +146,7 @@ def zone_paths(name: str):
     if only is not None:
         found = [p.key for p in peers if only in (p.key, p.name)]
         if not found:
-            raise InvalidInput(f"node {only!r} is not in zone {name}")
+            raise InvalidInput(f"node {brief(only)} is not in zone {name}")
         only = found[0]
     now = time.time()
     raw = s.redis.hgetall(s.keys.paths(name))

@@ -14,7 +14,7 @@ local k = {zone = KEYS[1], auth = KEYS[2], joinkeys = KEYS[3], nodes = KEYS[4],
 local cred, node, key, sha, wanted, now, user =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 
-if redis.call('EXISTS', k.zone) == 0 then return {'nozone'} end
+if redis.call('HEXISTS', k.zone, 'cidr') == 0 then return {'nozone'} end
 
 -- 1. The credential.
 local issued, jk = 0, nil

@@ -9,9 +9,11 @@
 --       10 request order or '', 11 IPv4 zone: its network address as an integer, so the
 --       script takes a new address from the pool itself; '' (IPv6): the caller passes
 --       a candidate (answer 'need'), 12 pool size (highest usable host offset),
---       13 and 14 with KEYS[12]: the request's stream entry id, the nonce's lifetime
+--       13 the zone's `created` the caller computed with (a zone deleted and created
+--       again under the same name has another: answer 'changed'),
+--       14 and 15 with KEYS[12]: the request's stream entry id, the nonce's lifetime
 -- Returns {'ok', address, rev} | {'stale', current address or '', rev} | {'nozone'}
---       | {'replayed'} | {'removed'}
+--       | {'changed'} | {'replayed'} | {'removed'}
 --       | {'need'} | {'retry'} | {'full'}
 --       | {'held', holder key, last seen} | {'prefix', wanted, held, holder key}
 local k = {zone = KEYS[1], peers = KEYS[2], leases = KEYS[3], prefixes = KEYS[4],
@@ -23,8 +25,10 @@ local requested, candidate, maxlen, order = ARGV[6], ARGV[7], ARGV[9], ARGV[10]
 local base, pool = tonumber(ARGV[11]), tonumber(ARGV[12])
 local wanted = cjson.decode(ARGV[8])
 
-if replayed(KEYS[12], ARGV[13], ARGV[14]) then return {'replayed'} end
-if redis.call('EXISTS', k.zone) == 0 then return {'nozone'} end
+if replayed(KEYS[12], ARGV[14], ARGV[15]) then return {'replayed'} end
+local created = redis.call('HGET', k.zone, 'created')
+if not created then return {'nozone'} end
+if created ~= ARGV[13] then return {'changed'} end
 if redis.call('EXISTS', KEYS[11]) == 1 then return {'removed'} end
 
 local old = redis.call('HGET', k.peers, key)

@@ -328,3 +328,45 @@ def test_rules_have_a_publish_only_selector():
     rules = aclrules.node(Keys(), "z", node_id("k"))
     assert rules[-1].startswith("(+publish resetchannels &ct:{z}:req:")
     assert "+publish" not in rules[:-1] and not any(r.startswith(("~", "%W", "%RW")) for r in rules)
+
+
+def _users(client, zone: str) -> set[str]:
+    return {u for u in client.execute_command("ACL", "USERS") if Keys().user_zone(u) == zone}
+
+
+def test_a_deleted_zone_keeps_no_user_and_takes_no_secret(zones, redis_client):
+    store, creds, secrets, key, node, _ = zones
+    assert _users(redis_client, "zone-blue") == {
+        node.user, Keys().agent_user("zone-blue"), Keys().join_user("zone-blue", key.key_id)}
+    store.delete_zone("zone-blue", force=True)
+    creds.delete("zone-blue")
+    assert _users(redis_client, "zone-blue") == set()
+    with pytest.raises(Exception, match="zone zone-blue does not exist"):
+        creds.rotate("zone-blue")
+    with pytest.raises(Exception, match="zone zone-blue does not exist"):
+        creds.allow_zone_secret("zone-blue", False)
+    with pytest.raises(Exception, match="zone zone-blue does not exist"):
+        creds.registry.create_join_key("zone-blue", store.get_zone("zone-red").network)
+    with pytest.raises(Exception, match="zone zone-blue does not exist"):
+        creds.apply_node("zone-blue", node)        # an enrollment that lost the race
+    assert redis_client.keys("ct:{zone-blue}:*") == []
+    assert _users(redis_client, "zone-blue") == set()
+
+
+def test_a_deletion_after_the_zone_came_back_keeps_the_new_users(zones, redis_client):
+    store, creds, secrets, *_ = zones
+    store.delete_zone("zone-red", force=True)
+    store.create_zone("zone-red", "172.20.0.0/20")
+    creds.set("zone-red", secrets["zone-red"])
+    creds.delete("zone-red")                          # the first deletion's late clean-up
+    assert _users(redis_client, "zone-red") == {Keys().agent_user("zone-red")}
+
+
+def test_users_of_zones_that_are_gone_are_removed_at_sync(zones, redis_client):
+    store, creds, *_ = zones
+    redis_client.execute_command("ACL", "SETUSER", Keys().node_user("gone", "ab" * 12), "on",
+                                 ">x")
+    redis_client.execute_command("ACL", "SETUSER", Keys().agent_user("gone"), "on", ">x")
+    creds.sync(store.zone_names())
+    assert _users(redis_client, "gone") == set()
+    assert _users(redis_client, "zone-blue")

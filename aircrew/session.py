@@ -24,11 +24,14 @@ from wire import messages, proof
 from wire import snapshot as snapshots
 from wire.errors import InvalidInput, MeshError, NotFound, Unavailable, code_of
 from wire.keys import Keys, node_id
+from wire.logs import Throttle
 from wire.messages import Peer, Request, ZoneUpdate
 
 from .inbox import Inbox
 
 log = logging.getLogger(__name__)
+# Malformed messages from the controller: a few lines and a summary, not one line each.
+_THROTTLE = Throttle(log)
 
 
 class TowerRefused(MeshError):
@@ -153,7 +156,8 @@ class TowerSession:
         try:
             update = messages.parse_update(data)
         except InvalidInput as exc:
-            log.warning("ignored a malformed zone update: %s", exc)
+            _THROTTLE.log(logging.WARNING, "update", "ignored a malformed zone update: %s", exc,
+                          summary="malformed zone updates ignored")
             return
         if update.zone == self.zone:
             self.updates.put_nowait(update)
@@ -164,7 +168,8 @@ class TowerSession:
             reply_id = reply.get("id") if isinstance(reply, dict) else None
             future = self._pending.get(reply_id) if isinstance(reply_id, str) else None
         except (ValueError, UnicodeDecodeError):
-            log.warning("ignored a malformed reply")
+            _THROTTLE.log(logging.WARNING, "reply", "ignored a malformed reply",
+                          summary="malformed replies ignored")
             return
         if future is not None and not future.done():
             future.set_result(reply)
@@ -224,8 +229,9 @@ class TowerSession:
             found = snapshots.parse(read, replies)
         except NotFound as exc:
             raise TowerRefused(str(exc), code_of(NotFound)) from None
-        peers = snapshots.peers(found.records, lambda exc: log.warning(
-            "skipped a malformed peer record in the snapshot: %s", exc))
+        peers = snapshots.peers(found.records, lambda exc: _THROTTLE.log(
+            logging.WARNING, "record", "skipped a malformed peer record in the snapshot: %s",
+            exc, summary="malformed peer records skipped"))
         return ZoneSnapshot(found.fields["cidr"], found.rev, peers)
 
     async def revision(self) -> int:

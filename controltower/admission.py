@@ -15,6 +15,7 @@ from typing import Any
 from wire import messages, proof
 from wire.errors import Forbidden, InvalidInput, MeshError
 from wire.keys import Keys
+from wire.logs import Throttle
 from wire.messages import Request
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ class Job:
 
 class Admission:
     def __init__(self, keys: Keys, tower_private: str, clock_skew: float,
-                 count_invalid: Callable[[], None]) -> None:
+                 count_invalid: Callable[[], None], throttle: Throttle | None = None) -> None:
         self.keys = keys
+        self.throttle = throttle or Throttle(log)
         self.tower_private = tower_private
         self.clock_skew = clock_skew
         self.count_invalid = count_invalid     # called for each malformed registration
@@ -62,8 +64,11 @@ class Admission:
             except InvalidInput as exc:
                 self._refuse_unparsed(job, zone, payload, str(exc))
                 return job
-        except Exception:  # noqa: BLE001 - a poison entry is dropped (acknowledged)
-            log.exception("dropped request entry %s of zone %s", entry_id, zone)
+        except Exception as exc:  # noqa: BLE001 - a poison entry is dropped (acknowledged)
+            self.throttle.log(logging.WARNING, ("poison", zone),
+                              "dropped request entry %s of zone %s: %s: %s", entry_id, zone,
+                              type(exc).__name__, exc,
+                              summary=f"unreadable request entries dropped on zone {zone}")
             return job
         job.request, job.channel = request, self.keys.reply(zone, request.key)
         try:
@@ -110,8 +115,12 @@ class Admission:
             key = messages.public_key(data.get("key"))
             request_id = str(data.get("id", ""))[:64]
         except (ValueError, TypeError, AttributeError, RecursionError, MeshError):
-            log.warning("dropped a malformed request on zone %s: %s", zone, error)
+            self.throttle.log(logging.WARNING, ("dropped", zone),
+                              "dropped a malformed request on zone %s: %s", zone, error,
+                              summary=f"malformed requests dropped on zone {zone}")
             return
-        log.info("refused a malformed request from %s: %s", key, error)
+        self.throttle.log(logging.INFO, ("malformed", zone),
+                          "refused a malformed request from %s: %s", key, error,
+                          summary=f"malformed requests refused on zone {zone}")
         job.channel = self.keys.reply(zone, key)
         job.reply = messages.reply(request_id, "error", False, error=error, code="invalid")

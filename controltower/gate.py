@@ -39,6 +39,7 @@ from ipam.store import ZoneStore
 from wire import identity, messages
 from wire.errors import Forbidden, InvalidInput, MeshError, protocol_code
 from wire.keys import Keys, node_id
+from wire.logs import Throttle
 
 from . import metrics
 from .acl import AgentCredentials
@@ -162,8 +163,11 @@ class Gate:
         self.limits = limits or Limits()
         self.suspensions = Suspensions(suspend_for)
         self.clock = clock
+        # Lines a node can cause (refusals): at most 10 per kind and 10 s, then a summary.
+        self.throttle = Throttle(log)
         self.admission = Admission(self.keys, tower_private, clock_skew,
-                                   metrics.worker().registrations.labels("invalid").inc)
+                                   metrics.worker().registrations.labels("invalid").inc,
+                                   self.throttle)
         self.metrics = metrics.gate()
         self._lock = threading.Lock()
         self.admitted = 0
@@ -182,6 +186,7 @@ class Gate:
             thread.start()
         while not stop.wait(1.0):
             self._lift_suspensions()
+            self.throttle.tick()
         for thread in threads:
             thread.join(5)
 
@@ -298,8 +303,10 @@ class Gate:
             self.admission.authenticate(request, payload, mac)
         except MeshError as exc:
             self.metrics.dropped.labels("refused").inc()
-            log.info("refused %s from %s in zone %s: %s", request.type, request.key,
-                     source.zone, exc)
+            self.throttle.log(logging.INFO, ("refused", source.zone, protocol_code(exc)),
+                              "refused %s from %s in zone %s: %s", request.type, request.key,
+                              source.zone, exc,
+                              summary=f"{protocol_code(exc)} refusals in zone {source.zone}")
             return ("answer", reply_channel, messages.reply(
                 request.id, request.type, False, error=str(exc), code=protocol_code(exc)))
         return request, payload, mac
@@ -356,7 +363,9 @@ class Gate:
                 self.registry.forget_node(source.zone, node.id)
                 raise
         except MeshError as exc:
-            log.info("refused to enroll %s in zone %s: %s", request.key, source.zone, exc)
+            self.throttle.log(logging.INFO, ("enroll", source.zone, protocol_code(exc)),
+                              "refused to enroll %s in zone %s: %s", request.key, source.zone,
+                              exc, summary=f"refused enrollments in zone {source.zone}")
             self.metrics.enrollments.labels(protocol_code(exc)).inc()
             return channel, messages.reply(request.id, "enroll", False, error=str(exc),
                                            code=protocol_code(exc))

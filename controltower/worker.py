@@ -44,6 +44,7 @@ from ipam.store import Guard, Zone, ZoneStore
 from wire import messages
 from wire.errors import Forbidden, MeshError, NotFound, protocol_code
 from wire.keys import REQUEST_GROUP
+from wire.logs import Throttle
 from wire.messages import Request
 
 from . import metrics, towerkey
@@ -87,8 +88,11 @@ class RequestWorker:
                          clock_skew=clock_skew)
         store.scripts.load()
         self.metrics = metrics.worker()
+        # Per-request lines an agent can cause: at most 10 per kind and 10 s, then a summary.
+        self.throttle = Throttle(log)
         self.admission = Admission(self.keys, self.tower_private, clock_skew,
-                                   self.metrics.registrations.labels("invalid").inc)
+                                   self.metrics.registrations.labels("invalid").inc,
+                                   self.throttle)
         self.publisher = Publisher(store, publish_window, publish_window_max, clock,
                                    self.metrics.publish_latency.observe)
         self._zones: list[str] = []
@@ -150,15 +154,19 @@ class RequestWorker:
                 batches = self.redis.xreadgroup(REQUEST_GROUP, self.consumer, streams,
                                                 count=self.batch, block=block)
             except redis.exceptions.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                # A zone deleted under us: its group is gone (NOGROUP), or Redis 7 ends
+                # the blocked read of its stream (UNBLOCKED ... no longer exists).
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
-                self._zones_at = 0.0  # a zone was deleted under us: refresh
+                log.debug("a zone's request stream went away (%s): refreshing zones", exc)
+                self._zones_at = 0.0
                 batches = []
             for stream, entries in batches or []:
                 self._handle_entries(self._zone_of(stream), entries)
         else:
             time.sleep(min(self.zone_refresh, 0.2))
         self._publish()
+        self.throttle.tick()
 
     def _beat(self, now: float) -> None:
         """Tell the API (``/ready``) this worker is alive: a key that expires unless renewed."""
@@ -416,8 +424,9 @@ class RequestWorker:
     def _refuse(self, job: Job, exc: MeshError) -> None:
         r = job.request
         code = protocol_code(exc)
-        log.info("refused %s from %s in zone %s (request %s): %s", r.type, r.key, r.zone,
-                 r.id, exc, extra={"request_id": r.id})
+        self.throttle.log(logging.INFO, ("refused", r.zone, code),
+                          "refused %s from %s in zone %s (request %s): %s", r.type, r.key,
+                          r.zone, r.id, exc, summary=f"{code} refusals in zone {r.zone}")
         job.reply = messages.reply(r.id, r.type, False, error=str(exc), code=code)
         self._count(r, code)
 

@@ -247,7 +247,12 @@ class Agent:
 
     async def _connected(self) -> None:
         self._command_failures = 0
-        client = await self._login()
+        try:
+            client = await self._login()
+        except redis.exceptions.InvalidResponse:
+            raise AgentExit("the controller does not speak the Redis protocol: is "
+                            "--controller the tower's Redis port (6379), not its HTTP port "
+                            "(8080)?") from None
         session = TowerSession(client, self.s.zone, self.s.private_key, keys=self.keys,
                                session_id=self.session.session_id if self.session else None)
         self.session = session
@@ -402,6 +407,8 @@ class Agent:
                      extra={"request_id": exc.request_id})
             if exc.code == code_of(Removed):
                 raise AgentExit(f"{exc} ({REMOVED['deleted']})", ENDED) from None
+            if exc.code == code_of(Unavailable):     # e.g. the zone's request stream broke
+                raise Unavailable(f"the tower cannot take requests now: {exc}") from None
             raise AgentExit(f"the tower refused to register this node: {exc}") from None
         if self.assignment and self.assignment["address"] != reply["address"]:
             log.warning("the tower moved this node from %s to %s", self.assignment["address"],

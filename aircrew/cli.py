@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from wire import configfile, logs, proof
+from wire import clitypes, configfile, logs, proof
 from wire.errors import MeshError
 from wire.secretfile import write_secret
 
@@ -18,65 +19,89 @@ from . import config
 
 log = logging.getLogger("aircrew")
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "AIRCREW"}
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-@click.group(invoke_without_command=True, context_settings=CONTEXT)
+@click.group(cls=clitypes.CommandGroup, invoke_without_command=True, context_settings=CONTEXT)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), is_eager=True,
               expose_value=False, callback=configfile.option_callback,
-              help="TOML file with any of these options (command line > AIRCREW_* env > file).")
-@click.option("--public-key", help="This node's WireGuard public key (optional: derived and checked).")
-@click.option("--private-key", help="This node's WireGuard private key (shows in ps: prefer the file).")
+              envvar=["AIRCREW_CONFIG", "AIRCREW_CONFIG_FILE"],
+              help="TOML file with any of these options (command line > AIRCREW_* env > file); "
+                   "keep it mode 0600 when it holds a secret.")
+@click.option("--public-key", type=clitypes.PUBLIC_KEY,
+              help="This node's WireGuard public key (optional: derived and checked).")
+@click.option("--private-key", cls=clitypes.SecretOption, type=clitypes.PRIVATE_KEY,
+              help="This node's WireGuard private key (shows in ps: prefer the file).")
 @click.option("--private-key-file", type=click.Path(dir_okay=False, path_type=Path),
               help="File holding the private key (mode 0600).")
 @click.option("--allow-insecure-key-file", is_flag=True,
-              help="Accept a private key file that other users can read.")
-@click.option("--controller", help="The controller's Redis: host, host:port or redis(s):// URL.")
-@click.option("--controller-password",
+              help="Accept a private key or password file that other users can read.")
+@click.option("--controller", type=config.CONTROLLER,
+              help="The controller's Redis: host, host:port or redis(s):// URL.")
+@click.option("--controller-password", cls=clitypes.SecretOption,
               help="The zone's agent secret: enrolls this node once where the zone accepts it "
-                   "(prefer --join-key).")
-@click.option("--join-key", help="A join key (`controltower joinkey create`): enrolls this node "
-                                 "once; its own credential is kept in the state directory.")
-@click.option("--name", help="This node's name in its zone (default: the host name; a suffix "
-                             "is added when taken).")
+                   "(prefer --join-key). Shows in ps as a flag: prefer "
+                   "--controller-password-file or a 0600 config or environment file.")
+@click.option("--controller-password-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File holding the zone's agent secret (one line, mode 0600).")
+@click.option("--join-key", cls=clitypes.SecretOption, type=clitypes.JOIN_KEY,
+              help="A join key (`controltower joinkey create`): enrolls this node once; its own "
+                   "credential is kept in the state directory. Shows in ps as a flag: prefer "
+                   "--join-key-file.")
+@click.option("--join-key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File holding a join key (one line, mode 0600).")
+@click.option("--name", type=clitypes.NODE_NAME,
+              help="This node's name in its zone (default: the host name; a suffix is added "
+                   "when taken).")
 @click.option("--hosts-file", default="/etc/hosts", show_default=True,
               help="Where the zone's nodes are named <name>.<zone> (a managed block); "
                    "'none' turns it off.")
-@click.option("--dns-suffix", default="", help="Also name them <name>.<zone>.<suffix>.")
+@click.option("--dns-suffix", default="", type=clitypes.DNS_SUFFIX,
+              help="Also name them <name>.<zone>.<suffix>.")
 @click.option("--controller-ca", type=click.Path(exists=True, dir_okay=False),
               help="CA of the controller's Redis (rediss:// URLs).")
 @click.option("--controller-cert", type=click.Path(exists=True, dir_okay=False),
               help="Client certificate for the controller's Redis.")
 @click.option("--controller-key", type=click.Path(exists=True, dir_okay=False),
               help="Key of that client certificate.")
-@click.option("--zone", default="default", show_default=True, help="Zone to join.")
-@click.option("--local-endpoint-ip", help="Advertise this IP (with the listen port) as the endpoint.")
+@click.option("--zone", default="default", show_default=True, type=clitypes.ZONE,
+              help="Zone to join.")
+@click.option("--local-endpoint-ip", type=clitypes.ENDPOINT_IP,
+              help="Advertise this IP (with the listen port) as the endpoint.")
 @click.option("--internal-network", is_flag=True,
               help="Advertise the host's own primary address instead of the STUN-discovered one.")
-@click.option("--child-prefix", multiple=True, help="A prefix behind this node to route to it (repeatable).")
-@click.option("--request-ip", help="Ask for this mesh address (inside the zone's CIDR).")
-@click.option("--listen-port", default=51820, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--interface", default="wg0", show_default=True, help="WireGuard interface name.")
-@click.option("--stun-server", multiple=True,
+@click.option("--child-prefix", multiple=True, type=clitypes.PREFIX,
+              help="A prefix behind this node to route to it (repeatable).")
+@click.option("--request-ip", type=clitypes.IP_ADDRESS,
+              help="Ask for this mesh address (inside the zone's CIDR).")
+@click.option("--listen-port", default=51820, show_default=True, type=click.IntRange(1, 65535),
+              help="UDP port of this node's WireGuard interface (and of its STUN queries).")
+@click.option("--interface", default="wg0", show_default=True, type=config.INTERFACE,
+              help="WireGuard interface name.")
+@click.option("--stun-server", multiple=True, type=config.HOST_PORT,
               help="STUN server host[:port] (repeatable; default: the controller host, UDP 3478 "
                    "and 3479).")
 @click.option("--state-dir", default="/etc/wireguard", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Where config and cache live.")
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where the interface's config, latest revision and zone cache live.")
 @click.option("--relays/--no-relays", default=True, show_default=True,
               help="Reach peers that cannot be reached directly through the zone's relays, and "
                    "probe direct paths from the WireGuard port (needs CAP_NET_RAW).")
-@click.option("--heartbeat-interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
-@click.option("--endpoint-interval", default=60.0, show_default=True, type=click.FloatRange(1, 86400),
-              help="Seconds between endpoint re-checks.")
+@click.option("--heartbeat-interval", default=10.0, show_default=True,
+              type=clitypes.FiniteFloat(0.5, 3600),
+              help="Seconds between heartbeats (the tower shows a node offline after 30 s "
+                   "without one).")
+@click.option("--endpoint-interval", default=60.0, show_default=True,
+              type=clitypes.FiniteFloat(1, 86400), help="Seconds between endpoint re-checks.")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(logs.LEVELS, case_sensitive=False))
+              type=click.Choice(logs.LEVELS, case_sensitive=False), help="Least level logged.")
 @click.option("--log-format", default="text", show_default=True,
               type=click.Choice(logs.FORMATS, case_sensitive=False),
               help="text for people, json for machines (one object per line).")
 @click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
               help="Serve Prometheus metrics on this TCP port (0: off).")
 @click.option("--metrics-listen", default="127.0.0.1", show_default=True,
-              help="Address the metrics endpoint listens on.")
+              type=clitypes.IP_ADDRESS, help="Address the metrics endpoint listens on.")
 @click.pass_context
 def main(ctx: click.Context, **opts) -> None:
     """Join this node to a zone and keep its WireGuard interface equal to the zone.
@@ -85,13 +110,39 @@ def main(ctx: click.Context, **opts) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    problems = config.agent_problems(opts)
+    if problems:
+        raise click.UsageError(problems[0])
     logs.setup(opts["log_level"], opts["log_format"].lower())
+    warn_about_visible_secrets(ctx, opts)
     try:
         code = _run_agent(opts)
     except MeshError as exc:
         click.echo(f"aircrew: {exc}", err=True)
         code = 1
     sys.exit(code)
+
+
+def warn_about_visible_secrets(ctx: click.Context, opts: dict) -> None:
+    """A secret given as a flag shows in ps for as long as the agent runs; so does one
+    given to a parent that keeps running (``sudo AIRCREW_CONTROLLER_PASSWORD=... aircrew``)."""
+    for option in ctx.command.params:
+        value = opts.get(option.name)
+        if not clitypes.is_secret(option) or not value or option.name == "private_key":
+            continue            # (config.read_private_key warns about the key itself)
+        flag = option.opts[0]
+        if ctx.get_parameter_source(option.name) is click.core.ParameterSource.COMMANDLINE:
+            log.warning("%s was given on the command line, which every user sees in ps: "
+                        "use a 0600 file (%s-file or --config) instead", flag, flag)
+        parent = os.getppid()
+        try:
+            argv = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(value.encode() in arg for arg in argv):
+            log.warning("%s is in the command line of this agent's parent process (pid %d), "
+                        "which every user sees in ps (sudo VAR=... does that): put it in a "
+                        "0600 file instead", flag, parent)
 
 
 def _run_agent(opts: dict) -> int:
@@ -101,30 +152,30 @@ def _run_agent(opts: dict) -> int:
     from .endpoint import HostAddressEndpoint, StaticEndpoint, StunEndpoint
     from .routes import LinkConfig
     from .state import StateFiles
-    from wire import messages
-
-    from wire import identity
+    from wire import identity, messages
     from .credential import CredentialFile
     from .hosts import HostsFile
 
     if not opts["controller"]:
         raise click.UsageError("--controller is required")
     zone = messages.zone_name(opts["zone"])
-    join_key = opts["join_key"]
+    join_key = config.read_join_key(opts["join_key"], opts["join_key_file"],
+                                    opts["allow_insecure_key_file"])
     if join_key:
         key_zone = identity.parse_join_key(join_key).zone
         if zone == "default" and key_zone != zone:
             zone = key_zone                    # the key says which zone
         elif key_zone != zone:
             raise click.UsageError(f"the join key is for zone {key_zone}, not --zone {zone}")
-    node_name = identity.node_name(opts["name"], "--name") if opts["name"] else None
     private_key = config.read_private_key(opts["private_key"], opts["private_key_file"],
                                           opts["allow_insecure_key_file"])
+    password = config.read_password(opts["controller_password"], opts["controller_password_file"],
+                                    opts["allow_insecure_key_file"])
     config.check_public_key(private_key, opts["public_key"])
     port = opts["listen_port"]
     host = config.controller_host(opts["controller"])
     if opts["local_endpoint_ip"]:
-        endpoints = StaticEndpoint(config.check_ip(opts["local_endpoint_ip"], "--local-endpoint-ip"), port)
+        endpoints = StaticEndpoint(opts["local_endpoint_ip"], port)
     elif opts["internal_network"]:
         endpoints = HostAddressEndpoint(host, port)
     else:
@@ -133,18 +184,17 @@ def _run_agent(opts: dict) -> int:
                                              (host, config.DEFAULT_STUN_PORT + 1)], port)
     settings = AgentSettings(
         zone=zone, private_key=private_key,
-        controller_urls=config.controller_urls(opts["controller"], opts["controller_password"], zone),
+        controller_urls=config.controller_urls(opts["controller"], password, zone),
         controller_tls={k: v for k, v in (("ssl_ca_certs", opts["controller_ca"]),
                                           ("ssl_certfile", opts["controller_cert"]),
                                           ("ssl_keyfile", opts["controller_key"])) if v},
         listen_port=port, child_prefixes=config.check_prefixes(opts["child_prefix"]),
         request_ip=config.check_ip(opts["request_ip"], "--request-ip"),
         heartbeat_interval=opts["heartbeat_interval"], endpoint_interval=opts["endpoint_interval"],
-        controller=opts["controller"], join_key=join_key,
-        zone_secret=opts["controller_password"], name=node_name,
-        credentials=CredentialFile(opts["state_dir"], opts["interface"]),
+        controller=opts["controller"], join_key=join_key, zone_secret=password,
+        name=opts["name"], credentials=CredentialFile(opts["state_dir"], opts["interface"]),
         hosts=None if opts["hosts_file"] in ("", "none") else HostsFile(
-            Path(opts["hosts_file"]), opts["interface"], opts["dns_suffix"].strip(".")),
+            Path(opts["hosts_file"]), opts["interface"], opts["dns_suffix"]),
         relays=opts["relays"], controller_host=host)
     name = opts["interface"]
     heap.use_one_arena()
@@ -180,26 +230,32 @@ def _run_agent(opts: dict) -> int:
 
 @main.command()
 @click.option("--private-key-file", default="/etc/wireguard/private.key", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path))
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Where the new private key is written (mode 0600).")
 @click.option("--public-key-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="Default: the private key file's name with .pub.")
+              help="Where the public key is written. Default: the private key file's name "
+                   "with .pub added (private.key -> private.key.pub).")
 @click.option("--force", is_flag=True, help="Overwrite an existing key file.")
 def keygen(private_key_file: Path, public_key_file: Path | None, force: bool) -> None:
     """Write a new key pair (private key file mode 0600); prints the public key."""
+    public_key_file = public_key_file or private_key_file.with_name(private_key_file.name + ".pub")
+    if public_key_file.resolve() == private_key_file.resolve():
+        raise click.UsageError("the public key file must not be the private key file")
     if private_key_file.exists() and not force:
         raise click.ClickException(f"{private_key_file} exists (use --force to overwrite)")
     private = proof.generate_private_key()
     public = proof.public_key_of(private)
     write_secret(private_key_file, private + "\n")
-    public_key_file = public_key_file or private_key_file.with_suffix(".pub")
     public_key_file.write_text(public + "\n")
     click.echo(public)
 
 
 def _state_options(f):
-    f = click.option("--interface", default="wg0", show_default=True)(f)
+    f = click.option("--interface", default="wg0", show_default=True, type=config.INTERFACE,
+                     help="WireGuard interface name (as the agent's).")(f)
     f = click.option("--state-dir", default="/etc/wireguard", show_default=True,
-                     type=click.Path(file_okay=False, path_type=Path))(f)
+                     type=click.Path(file_okay=False, path_type=Path),
+                     help="The agent's state directory (as the agent's).")(f)
     return f
 
 
@@ -254,23 +310,28 @@ def _path_cell(entry: dict | None, relays: dict, stale: bool) -> str:
 
 @main.command()
 @_state_options
-@click.option("--controller", envvar="AIRCREW_CONTROLLER",
-              help="Also tell the tower this node leaves (releases its address).")
-@click.option("--controller-password", envvar="AIRCREW_CONTROLLER_PASSWORD")
-@click.option("--private-key-file", envvar="AIRCREW_PRIVATE_KEY_FILE",
-              default="/etc/wireguard/private.key", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--zone", envvar="AIRCREW_ZONE", default=None,
-              help="Default: the zone in the cached state.")
-@click.option("--hosts-file", envvar="AIRCREW_HOSTS_FILE", default="/etc/hosts",
-              show_default=True, help="Whose aircrew block to remove ('none': leave it).")
+@click.option("--controller", type=config.CONTROLLER,
+              help="Also tell the tower this node leaves (releases its address and "
+                   "prefixes): the only way to release them before the node expires.")
+@click.option("--controller-password", cls=clitypes.SecretOption,
+              help="The zone's agent secret, for --controller.")
+@click.option("--controller-password-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File holding the zone's agent secret, for --controller.")
+@click.option("--private-key-file", default="/etc/wireguard/private.key", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="This node's private key, to sign the leave request.")
+@click.option("--zone", default=None, type=clitypes.ZONE,
+              help="The zone to leave. Default: the zone in the cached state.")
+@click.option("--hosts-file", default="/etc/hosts", show_default=True,
+              help="Whose aircrew block to remove ('none': leave it).")
 def down(interface: str, state_dir: Path, controller: str | None,
-         controller_password: str | None, private_key_file: Path, zone: str | None,
-         hosts_file: str) -> None:
+         controller_password: str | None, controller_password_file: Path | None,
+         private_key_file: Path, zone: str | None, hosts_file: str) -> None:
     """Remove the interface, the routes aircrew added, the names in the hosts file and
     the state files (the node's credential stays: it is still enrolled).
 
-    With --controller, first send `leave` so the tower releases the address."""
+    With --controller, first send `leave` (as this node, with its stored credential) so
+    the tower releases the address."""
     from .credential import CredentialFile
     from .hosts import HostsFile
     from .backend import open_device
@@ -283,7 +344,8 @@ def down(interface: str, state_dir: Path, controller: str | None,
     if controller:
         try:
             key = config.read_private_key(None, private_key_file, False)
-            urls = config.controller_urls(controller, controller_password, zone)
+            password = config.read_password(controller_password, controller_password_file, False)
+            urls = config.controller_urls(controller, password, zone)
             stored = CredentialFile(state_dir, interface).load()
             if stored is not None and stored.zone == zone:
                 urls.insert(0, config.login_url(controller, stored.user, stored.password))
@@ -347,4 +409,7 @@ def config_example() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def config_check(file: Path) -> None:
     """Parse and lint FILE; report every problem with its line."""
-    configfile.check_and_report(main, file)
+    configfile.check_and_report(main, file, config.agent_problems)
+
+
+clitypes.name_variables(main, "AIRCREW")

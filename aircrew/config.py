@@ -5,11 +5,16 @@ import ipaddress
 import logging
 import stat
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from wire import proof
-from wire.keys import Keys
+from wire import identity, proof
+from wire.clitypes import Checked
 from wire.errors import InvalidInput
+from wire.keys import Keys
+from wire.secretfile import read_secret
+
+from .wgfields import validate_ifname
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +131,65 @@ def check_prefixes(values: tuple[str, ...]) -> tuple[str, ...]:
         except ValueError as exc:
             raise InvalidInput(f"--child-prefix {value!r}: {exc}") from None
     return tuple(out)
+
+
+def read_password(password: str | None, password_file: Path | None, allow_insecure: bool) -> str | None:
+    """The zone's agent secret: given, or read from a file (one line, not empty; a file
+    other users may read is refused unless allowed, as the key file is)."""
+    return _given_or_read(password, password_file, allow_insecure, "controller password")
+
+
+def read_join_key(key: str | None, key_file: Path | None, allow_insecure: bool) -> str | None:
+    """A join key: given, or read from a file (as ``read_password``), and checked."""
+    text = _given_or_read(key, key_file, allow_insecure, "join key")
+    if text is not None and key_file is not None:
+        identity.parse_join_key(text)
+    return text
+
+
+def _given_or_read(value: str | None, path: Path | None, allow_insecure: bool,
+                   what: str) -> str | None:
+    flag = "--" + what.replace(" ", "-")
+    if value and path:
+        raise InvalidInput(f"give {flag} or {flag}-file, not both")
+    if path is None:
+        return value or None
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    if mode & (stat.S_IROTH | stat.S_IWOTH) and not allow_insecure:
+        raise InvalidInput(f"{what} file {path} is readable by other users; chmod 600 it "
+                           "(or pass --allow-insecure-key-file)")
+    return read_secret(path, f"{what} file")
+
+
+def _controller(text: str) -> str:
+    controller_url(text, None)          # checks the form; the URL is built later
+    return text
+
+
+def _host_port(text: str) -> str:
+    split_host_port(text, DEFAULT_STUN_PORT)
+    return text.strip()
+
+
+# click types of the agent's options (the checks above, for flags, variables and files)
+CONTROLLER = Checked("controller", _controller)
+HOST_PORT = Checked("host[:port]", _host_port)
+INTERFACE = Checked("name", validate_ifname)
+
+
+def agent_problems(values: dict[str, Any]) -> list[str]:
+    """What is wrong with a combination of the agent's settings (at start and in
+    `config check`)."""
+    problems = []
+    if values.get("private_key") and values.get("private_key_file"):
+        problems.append("give --private-key or --private-key-file, not both")
+    if values.get("controller_password") and values.get("controller_password_file"):
+        problems.append("give --controller-password or --controller-password-file, not both")
+    if values.get("join_key") and values.get("join_key_file"):
+        problems.append("give --join-key or --join-key-file, not both")
+    if values.get("local_endpoint_ip") and values.get("internal_network"):
+        problems.append("give --local-endpoint-ip or --internal-network, not both")
+    return problems

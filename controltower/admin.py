@@ -19,6 +19,8 @@ from typing import Any
 
 import click
 
+from wire import clitypes
+
 from .apiclient import DEFAULT_API_URL, ApiClient, ApiError, ApiUnreachable, TlsFiles
 
 DEFAULT_DATA_DIR = Path("/var/lib/controltower")
@@ -82,11 +84,10 @@ def _read_token_file(path: Path) -> str:
     return token
 
 
-def _default_token(client_is_loopback: bool) -> str | None:
+def _default_token(client_is_loopback: bool, data_dir: Path) -> str | None:
     """On the tower host itself, the token the tower generated (when this user may read it)."""
     if not client_is_loopback:
         return None
-    data_dir = Path(os.environ.get("CONTROLTOWER_DATA_DIR") or DEFAULT_DATA_DIR)
     path = data_dir / "admin-token"
     try:
         return path.read_text().strip() or None
@@ -96,7 +97,7 @@ def _default_token(client_is_loopback: bool) -> str | None:
 
 def make_client(api_url: str, token: str | None, token_file: Path | None,
                 ca_file: Path | None, cert_file: Path | None, key_file: Path | None,
-                timeout: float) -> ApiClient:
+                timeout: float, data_dir: Path = DEFAULT_DATA_DIR) -> ApiClient:
     if token is None and token_file is not None:
         token = _read_token_file(token_file)
     try:
@@ -104,7 +105,7 @@ def make_client(api_url: str, token: str | None, token_file: Path | None,
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if client.token is None:
-        client.token = _default_token(client.is_loopback)
+        client.token = _default_token(client.is_loopback, data_dir)
     return client
 
 
@@ -122,6 +123,11 @@ def api_command(f: Callable[..., None]) -> Callable[..., None]:
                      show_envvar=True,
                      envvar=["CONTROLTOWER_TOKEN_FILE", "CONTROLTOWER_ADMIN_TOKEN_FILE"],
                      help="File holding the admin token (keeps it out of ps and history)."),
+        click.option("--data-dir", default=str(DEFAULT_DATA_DIR), show_default=True,
+                     show_envvar=True, envvar="CONTROLTOWER_DATA_DIR",
+                     type=click.Path(file_okay=False, path_type=Path),
+                     help="The tower's data directory, where the default token is found "
+                          "(same as serve's --data-dir)."),
         click.option("--ca-file", type=file_type, envvar="CONTROLTOWER_CA_FILE",
                      show_envvar=True, help="CA bundle to verify an https API with."),
         click.option("--cert-file", type=file_type, envvar="CONTROLTOWER_CERT_FILE",
@@ -129,17 +135,18 @@ def api_command(f: Callable[..., None]) -> Callable[..., None]:
         click.option("--key-file", type=file_type, envvar="CONTROLTOWER_KEY_FILE",
                      show_envvar=True, help="Private key of the TLS client certificate (PEM)."),
         click.option("--timeout", default=10.0, show_default=True, show_envvar=True,
-                     type=click.FloatRange(0.1, 600), envvar="CONTROLTOWER_API_TIMEOUT",
+                     type=clitypes.FiniteFloat(0.1, 600), envvar="CONTROLTOWER_API_TIMEOUT",
                      help="Seconds to wait for the API."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print the API's answer as one JSON document."),
     ]
 
     @functools.wraps(f)
-    def wrapper(api_url: str, token: str | None, token_file: Path | None,
+    def wrapper(api_url: str, token: str | None, token_file: Path | None, data_dir: Path,
                 ca_file: Path | None, cert_file: Path | None, key_file: Path | None,
                 timeout: float, as_json: bool, **kwargs: Any) -> None:
-        client = make_client(api_url, token, token_file, ca_file, cert_file, key_file, timeout)
+        client = make_client(api_url, token, token_file, ca_file, cert_file, key_file, timeout,
+                             data_dir)
         try:
             f(Output(client, as_json), **kwargs)
         except ApiError as exc:

@@ -16,7 +16,7 @@ from .private_redis import RedisTLSPort
 from .serve import ServeSettings, Tower
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=clitypes.CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """ControlTower: zones, addresses and peer lists for aircrew WireGuard meshes."""
 
@@ -63,7 +63,8 @@ admin.register(main)
               help="kernel: nftables forwards relayed data (needs CAP_NET_ADMIN); user: Python "
                    "does; auto: kernel when possible.")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(logs.LEVELS, case_sensitive=False), envvar="CONTROLTOWER_LOG_LEVEL")
+              type=click.Choice(logs.LEVELS, case_sensitive=False), envvar="CONTROLTOWER_LOG_LEVEL",
+              help="Least level logged (the API workers' lines too).")
 @click.option("--log-format", default="text", show_default=True,
               type=click.Choice(logs.FORMATS, case_sensitive=False),
               envvar="CONTROLTOWER_LOG_FORMAT",
@@ -231,4 +232,15 @@ def config_example() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def config_check(file: Path) -> None:
     """Parse and lint FILE; report every problem with its line."""
-    configfile.check_and_report(serve, file)
+    configfile.check_and_report(serve, file, _file_problems)
+
+
+def _file_problems(values: dict[str, Any]) -> list[str]:
+    """serve_problems of a file's values over serve's defaults."""
+    defaults = {p.name: configfile.default(p) for p in configfile.options(serve)}
+    return serve_problems({**defaults, **values})
+
+
+# serve's options all have a variable; the admin commands' only their connection options
+# (admin.api_command), not those describing the zone, key or route of one call.
+clitypes.name_variables(main, "CONTROLTOWER", only=lambda command: command is serve)

@@ -37,7 +37,8 @@ from ipam.calls import Call, queue, settle_all
 from ipam.registry import Registry
 from ipam.store import ZoneStore
 from wire import identity, messages
-from wire.errors import Forbidden, InvalidInput, MeshError, protocol_code
+from wire.errors import (Forbidden, InvalidInput, MeshError, Unavailable, code_of,
+                         protocol_code)
 from wire.keys import Keys, node_id
 from wire.logs import Throttle
 
@@ -336,7 +337,15 @@ class Gate:
                     request.id, request.type, False, error=f"zone {source.zone} does not exist",
                     code="not-found")))
             elif isinstance(outcome, Exception):
-                log.error("admitting a request of %s failed: %s", source.sender, outcome)
+                # e.g. a stream whose ID space is used up: the node hears why and retries.
+                self.throttle.log(logging.ERROR, ("admit", source.zone),
+                                  "admitting a request of %s failed: %s", source.sender, outcome,
+                                  summary=f"requests not admitted in zone {source.zone}")
+                late.append((self.keys.reply(source.zone, node=source.node), messages.reply(
+                    request.id, request.type, False,
+                    error=f"zone {source.zone}'s request stream refuses requests "
+                          f"({messages.brief(str(outcome))})",
+                    code=code_of(Unavailable))))
             elif outcome:
                 self.admitted += 1
                 self.metrics.admitted.inc()

@@ -29,7 +29,7 @@ def test_keygen_writes_a_0600_private_key(tmp_path):
     assert result.exit_code == 0
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert result.output.strip() == public_key_of(path.read_text().strip())
-    assert (tmp_path / "private.pub").read_text().strip() == result.output.strip()
+    assert (tmp_path / "private.key.pub").read_text().strip() == result.output.strip()
     again = CliRunner().invoke(cli.main, ["keygen", "--private-key-file", str(path)])
     assert again.exit_code != 0 and "exists" in again.output
 
@@ -89,9 +89,21 @@ def test_controller_forms():
 
 def test_run_validation_errors_exit_nonzero(tmp_path):
     result = CliRunner().invoke(cli.main, ["--controller", "127.0.0.1", "--private-key", "bad"])
-    assert result.exit_code == 1 and "private key" in result.output
+    assert result.exit_code == 2 and "private key" in result.output
     result = CliRunner().invoke(cli.main, ["--private-key", generate_private_key()])
     assert result.exit_code != 0 and "--controller is required" in result.output
     result = CliRunner().invoke(cli.main, ["--controller", "h", "--private-key",
                                            generate_private_key(), "--zone", "bad zone"])
-    assert result.exit_code == 1 and "zone name" in result.output
+    assert result.exit_code == 2 and "zone name" in result.output
+
+
+def test_keygen_never_writes_the_public_key_over_the_private_one(tmp_path):
+    """issue 15, item 21: `--private-key-file k.pub` lost the new private key."""
+    path = tmp_path / "k.pub"
+    result = CliRunner().invoke(cli.main, ["keygen", "--private-key-file", str(path)])
+    assert result.exit_code == 0, result.output
+    assert public_key_of(path.read_text().strip()) == result.output.strip()
+    assert (tmp_path / "k.pub.pub").read_text().strip() == result.output.strip()
+    same = CliRunner().invoke(cli.main, ["keygen", "--private-key-file", str(tmp_path / "a"),
+                                         "--public-key-file", str(tmp_path / "a")])
+    assert same.exit_code == 2 and "must not be the private key file" in same.output

@@ -45,7 +45,7 @@ def test_check_reports_every_problem_with_its_line(tmp_path):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 3
-    assert "line 2: listen-port:" in lines[0] and "not a valid integer" in lines[0]
+    assert "line 2: listen-port:" in lines[0] and "must be a whole number" in lines[0]
     assert "line 4: unknown option 'foo'" in lines[1]
     assert "line 5: child-prefix: must be a list" in lines[2]
     path.write_text("port = \n")

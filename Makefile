@@ -9,10 +9,14 @@ APT_PACKAGES := redis-server redis-sentinel wireguard-go wireguard-tools iproute
                 chromium chromium-driver fonts-dejavu-core
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench deps apt venv bench-deps agent-dist clean
+.PHONY: test demo bench deps apt venv bench-deps agent-dist agent-pyz install-tower clean
 
 deps: apt venv
 
+# Debian starts its redis-server service on 6379 when the package is installed: the port
+# of the tower's private Redis. When this step installs redis-server itself, it stops and
+# disables that service (the tower runs its own); one installed before is left alone.
+SYSTEMD_RUN_DIR ?= /run/systemd/system
 apt: .stamp-apt
 .stamp-apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -20,7 +24,12 @@ apt: .stamp-apt
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing || exit 1; \
+	  case " $$missing " in *" redis-server "*) \
+	    echo "disabling Debian's redis-server service: the tower starts its own Redis on 6379"; \
+	    if [ -d $(SYSTEMD_RUN_DIR) ]; then systemctl disable --now redis-server; \
+	    else service redis-server stop || true; update-rc.d redis-server disable || true; fi ;; \
+	  esac; \
 	fi
 	@touch $@
 
@@ -50,6 +59,19 @@ bench: deps bench-deps
 # it with `pip install apex_mesh_agent-<version>-py3-none-any.whl` (see docs/operations.md).
 agent-dist: venv
 	$(PY) -m deploy.agentdist --out dist
+
+# The agent as one executable file, dist/aircrew.pyz (needs only python3 >= 3.11 on a
+# node): `sudo install -m 0755 aircrew.pyz /usr/local/bin/aircrew` (docs/quickstart.md).
+agent-pyz: venv
+	$(PY) -m deploy.agentdist --pyz --out dist
+
+# The tower on this host: the virtualenv, and controltower and aircrew on sudo's PATH.
+PREFIX ?= /usr/local
+install-tower: deps
+	install -d $(PREFIX)/bin
+	ln -sf $(CURDIR)/$(VENV)/bin/controltower $(PREFIX)/bin/controltower
+	ln -sf $(CURDIR)/$(VENV)/bin/aircrew $(PREFIX)/bin/aircrew
+	@echo "installed: $(PREFIX)/bin/controltower (start: sudo controltower serve; see docs/quickstart.md)"
 
 clean:
 	rm -rf $(VENV) .stamp-apt .stamp-venv .stamp-bench *.egg-info build dist

@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := redis-server redis-sentinel wireguard-go wireguard-tools iproute2 nftables \
-                iputils-ping iperf3 coturn procps curl systemd tcpdump conntrack \
-                chromium chromium-driver fonts-dejavu-core
+                iputils-ping iperf3 coturn procps curl systemd tcpdump conntrack python3-venv \
+                openssl chromium chromium-driver fonts-dejavu-core
 PYTEST_ARGS ?=
 
 .PHONY: test demo bench deps apt venv bench-deps agent-dist agent-pyz install-tower clean

@@ -46,6 +46,7 @@ ERROR_RESPONSES: dict[str, tuple[str, str]] = {
     "403": ("Forbidden", "The admin token is not valid."),
     "404": ("NotFound", "The zone or peer does not exist."),
     "409": ("Conflict", "The request collides with existing state."),
+    "413": ("PayloadTooLarge", "The request body is larger than 64 KiB."),
     "503": ("Unavailable", "The zone store (Redis) is unreachable."),
 }
 
@@ -381,11 +382,31 @@ def _create_zone(operation_id: str, summary: str, name: str, cidr: str) -> dict[
         "requestBody": {"required": True, "content": {JSON: {
             "schema": _ref("NewZone"),
             "example": {"Name": name, "Description": f"Tenant - {name}", "CIDR": cidr}}}},
-        "responses": {"201": _json(_ref("NewZoneCreated"), "The zone was created.",
-                                   {"Name": name, "Description": f"Tenant - {name}",
-                                    "IpCidr": cidr, "AgentSecret": "q4Bm2x...shown-once"}),
-                      **_errors("400", "409")},
+        "responses": {"201": {**_json(_ref("NewZoneCreated"), "The zone was created.",
+                                      {"Name": name, "Description": f"Tenant - {name}",
+                                       "IpCidr": cidr, "AgentSecret": "q4Bm2x...shown-once"}),
+                              "links": ZONE_LINKS},
+                      **_errors("400", "409", "413")},
     }
+
+
+# What a client does next with the first peer of a listing.
+PEER_LINKS: dict[str, Any] = {
+    "ShowPeer": {"operationId": "showPeer", "parameters": {"key": "$response.body#/0/PublicKey"}},
+    "DeletePeer": {"operationId": "deletePeer",
+                   "parameters": {"key": "$response.body#/0/PublicKey"}},
+}
+
+# What a client does next with a zone it created (OpenAPI links; schemathesis's stateful
+# run follows them).
+ZONE_LINKS: dict[str, Any] = {
+    "ShowZone": {"operationId": "showZone", "parameters": {"name": "$response.body#/Name"}},
+    "DeleteZone": {"operationId": "deleteZone", "parameters": {"name": "$response.body#/Name"}},
+    "RotateZoneSecret": {"operationId": "rotateZoneSecret",
+                         "parameters": {"name": "$response.body#/Name"}},
+    "ListLeases": {"operationId": "listLeases", "parameters": {"zone": "$response.body#/Name"}},
+    "ListPeersOfZone": {"operationId": "listPeers", "parameters": {"zone": "$response.body#/Name"}},
+}
 
 
 PATHS: dict[str, Any] = {
@@ -500,8 +521,9 @@ PATHS: dict[str, Any] = {
             "tags": ["peers"], "operationId": "listPeers", "security": READ_SECURITY,
             "summary": "List peers (of every zone, or of one)",
             "parameters": [ZONE_FILTER_PARAM],
-            "responses": {"200": _json({"type": "array", "items": _ref("Peer")},
-                                       "Peers, by zone then public key."),
+            "responses": {"200": {**_json({"type": "array", "items": _ref("Peer")},
+                                          "Peers, by zone then public key."),
+                                  "links": PEER_LINKS},
                           "304": {"description": "Not modified: If-None-Match holds the "
                                                  "current ETag (no body)."},
                           **_errors("400", "404")},

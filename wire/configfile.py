@@ -181,6 +181,8 @@ def _scalar(option: click.Option, value: Any) -> Any:
     if not isinstance(kind, (click.types.IntParamType, click.types.FloatParamType)) \
             and not isinstance(value, str):
         raise click.BadParameter("must be a string (in quotes)")
+    if isinstance(value, str) and "\x00" in value:
+        raise click.BadParameter("must not contain a NUL character")
     return kind.convert(value, option, None)
 
 

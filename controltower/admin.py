@@ -386,11 +386,13 @@ def _seconds(text: str) -> float:
 @click.option("--reusable", is_flag=True, help="Any number of nodes until it expires.")
 @click.option("--ephemeral", is_flag=True,
               help="Its nodes are removed --ephemeral-after being offline.")
-@click.option("--ephemeral-after", default="5m", show_default=True)
+@click.option("--ephemeral-after", default="5m", show_default=True,
+              help="How long an ephemeral node may be offline before it is removed: 90s, "
+                   "15m, 24h.")
 @click.option("--tag", "tags", multiple=True, help="A tag its nodes get (repeatable).")
 @click.option("--route", "routes", multiple=True,
               help="A prefix range its nodes' child prefixes are approved in (repeatable).")
-@click.option("--description", default=None)
+@click.option("--description", default=None, help="Free text shown in listings.")
 @api_command
 def joinkey_create(out: Output, zone: str, expires: str, uses: int | None, reusable: bool,
                    ephemeral: bool, ephemeral_after: str, tags: tuple[str, ...],
@@ -465,7 +467,7 @@ def leases(out: Output, zone: str) -> None:
               help="Accept the zone secret (--controller-password) to enroll new nodes.")
 @click.option("--auto-approve", multiple=True,
               help="A range whose child prefixes need no approval (repeatable; '' clears).")
-@click.option("--key-expiry-days", type=float, default=None,
+@click.option("--key-expiry-days", type=clitypes.FiniteFloat(0, 3650), default=None,
               help="Node credentials enrolled from now on expire after this many days (0: never).")
 @api_command
 def zone_set(out: Output, name: str, zone_secret: str | None, auto_approve: tuple[str, ...],

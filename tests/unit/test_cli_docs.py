@@ -42,6 +42,9 @@ def test_every_option_has_help_and_a_shown_variable(name, command):
         assert option.help, f"{name} {option.opts[0]} has no help text"
         if option.name in clitypes.NO_VARIABLE:
             continue
+        if not clitypes.variables(option) and name.startswith("controltower ") \
+                and name != "controltower serve":
+            continue    # an admin command's option about the one object it handles
         variable = clitypes.variables(option)[0]
         assert variable in text, f"{name} --help does not show {variable} for {option.opts[0]}"
         assert f"`{variable}`" in CLI_DOC.read_text()

@@ -126,7 +126,8 @@ def test_exec_start_is_a_real_command_with_the_example_settings(name, monkeypatc
     else:
         assert str(ctx.params["state_dir"]) in writable and "/run/wireguard" in writable
         assert ctx.params["interface"] == ("wg0" if name == "aircrew.service" else INSTANCE)
-        assert ctx.params["controller"] and ctx.params["controller_password"]
+        assert ctx.params["controller"] and (ctx.params["join_key_file"]
+                                             or ctx.params["controller_password"])
         assert str(ctx.params["private_key_file"]) == "/etc/wireguard/private.key"
         assert "/dev/net/tun rw" in values(unit, "Service", "DeviceAllow")
         assert one(unit, "Service", "KillMode") == "process"  # tunnels outlive the agent

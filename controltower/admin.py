@@ -397,7 +397,7 @@ def _seconds(text: str) -> float:
 def joinkey_create(out: Output, zone: str, expires: str, uses: int | None, reusable: bool,
                    ephemeral: bool, ephemeral_after: str, tags: tuple[str, ...],
                    routes: tuple[str, ...], description: str | None) -> None:
-    """Create a join key for ZONE; it is shown once."""
+    """Create a join key for ZONE; it is shown once, alone on stdout."""
     if reusable and uses:
         raise click.UsageError("give --uses or --reusable, not both")
     options: dict[str, Any] = {"ExpiresIn": _seconds(expires), "Reusable": reusable,
@@ -410,12 +410,15 @@ def joinkey_create(out: Output, zone: str, expires: str, uses: int | None, reusa
         options["Description"] = description
 
     def human(d: dict[str, Any]) -> None:
+        # The key alone on stdout (KEY=$(controltower joinkey create ...) works); what it
+        # is on stderr.
         click.echo(f"join key {d['Id']} of zone {d['Zone']}, valid until {d['Expires']}, "
                    f"{'reusable' if d['Reusable'] else str(d['MaxUses']) + ' use(s)'}"
                    + (", ephemeral" if d["Ephemeral"] else "")
                    + (f", tags {', '.join(d['Tags'])}" if d["Tags"] else "")
-                   + (f", routes {', '.join(d['Routes'])}" if d["Routes"] else ""))
-        click.echo("the key (shown once; nodes join with aircrew --join-key KEY):")
+                   + (f", routes {', '.join(d['Routes'])}" if d["Routes"] else ""), err=True)
+        click.echo("the key (shown once; a node joins with aircrew --join-key-file FILE "
+                   "holding it):", err=True)
         click.echo(d["Key"])
     out.emit(out.client.create_join_key(zone, options), human)
 

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from ipam import cidr as cidrs
-from ipam.registry import Node, Registry
+from ipam.registry import MAX_ROUTES, Node, Registry, check_routes
 from ipam.store import AUTO_APPROVE, KEY_EXPIRY, ZoneStore
 from wire import identity, messages
 from wire.errors import Conflict, InvalidInput, NotFound
@@ -43,6 +43,8 @@ class Nodes:
     def find(self, ref: str, zone: str | None = None) -> Found:
         """A node by public key, by name (unique across zones, or in ``zone``), or by
         ``name.zone``."""
+        if zone is not None:
+            zone = messages.zone_name(zone)
         try:
             key = messages.public_key(ref)
         except InvalidInput:
@@ -101,12 +103,19 @@ class Nodes:
         if found.node is None:
             raise Conflict("this node was not enrolled: the tower does not manage its routes")
         zone = self.store.get_zone(found.zone)
-        for text in (*approve, *revoke):
-            cidrs.child_prefixes(zone.network, [text])
+        approve = [str(p) for p in cidrs.child_prefixes(zone.network, approve)]   # canonical
+        revoke = [str(p) for p in cidrs.child_prefixes(zone.network, revoke)]
         approved = sorted((set(found.node.approved) | set(approve)) - set(revoke))
+        if len(approved) > MAX_ROUTES:
+            raise InvalidInput(f"a node has at most {MAX_ROUTES} approved prefixes")
         node = self.registry.update_node(found.zone, found.node, approved=tuple(approved))
         if found.peer is not None:
-            self.reregister(zone.name, found.peer)
+            try:
+                self.reregister(zone.name, found.peer)
+            except Exception:
+                # Refused (a prefix another node holds): the approval is not kept either.
+                self.registry.update_node(found.zone, node, approved=found.node.approved)
+                raise
         return node
 
     def reregister(self, zone_name: str, peer: Peer) -> None:
@@ -144,17 +153,28 @@ class Nodes:
                 "AutoApprove": json.loads(z.get(AUTO_APPROVE) or "[]"),
                 "KeyExpiryDays": round(float(expiry) / 86400, 3) if expiry else None}
 
+    @staticmethod
+    def auto_approve_ranges(network: cidrs.Network, ranges: object) -> list[str]:
+        """Checked auto-approve ranges (canonical text), or InvalidInput."""
+        return list(check_routes(network, ranges, "AutoApprove"))
+
     def set_auto_approve(self, zone: str, ranges: list[str]) -> None:
-        network = self.store.get_zone(zone).network
-        checked = [str(p) for p in cidrs.child_prefixes(network, ranges)]
+        checked = self.auto_approve_ranges(self.store.get_zone(zone).network, ranges)
         self.registry.zone_hset(zone, self.store.keys.zone(zone), {AUTO_APPROVE: json.dumps(checked)})
         for peer in self.store.peers(zone):          # pending ones now in range
             if peer.pending_prefixes:
-                self.reregister(zone, peer)
+                try:
+                    self.reregister(zone, peer)
+                except Conflict as exc:              # held by another node: stays pending
+                    log.info("node %s keeps its pending prefixes: %s", peer.name or peer.key, exc)
 
-    def set_key_expiry(self, zone: str, days: float | None) -> None:
+    @staticmethod
+    def check_key_expiry(days: object) -> None:
         if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float))
                                  or not 60 / 86400 <= days <= 3650):
             raise InvalidInput("KeyExpiryDays must be a number of days, 1 minute to 10 years")
+
+    def set_key_expiry(self, zone: str, days: float | None) -> None:
+        self.check_key_expiry(days)
         self.registry.zone_hset(zone, self.store.keys.zone(zone),
                                 {KEY_EXPIRY: "" if days is None else repr(float(days) * 86400)})

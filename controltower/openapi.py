@@ -248,9 +248,12 @@ SCHEMAS: dict[str, Any] = {
     },
     "ZoneSettingsChange": {
         "type": "object",
+        "description": "Every value is checked before any is applied: a 400 changes nothing.",
         "properties": {"ZoneSecret": {"type": "boolean"},
-                       "AutoApprove": {"type": "array", "items": {"type": "string"}},
-                       "KeyExpiryDays": {"type": ["number", "null"], "exclusiveMinimum": 0}},
+                       "AutoApprove": {"type": "array", "items": {"type": "string"},
+                                       "maxItems": 64},
+                       "KeyExpiryDays": {"type": ["number", "null"], "minimum": 0.0007,
+                                         "maximum": 3650}},
         "additionalProperties": False,
     },
     "Route": {
@@ -263,6 +266,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "RouteChange": {
         "type": "object",
+        "description": "A node has at most 64 approved prefixes; an approval the tower "
+                       "refuses (409: another node routes it) is not kept.",
         "properties": {"Approve": {"type": "array", "items": {"type": "string"}},
                        "Revoke": {"type": "array", "items": {"type": "string"}}},
         "additionalProperties": False,
@@ -289,7 +294,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "ExpiresIn": {"type": "number", "minimum": 1, "maximum": 31536000, "default": 86400,
                           "description": "Seconds the key can be used."},
-            "Uses": {"type": "integer", "minimum": 1, "default": 1,
+            "Uses": {"type": "integer", "minimum": 1, "maximum": 1000000, "default": 1,
                      "description": "Nodes it may enroll (1: a one-off key)."},
             "Reusable": {"type": "boolean", "default": False,
                          "description": "Any number of nodes until it expires (no Uses)."},

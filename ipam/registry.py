@@ -39,6 +39,7 @@ DEFAULT_EPHEMERAL_AFTER = 300.0
 MIN_EPHEMERAL_AFTER = 5.0
 MAX_TAGS = 32
 MAX_ROUTES = 64
+MAX_USES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,11 @@ def check_tags(tags: Any) -> tuple[str, ...]:
     return tuple(sorted(set(out)))
 
 
-def check_routes(zone: cidrs.Network, routes: Any) -> tuple[str, ...]:
-    if not isinstance(routes, list) or len(routes) > MAX_ROUTES:
-        raise InvalidInput(f"routes must be a list of at most {MAX_ROUTES} prefixes")
-    return tuple(str(p) for p in cidrs.child_prefixes(zone, [str(r) for r in routes]))
+def check_routes(zone: cidrs.Network, routes: Any, what: str = "routes") -> tuple[str, ...]:
+    if not isinstance(routes, list) or len(routes) > MAX_ROUTES \
+            or not all(isinstance(r, str) for r in routes):
+        raise InvalidInput(f"{what} must be a list of at most {MAX_ROUTES} prefixes")
+    return tuple(str(p) for p in cidrs.child_prefixes(zone, routes))
 
 
 # Enrollment refusals: the message the agent shows.
@@ -190,8 +192,8 @@ class Registry:
         if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) \
                 or not 1 <= expires_in <= MAX_JOIN_KEY_SECONDS:
             raise InvalidInput(f"expiry must be 1 s to {MAX_JOIN_KEY_SECONDS // 86400} days")
-        if isinstance(uses, bool) or not isinstance(uses, int) or uses < 1:
-            raise InvalidInput("uses must be a whole number of at least 1")
+        if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= MAX_USES:
+            raise InvalidInput(f"uses must be a whole number from 1 to {MAX_USES:,}")
         if isinstance(ephemeral_after, bool) or not isinstance(ephemeral_after, (int, float)) \
                 or not MIN_EPHEMERAL_AFTER <= ephemeral_after <= MAX_JOIN_KEY_SECONDS:
             raise InvalidInput(f"ephemeral timeout must be {MIN_EPHEMERAL_AFTER:.0f} s or more")

@@ -405,13 +405,23 @@ def parse_peer(data: Any) -> Peer:
         session=str(data.get("session") or ""),
         hostname=hostname if isinstance(hostname, str) else None,
         registered=registered,
-        name=name if isinstance(name, str) else None,
+        name=_node_name(name),
         tags=tuple(str(t) for t in tags),
         pending_prefixes=tuple(str(network(p, "child prefix")) for p in pending),
         key_expiry=_optional(data.get("key_expiry"), timestamp, "peer key_expiry"),
         relay=data["relay"] if isinstance(data.get("relay"), str)
         and _RELAY_ID_RE.fullmatch(data["relay"]) else None,
     )
+
+
+def _node_name(value: Any) -> str | None:
+    """A peer's name, or None when it is not a DNS label (names go into hosts files: a
+    record with another name is no reason to write it there)."""
+    from .identity import node_name
+    try:
+        return node_name(value)
+    except InvalidInput:
+        return None
 
 
 def peer_record(peer: Peer) -> str:

@@ -20,7 +20,7 @@ def json_object(req: Request, fields: dict[str, Any], required: tuple[str, ...] 
     """The body as a JSON object with only known fields of the right types."""
     raw = req.get_data(cache=True)          # 413 beyond MAX_CONTENT_LENGTH
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_json)
     except (ValueError, RecursionError):
         raise InvalidInput("the request body must be a JSON object (it is not valid JSON, or "
                            "nested too deeply)") from None
@@ -40,6 +40,11 @@ def json_object(req: Request, fields: dict[str, Any], required: tuple[str, ...] 
         if not _is_text(value):
             raise InvalidInput(f"{name} is not valid Unicode text (a lone surrogate?)")
     return body
+
+
+def _not_json(name: str) -> Any:
+    """NaN and Infinity: Python's decoder takes them, JSON has no such numbers."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _is_text(value: Any) -> bool:

@@ -75,20 +75,23 @@ def update_zone(name: str):
     nodes), ``AutoApprove`` (prefixes approved for any node), ``KeyExpiryDays``."""
     body = json_object(request, {"ZoneSecret": bool, "AutoApprove": list,
                                  "KeyExpiryDays": (int, float, type(None))})
-    zone = store().get_zone(name).name
+    zone = store().get_zone(name)
     n = nodes()
-    if "ZoneSecret" in body:
-        creds = credentials()
-        if creds is None:
-            raise Conflict("this tower does not manage agent credentials (--no-agent-acl)")
-        creds.allow_zone_secret(zone, body["ZoneSecret"])
-    if "AutoApprove" in body:
-        if not all(isinstance(p, str) for p in body["AutoApprove"]):
-            raise InvalidInput("AutoApprove is a list of prefixes")
-        n.set_auto_approve(zone, body["AutoApprove"])
+    creds = credentials()
+    # Every value is checked before anything is written: a 400 changes nothing.
+    if "ZoneSecret" in body and creds is None:
+        raise Conflict("this tower does not manage agent credentials (--no-agent-acl)")
+    ranges = n.auto_approve_ranges(zone.network, body["AutoApprove"]) \
+        if "AutoApprove" in body else None
     if "KeyExpiryDays" in body:
-        n.set_key_expiry(zone, body["KeyExpiryDays"])
-    return jsonify({"Name": zone, **n.settings(zone)})
+        n.check_key_expiry(body["KeyExpiryDays"])
+    if "ZoneSecret" in body:
+        creds.allow_zone_secret(zone.name, body["ZoneSecret"])
+    if ranges is not None:
+        n.set_auto_approve(zone.name, ranges)
+    if "KeyExpiryDays" in body:
+        n.set_key_expiry(zone.name, body["KeyExpiryDays"])
+    return jsonify({"Name": zone.name, **n.settings(zone.name)})
 
 
 @bp.get("/zones/<name>/routes")

@@ -311,3 +311,12 @@ def test_tls_ca_and_client_certificate(cli, https_api):
     r = CliRunner(env={**env, "CONTROLTOWER_CA_FILE": str(files["ca"])}).invoke(cli, args)
     assert r.exit_code == admin.EXIT_UNREACHABLE                   # no client certificate
     assert r.stderr.startswith("Error: cannot reach the ControlTower at")
+
+
+def test_joinkey_create_prints_the_key_alone_on_stdout(run):
+    """KEY=$(controltower joinkey create ...) and the quickstart's paste take stdout: the
+    key alone; what it is goes to stderr."""
+    result = run("joinkey", "create", "default", "--reusable", "--expires", "10m")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("\n") == 1 and result.stdout.startswith("ajk1:default:")
+    assert "reusable" in result.stderr and "ajk1:" not in result.stderr

@@ -93,3 +93,15 @@ def test_an_all_zero_private_key_is_refused():
     with pytest.raises(InvalidInput, match="all zero"):
         proof.public_key_of(zero)
     proof.decode_private_key(generate_private_key())
+
+
+def test_a_peer_name_that_is_no_dns_label_is_dropped():
+    """Names go into /etc/hosts: a record whose name holds a newline (or anything but a
+    DNS label) is kept, without the name."""
+    from wire import messages
+    from wire.proof import generate_private_key, public_key_of
+    record = {"key": public_key_of(generate_private_key()), "address": "10.200.0.5",
+              "listen_port": 51820}
+    assert messages.parse_peer({**record, "name": "laptop-2"}).name == "laptop-2"
+    for bad in ("x\n203.0.113.9 bank.example", "UPPER", "-x", "a" * 64, 5):
+        assert messages.parse_peer({**record, "name": bad}).name is None

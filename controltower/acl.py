@@ -30,6 +30,7 @@ from pathlib import Path
 import redis
 
 from ipam.registry import Node, Registry
+from ipam.store import DEFAULT_ZONE
 from wire import identity
 from wire.errors import NotFound, Unavailable
 from wire.keys import Keys
@@ -50,7 +51,6 @@ JOIN_KEY_GRACE = 7 * 86400               # an expired key's user stays this long
 # does not apply it again.
 FILE_FIELD = "file_secrets_sha256"
 FILE_HISTORY = 32
-DEFAULT_ZONE = "default"
 LOCK_TTL_MS = 5000
 LOCK_WAIT = 10.0
 _UNLOCK = """
@@ -170,7 +170,8 @@ class AgentCredentials:
             zone_there, record_there = pipe.execute()
         if not (zone_there and record_there):
             self._deluser(user)
-            raise NotFound(f"zone {zone} does not exist")
+            raise NotFound(f"zone {zone} does not exist" if not zone_there
+                           else f"{user} was removed meanwhile")
 
     # -- join keys -------------------------------------------------------------------------
 

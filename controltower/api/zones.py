@@ -29,10 +29,10 @@ JOIN_KEY_FIELDS = {"ExpiresIn": (int, float), "Uses": int, "Reusable": bool, "Ep
 def create_zone():
     body = json_object(request, ZONE_FIELDS, required=("Name", "CIDR"))
     creds = credentials()
-    secret = new_secret() if creds is not None else None
+    secret = new_secret()
     # The digest is written with the zone: no moment in which the zone has no secret.
     zone = store().create_zone(body["Name"], body["CIDR"], body.get("Description", ""),
-                               auth=creds.secret_fields(secret) if creds and secret else None)
+                               auth=creds.secret_fields(secret) if creds else None)
     data = render.zone(zone)
     if creds is not None:
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -79,16 +78,17 @@ def _join_key(text: str) -> str:
     return text.strip()
 
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
 def _dns_suffix(text: str) -> str:
     """A DNS suffix (``mesh.example.com``), written into hosts files: labels only."""
     suffix = text.strip().strip(".").lower()
-    if suffix and (len(suffix) > 200 or not all(_LABEL.fullmatch(label)
-                                                for label in suffix.split("."))):
-        raise InvalidInput(f"{messages.brief(text)} is not a DNS suffix (labels of a-z, 0-9 and "
-                           "'-', joined by dots)")
+    try:
+        if len(suffix) > 200:
+            raise InvalidInput("too long")
+        for label in suffix.split(".") if suffix else ():
+            identity.node_name(label)
+    except InvalidInput:
+        raise InvalidInput(f"{messages.brief(text)} is not a DNS suffix (labels of a-z, 0-9 "
+                           "and '-', joined by dots)") from None
     return suffix
 
 

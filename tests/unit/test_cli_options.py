@@ -42,6 +42,9 @@ AGENT_BAD = [
     ('public-key = "abc"', "public-key", "WireGuard key"),
     ('zone = ""', "zone", "zone name"),
     ('metrics-listen = "nope"', "metrics-listen", "not an IP address"),
+    ('join-key = "ajk1:default:0123456789ab:short"', "join-key", "malformed"),
+    ('name = "Not A Name"', "name", "a-z, 0-9"),
+    ('dns-suffix = "x 1.2.3.4 bank.example"', "dns-suffix", "not a DNS suffix"),
 ]
 
 
@@ -73,6 +76,10 @@ def test_cross_option_problems_and_sections(tmp_path):
     path.chmod(0o600)
     result = CliRunner().invoke(cli.main, ["config", "check", str(path)])
     assert result.exit_code == 1 and "not both" in result.output
+    path.write_text('controller = "t"\njoin-key-file = "/etc/aircrew/join-key"\n'
+                    'join-key = "ajk1:default:0123456789ab:' + "s" * 32 + '"\n')
+    result = CliRunner().invoke(cli.main, ["config", "check", str(path)])
+    assert result.exit_code == 1 and "give --join-key or --join-key-file, not both" in result.output
     path.write_text('controller = "t"\n\n[section]\na = 1\n')
     result = CliRunner().invoke(cli.main, ["config", "check", str(path)])
     assert result.exit_code == 1 and "line 3: unknown section 'section'" in result.output
@@ -189,3 +196,20 @@ def test_admin_commands_find_the_token_of_another_data_dir(tmp_path):
     (tmp_path / "admin-token").write_text("token-of-this-data-dir\n")
     client = admin.make_client("http://127.0.0.1:1", None, None, None, None, None, 1.0, tmp_path)
     assert client.token == "token-of-this-data-dir"
+
+
+def test_a_join_key_file_is_read_like_the_key_file(tmp_path):
+    from aircrew import config
+    from wire.errors import InvalidInput
+    key = "ajk1:default:0123456789ab:" + "s" * 32
+    path = tmp_path / "join-key"
+    path.write_text(key + "\n")
+    path.chmod(0o644)
+    with pytest.raises(InvalidInput, match="readable by other users"):
+        config.read_join_key(None, path, False)
+    path.chmod(0o600)
+    assert config.read_join_key(None, path, False) == key
+    path.write_text("ajk1:default:nothex:x\n")
+    with pytest.raises(InvalidInput, match="malformed") as refused:
+        config.read_join_key(None, path, False)
+    assert "nothex" not in str(refused.value)         # a key is never repeated

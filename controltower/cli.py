@@ -165,12 +165,16 @@ def serve(listen: str, port: int, redis_url: str | None, redis_wait: float, redi
 @click.option("--data-dir", default="/var/lib/controltower-relay", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Holds the relay's key.")
 @click.option("--datapath", default="auto", show_default=True,
-              type=click.Choice(["auto", "kernel", "user"]))
+              type=click.Choice(["auto", "kernel", "user"]),
+              help="kernel: nftables forwards relayed data (needs CAP_NET_ADMIN); user: Python "
+                   "does; auto: kernel when possible.")
 @click.option("--metrics-port", default=0, type=click.IntRange(0, 65535),
               help="Serve Prometheus metrics on this TCP port (0: none).")
-@click.option("--key-prefix", default="ct:", show_default=True)
+@click.option("--key-prefix", default="ct:", show_default=True,
+              help="Prefix of the towers' Redis keys (as theirs).")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="Least level logged.")
 def relay_command(region: str, redis_url: str, listen: str, public_address: str | None,
                   zones: str, data_dir: Path, datapath: str, metrics_port: int,
                   key_prefix: str, log_level: str) -> None:

@@ -252,8 +252,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"ZoneSecret": {"type": "boolean"},
                        "AutoApprove": {"type": "array", "items": {"type": "string"},
                                        "maxItems": 64},
-                       "KeyExpiryDays": {"type": ["number", "null"], "minimum": 0.0007,
-                                         "maximum": 3650}},
+                       "KeyExpiryDays": {"type": ["number", "null"], "exclusiveMinimum": 0}},
         "additionalProperties": False,
     },
     "Route": {

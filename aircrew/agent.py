@@ -163,6 +163,7 @@ class Agent:
         self._state_thread = self.state_writer.thread
         self.resyncs = 0
         self._authenticated = False   # the controller accepted our credentials once
+        self._stored_refused = False  # this login attempt: the stored credential was refused
         self._rejoined = False        # removed: tried the join key once
         self.public_key = public_key_of(settings.private_key)
         self.paths: PathKeeper | None = None
@@ -277,6 +278,7 @@ class Agent:
         """A client logged in as this node (its own credential, enrolling first when it
         has none), or, towers without per-node identities, with the given password."""
         stored = self._stored_credential()
+        self._stored_refused = False
         if stored is not None:
             client = self.client_factory(self._url(stored.user, stored.password))
             try:
@@ -295,6 +297,7 @@ class Agent:
                         f"({self.s.credentials.path}): enroll again with --join-key") from None
                 log.warning("the controller refused this node's stored credential: enrolling "
                             "again")
+                self._stored_refused = True
         if self.s.join_key:
             return await self._enroll_with(identity.parse_join_key(self.s.join_key))
         if self.s.zone_secret and self.s.credentials is not None:
@@ -302,6 +305,15 @@ class Agent:
             if client is not None:
                 return client
         return await self._plain_login()
+
+    def _refused_after_restart(self) -> None:
+        """Everything refused, the node's own credential too: a tower that has just started
+        and not yet applied its users refuses all of them, so a node holding a credential
+        the tower issued keeps its tunnels and tries again rather than stopping."""
+        if self._stored_refused:
+            raise Unavailable("the controller refused this node's credential and the zone's "
+                              "enrollment; a tower starting up does so until it has applied "
+                              "its users")
 
     def _stored_credential(self) -> NodeCredential | None:
         if self.s.credentials is None:
@@ -331,6 +343,7 @@ class Agent:
             except redis.exceptions.AuthenticationError:
                 if key is None:
                     return None
+                self._refused_after_restart()
                 raise AgentExit(f"the controller refused the join key {key.key_id} of zone "
                                 f"{key.zone}: unknown, revoked, or expired more than a week "
                                 "ago") from None
@@ -361,6 +374,7 @@ class Agent:
             if self._authenticated:
                 raise Unavailable("the controller refused credentials that worked before")
             if len(self.urls) == 1:
+                self._refused_after_restart()
                 raise AgentExit(f"the controller refused the credentials for zone {self.s.zone}: "
                                 "wrong --controller-password, or no such zone") from None
             self.urls.pop(0)  # not a tower-managed agent user: try the next form

@@ -4,6 +4,7 @@ traceback (issue 15, item 8)."""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import signal
 import subprocess
@@ -54,4 +55,29 @@ def test_a_broken_request_stream_is_retried_with_one_line_each(tmp_path, tower_p
     out, _ = proc.communicate(timeout=30)
     assert "Traceback" not in out, out[-3000:]
     assert "request stream refuses requests" in out
+    assert proc.returncode == 0, out[-2000:]
+
+
+def test_a_node_restarted_in_an_outage_waits_for_the_tower_to_apply_its_users(tmp_path, redis_proc):
+    """A tower that has just started refuses every node user until it has applied them. A
+    node holding a credential the tower issued keeps retrying then; it does not stop."""
+    state = tmp_path / "state"
+    state.mkdir()
+    credential = state / f"wgt{os.getpid() % 10000}-credential.json"
+    credential.write_text(json.dumps({"zone": "default", "user": "ct-node-unknown",
+                                      "password": "not-applied-yet"}))
+    credential.chmod(0o600)
+    redis_proc.client().config_set("requirepass", "only-the-tower-knows")   # no users yet
+    proc = agent(tmp_path, f"127.0.0.1:{redis_proc.port}",
+                 env={"AIRCREW_CONTROLLER_PASSWORD": "zone-secret-not-applied-yet"})
+    try:
+        proc.wait(timeout=8)
+    except subprocess.TimeoutExpired:
+        pass
+    running = proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert running, out[-2000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert "a tower starting up does so until it has applied its users" in out, out[-2000:]
     assert proc.returncode == 0, out[-2000:]

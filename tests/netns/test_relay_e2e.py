@@ -268,10 +268,10 @@ def moved_story(hosts, agents, up_at: float) -> str:
 
 
 def start_moving(lab, mesh, tag: str):
-    """A node on p2 and its peer on p4 (host names prefixed by ``tag``), a ping between them, then the node stopped and
-    its wg0 gone (the laptop left that network), its key on p3 (where it will come up);
-    tcpdump on p4 and p3. Returns p3, p4, the peer's and the moving node's agents, the
-    node's mesh address and the captures."""
+    """A node on p2 and its peer on p4 (host names prefixed by ``tag``), a ping between
+    them, then the node stopped and its wg0 gone (the laptop left that network), its key
+    on p3 (where it will come up); tcpdump on p4 and p3. Returns p3, p4, the peer's and
+    the moving node's agents, the node's mesh address and the captures."""
     p2, p3, p4 = (lab.add_public_host(f"{tag}{n}") for n in ("p2", "p3", "p4"))
     peer = mesh.start_agent(p4)
     moving = mesh.start_agent(p2)

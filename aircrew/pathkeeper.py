@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.25
 LINK_READ = 1.0          # seconds between reads of the device's handshake times
-LINK_READ_WATCHING = 0.25   # ... while a moved peer waits for its handshake (a 1 s kick)
+LINK_READ_WATCHING = 0.25   # ... while a moved peer waits for its handshake (a 0.5 s kick)
 MAX_RELAYS = 8
 START_WAIT = 1.0         # at start, wait this long at most for every relay to answer
 PATH_CODE = {"direct": "d", "relayed": "r", "down": "x"}

@@ -43,8 +43,8 @@ class Timing:
     fresh_handshake: float = 5.0    # a handshake this recent needs no re-creation
     kick_after: float = 2.0         # no handshake this long after a move to a relay: re-create
     kicks: int = 2                  # at most this many times per move
-    kick_moved: float = 1.0         # no handshake this long after a direct move: re-create
-                                    # (the side that does not decide waits 1.5 times this)
+    kick_moved: float = 0.5         # no handshake this long after a direct move: re-create
+                                    # (the side that does not decide waits twice this)
     moved_kicks: int = 2            # at most this many times per direct move
 
 
@@ -277,8 +277,8 @@ class PathMachine:
 
     def _kick_due(self, now: float, env: Env) -> bool:
         """True when the peer must be re-created again: no handshake came since a direct
-        move re-created it, ``kick_moved`` (the decider; 1.5 times that the other side, so
-        that two kicks do not cross) by a device read made that long after. Both ends'
+        move re-created it, ``kick_moved`` (the decider; twice that the other side, so that
+        two kicks do not cross) by a device read made that long after. Both ends'
         first initiations can cross (each consumes the other's, which drops its own), and
         WireGuard would retry only after its 5 s REKEY_TIMEOUT."""
         if self.watch_since is None:
@@ -287,7 +287,7 @@ class PathMachine:
         if env.handshake_age is not None and read_at - env.handshake_age >= self.watch_since:
             self.watch_since = None           # the handshake came
             return False
-        wait = self.timing.kick_moved * (1.0 if self.decider else 1.5)
+        wait = self.timing.kick_moved * (1.0 if self.decider else 2.0)
         if read_at - self.watch_since < wait:
             return False
         self.watch_kicks -= 1

@@ -11,7 +11,7 @@ a change, and the peer was not re-created there (the relay must see a handshake)
 the 2 s kick. Direct changes are not owed: the reconcile set their endpoint, which is
 all WireGuard needs (a moved node handshakes itself; re-creating the peer here after
 that handshake would only drop its session). A kick is owed (the reconcile does not
-re-create the peer): a direct move that saw no handshake within 1 s, whose first
+re-create the peer): a direct move that saw no handshake within 0.5 s, whose first
 initiations crossed."""
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ routers without an input firewall (the port-clash case), public nodes, a node of
 zone. Timing targets of issue 13 are asserted with headroom: a relayed pair must ping
 within 2 s of both ends being up (asserted: 6 s). A moved node must be reachable within
 3 s, also when both ends' first handshakes after the move are lost (the agent re-creates
-the peer after 1-1.5 s instead of waiting for WireGuard's 5 s retry); a slow move's
+the peer after 0.5-1 s instead of waiting for WireGuard's 5 s retry); a slow move's
 failure shows both hosts' WireGuard datagrams, their wg0s and agents' logs.
 """
 from __future__ import annotations
@@ -305,7 +305,7 @@ def test_moved_node_whose_first_handshakes_were_lost_reachable_within_3s(world):
     """Both ends' first initiations after the move fail (as when they cross: each end
     consumes the other's initiation, which drops its own, and WireGuard would retry only
     after its 5 s REKEY_TIMEOUT; here p4 drops what p3 sends until both ends hold the
-    peer at its new endpoint). The peer's agent re-creates the peer within about 1-1.5 s
+    peer at its new endpoint). The peer's agent re-creates the peer within about 0.5-1 s
     of the move."""
     lab, mesh, _ = world
     p3, p4, peer, moving, address, caps = start_moving(lab, mesh, "l")

@@ -189,3 +189,12 @@ def test_only_a_device_read_made_late_enough_can_kick():
 def test_a_direct_decision_that_moved_nothing_never_kicks():
     p = Pair("open", "symmetric"); p.hs = None
     assert not any(a.fresh or b.fresh for _ in range(20) for a, b in [p.tick()])
+
+def test_a_probed_direct_pair_whose_peer_moved_is_kicked_too():
+    p = Pair(); p.ab = p.ba = True
+    assert p.until(lambda a, b: a.mode == b.mode == DIRECT) is not None
+    p.ma.peer_moved(); p.b = NodeView("BBBB", "198.51.100.7:51820", "cone", "r1"); p.hs = None
+    da, _ = p.tick()
+    assert da.mode == DIRECT and da.fresh and not da.kick and da.endpoint == p.b.endpoint
+    da, _ = p.tick()                                    # 0.5 s later, still no handshake
+    assert da.mode == DIRECT and da.fresh and da.kick

@@ -677,8 +677,9 @@ class Agent:
             except DeviceError:
                 state = None
             if state is not None:
-                wall = time.time()
-                self.paths.set_links(now, {
+                # The handshake times as of now (after the read, which may have waited).
+                wall, read_at = time.time(), time.monotonic()
+                self.paths.set_links(read_at, {
                     key: PeerLink(wall - st.last_handshake if st.last_handshake else None,
                                   state.peers[key].endpoint if key in state.peers else None)
                     for key, st in state.stats.items()})
@@ -693,7 +694,8 @@ class Agent:
                 ops.append(ResetPeer(config) if decision.fresh else UpdatePeer(config))
                 log.info("peer %s: %s%s (%s)%s", key, decision.mode,
                          f" via {decision.relay}" if decision.relay else "", decision.endpoint,
-                         ", new handshake" if decision.fresh else "")
+                         ", new handshake" + (" (none came since the move)" if decision.kick
+                                              else "") if decision.fresh else "")
             if ops:
                 try:
                     await self._on_device(apply_ops, self.device, self.links, ops)

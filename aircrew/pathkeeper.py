@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.25
 LINK_READ = 1.0          # seconds between reads of the device's handshake times
+LINK_READ_WATCHING = 0.25   # ... while a moved peer waits for its handshake (a 0.5 s kick)
 MAX_RELAYS = 8
 START_WAIT = 1.0         # at start, wait this long at most for every relay to answer
 PATH_CODE = {"direct": "d", "relayed": "r", "down": "x"}
@@ -112,7 +113,8 @@ class PathKeeper:
     # -- decisions ----------------------------------------------------------------------
 
     def links_due(self, now: float) -> bool:
-        return now - self._links_at >= LINK_READ
+        watching = self.service is not None and self.service.watching()
+        return now - self._links_at >= (LINK_READ_WATCHING if watching else LINK_READ)
 
     def set_links(self, now: float, links: dict[str, PeerLink]) -> None:
         self._links, self._links_at = links, now
@@ -121,7 +123,8 @@ class PathKeeper:
         self.service.bind_due(now)
         views = {key: NodeView(p.key, p.endpoint, p.nat_type, p.relay)
                  for key, p in peers.items() if key != own.key}
-        return self.service.tick(now, own, views, self._links, keep=keep)
+        return self.service.tick(now, own, views, self._links, keep=keep,
+                                 links_at=self._links_at)
 
     def decide(self, now: float, own: NodeView, peers: Mapping[str, Peer]) -> None:
         """Decide every peer's path now, for a reconcile (it adds new peers and sets the

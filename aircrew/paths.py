@@ -43,6 +43,9 @@ class Timing:
     fresh_handshake: float = 5.0    # a handshake this recent needs no re-creation
     kick_after: float = 2.0         # no handshake this long after a move to a relay: re-create
     kicks: int = 2                  # at most this many times per move
+    kick_moved: float = 0.5         # no handshake this long after a direct move: re-create
+                                    # (the side that does not decide waits twice this)
+    moved_kicks: int = 2            # at most this many times per direct move
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Env:
     relays: dict[str, str] = field(default_factory=dict)   # alive relay id -> "host:port"
     handshake_age: float | None = None     # seconds since the last handshake, None: never
     device_endpoint: str | None = None     # what wg0 holds for the peer now
+    read_at: float | None = None           # when handshake_age was read (None: now)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class Decision:
     report: str                     # DIRECT, RELAYED or DOWN
     probe_to: tuple[str, ...] = ()  # addresses to probe now (empty: no probe due)
     claim: str | None = None        # our path, carried in our probes and acks
+    kick: bool = False              # fresh because no handshake came after a move
 
 
 def pair_relay(own: NodeView, peer: NodeView, alive: dict[str, str]) -> str | None:
@@ -112,6 +117,8 @@ class PathMachine:
     kicks_left: int = 0
     last_fresh: float = float("-inf")
     moved: bool = False              # the zone gave the peer a new endpoint
+    watch_since: float | None = None  # a direct move re-created the peer then: no handshake yet
+    watch_kicks: int = 0
 
     def __post_init__(self) -> None:
         self.holddown = self.timing.holddown
@@ -181,10 +188,13 @@ class PathMachine:
         if is_public(env.own) or is_public(env.peer):
             self.mode, self.relay = DIRECT, None
             fresh, self.moved = self.moved and env.peer.endpoint is not None, False
+            kick = not fresh and self._kick_due(now, env)
             if fresh:
+                self._watch(now)
+            if fresh or kick:
                 self.last_fresh = now
-            return Decision(DIRECT, None, env.peer.endpoint, fresh,
-                            self._report(now, env, DIRECT), (), DIRECT)
+            return Decision(DIRECT, None, env.peer.endpoint, fresh or kick,
+                            self._report(now, env, DIRECT), (), DIRECT, kick)
         relay = pair_relay(env.own, env.peer, env.relays)
         fresh = False
         if self.mode == RELAYED:
@@ -238,10 +248,17 @@ class PathMachine:
                 self.last_fresh = now
         else:
             self.moved_at = None
+        kick = False
         if self.mode != RELAYED:
             endpoint = self.direct_address or env.peer.endpoint
             if self.moved and endpoint is not None:
                 fresh, self.last_fresh = True, now
+                self._watch(now)
+            elif not fresh and endpoint is not None and self._kick_due(now, env):
+                fresh = kick = True
+                self.last_fresh = now
+        else:
+            self.watch_since = None
         self.moved = False
         interval = t.probe_direct if self.mode == DIRECT else t.probe_relayed
         targets: tuple[str, ...] = ()
@@ -252,7 +269,30 @@ class PathMachine:
                     seen.append(address)
             targets = tuple(seen)
         return Decision(self.mode, self.relay if self.mode == RELAYED else None, endpoint, fresh,
-                        self._report(now, env, self.mode), targets, self.mode)
+                        self._report(now, env, self.mode), targets, self.mode, kick)
+
+    def _watch(self, now: float) -> None:
+        """A direct move re-created the peer now: watch for its handshake."""
+        self.watch_since, self.watch_kicks = now, self.timing.moved_kicks
+
+    def _kick_due(self, now: float, env: Env) -> bool:
+        """True when the peer must be re-created again: no handshake came since a direct
+        move re-created it, ``kick_moved`` (the decider; twice that the other side, so that
+        two kicks do not cross) by a device read made that long after. Both ends'
+        first initiations can cross (each consumes the other's, which drops its own), and
+        WireGuard would retry only after its 5 s REKEY_TIMEOUT."""
+        if self.watch_since is None:
+            return False
+        read_at = env.read_at if env.read_at is not None else now
+        if env.handshake_age is not None and read_at - env.handshake_age >= self.watch_since:
+            self.watch_since = None           # the handshake came
+            return False
+        wait = self.timing.kick_moved * (1.0 if self.decider else 2.0)
+        if read_at - self.watch_since < wait:
+            return False
+        self.watch_kicks -= 1
+        self.watch_since = now if self.watch_kicks > 0 else None
+        return True
 
     def _may_go_direct(self, now: float) -> bool:
         if now < self.holddown_until or self._acks() < self.timing.up_acks \

@@ -10,7 +10,9 @@ Else such a tick swallowed a move onto another relay: the next tick no longer sa
 a change, and the peer was not re-created there (the relay must see a handshake) until
 the 2 s kick. Direct changes are not owed: the reconcile set their endpoint, which is
 all WireGuard needs (a moved node handshakes itself; re-creating the peer here after
-that handshake would only drop its session)."""
+that handshake would only drop its session). A kick is owed (the reconcile does not
+re-create the peer): a direct move that saw no handshake within 0.5 s, whose first
+initiations crossed."""
 from __future__ import annotations
 
 import base64
@@ -138,10 +140,12 @@ class PathService:
     # -- decisions ---------------------------------------------------------------------------
 
     def tick(self, now: float, own: NodeView, peers: dict[str, NodeView],
-             links: dict[str, PeerLink], keep: bool = False) -> dict[str, Decision]:
+             links: dict[str, PeerLink], keep: bool = False,
+             links_at: float | None = None) -> dict[str, Decision]:
         """Decide every peer's path; returns the decisions that changed the device's
         endpoint (or need a fresh peer). ``keep``: the caller will not carry them out;
-        those of peers decided before stay owed (``take_changes``)."""
+        those of peers decided before stay owed (``take_changes``). ``links_at``: when
+        ``links`` were read from the device (None: now)."""
         for gone in set(self.machines) - set(peers):
             del self.machines[gone]
             self.decisions.pop(gone, None)
@@ -159,7 +163,7 @@ class PathService:
             self._endpoints[key] = peer.endpoint
             link = links.get(key, PeerLink())
             decision = machine.step(now, Env(own, peer, relays, link.stats_age,
-                                             link.device_endpoint))
+                                             link.device_endpoint, links_at))
             if decision.relay in self.restarted:
                 decision = Decision(decision.mode, decision.relay, decision.endpoint, True,
                                     decision.report, decision.probe_to, decision.claim)
@@ -168,7 +172,7 @@ class PathService:
             if decision.fresh or (decision.endpoint is not None and (
                     previous is None or previous.endpoint != decision.endpoint)):
                 changes[key] = decision
-                if keep and previous is not None and decision.mode == RELAYED:
+                if keep and previous is not None and (decision.mode == RELAYED or decision.kick):
                     self._owe(key, decision)
             for target in decision.probe_to:
                 self._send_probe(key, target, decision.claim)
@@ -176,6 +180,11 @@ class PathService:
                 machine.probe_sent(now)
         self.restarted.clear()
         return changes
+
+    def watching(self) -> bool:
+        """A peer re-created by a direct move still waits for its handshake (the caller
+        reads the device's handshake times more often meanwhile)."""
+        return any(m.watch_since is not None for m in self.machines.values())
 
     def _owe(self, key: str, decision: Decision) -> None:
         """The latest change is owed; a re-creation owed before stays one."""

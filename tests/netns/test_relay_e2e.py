@@ -5,7 +5,10 @@ alone on public hosts (`controltower relay`), so that one can be killed. Each te
 the hosts it needs: spokes behind symmetric NATs, port-restricted cone NATs and Linux
 routers without an input firewall (the port-clash case), public nodes, a node of another
 zone. Timing targets of issue 13 are asserted with headroom: a relayed pair must ping
-within 2 s of both ends being up (asserted: 6 s).
+within 2 s of both ends being up (asserted: 6 s). A moved node must be reachable within
+3 s, also when both ends' first handshakes after the move are lost (the agent re-creates
+the peer after 0.5-1 s instead of waiting for WireGuard's 5 s retry); a slow move's
+failure shows both hosts' WireGuard datagrams, their wg0s and agents' logs.
 """
 from __future__ import annotations
 
@@ -248,23 +251,87 @@ def test_node_of_another_zone_gets_nothing_relayed(world, nodes):
     assert (hs2.etc_dir / "x.pcap").read_bytes().count(marker) == 0
 
 
-def test_moved_node_reachable_within_3s(world):
-    lab, mesh, _ = world
-    p2, p3, p4 = (lab.add_public_host(n) for n in ("p2", "p3", "p4"))
+def moved_story(hosts, agents, up_at: float) -> str:
+    """What a reader of a slow move needs: each host's WireGuard datagrams (tcpdump, wall
+    clock; 148 bytes an initiation, 92 a response, 32 a keepalive), ``wg show wg0`` and
+    its agent's log, all against the wall time the moved wg0 came up."""
+    out = [f"moved wg0 up at {up_at:.3f} (wall clock)"]
+    for host, cap in hosts:
+        cap.stop()
+        out.append(f"--- udp on {host.name} (eth0)")
+        out.append("\n".join(cap.log_text().splitlines()[-40:]))
+        out.append(host.run(["wg", "show", "wg0"], check=False).stdout.strip())
+    for name, agent in agents:
+        out.append(f"--- aircrew on {name}")
+        out.append("\n".join(agent.proc.log_text().splitlines()[-25:]))
+    return "\n".join(out)
+
+
+def start_moving(lab, mesh, tag: str):
+    """A node on p2 and its peer on p4 (host names prefixed by ``tag``), a ping between
+    them, then the node stopped and its wg0 gone (the laptop left that network), its key
+    on p3 (where it will come up); tcpdump on p4 and p3. Returns p3, p4, the peer's and
+    the moving node's agents, the node's mesh address and the captures."""
+    p2, p3, p4 = (lab.add_public_host(f"{tag}{n}") for n in ("p2", "p3", "p4"))
     peer = mesh.start_agent(p4)
     moving = mesh.start_agent(p2)
     address = mesh.wait_address(moving)
     mesh.wait_address(peer)
     assert mesh.first_ping(p4, address, timeout=10) is not None
+    dump = ["-l", "--immediate-mode", "-tt", "-i", "eth0", "udp", "port", "51820"]
+    caps = [(h, capture(h, dump, "tcpdump-moved")) for h in (p4, p3)]
     moving.proc.stop()
     p2.run(["ip", "link", "del", "wg0"])                  # the laptop left that network
     (p3.etc_dir / "private.key").write_text((p2.etc_dir / "private.key").read_text())
     os.chmod(p3.etc_dir / "private.key", 0o600)
+    return p3, p4, peer, moving, address, caps
+
+
+def test_moved_node_reachable_within_3s(world):
+    lab, mesh, _ = world
+    p3, p4, peer, _, address, caps = start_moving(lab, mesh, "")
     moved = mesh.start_agent(p3, new_key=False)
     assert mesh.wait_address(moved) == address
+    up_at = time.time()
     took = mesh.first_ping(p4, address, timeout=30)
+    story = moved_story(caps, [("p4", peer), ("p3", moved)], up_at)
     print(f"moved node reachable {took}s after its wg0 came up on the new host")
-    assert took is not None and took <= 3.0
+    if os.environ.get("MOVED_STORY"):
+        print(story)
+    assert took is not None and took <= 3.0, story
+
+
+def test_moved_node_whose_first_handshakes_were_lost_reachable_within_3s(world):
+    """Both ends' first initiations after the move fail (as when they cross: each end
+    consumes the other's initiation, which drops its own, and WireGuard would retry only
+    after its 5 s REKEY_TIMEOUT; here p4 drops what p3 sends until both ends hold the
+    peer at its new endpoint). The peer's agent re-creates the peer within about 0.5-1 s
+    of the move."""
+    lab, mesh, _ = world
+    p3, p4, peer, moving, address, caps = start_moving(lab, mesh, "l")
+    table = f"lossy{os.getpid()}"
+    p4.run(["nft", "add", "table", "inet", table])
+    try:
+        p4.run(["nft", "add", "chain", "inet", table, "in",
+                "{ type filter hook input priority 0 ; }"])
+        p4.run(["nft", "add", "rule", "inet", table, "in", "ip", "saddr", p3.address,
+                "udp", "dport", "51820", "drop"])
+        moved = mesh.start_agent(p3, new_key=False)
+        assert mesh.wait_address(moved) == address
+        wait_for(lambda: mesh.wg_peers(p4).get(moving.public_key, {}).get("endpoint")
+                 == f"{p3.address}:51820" and peer.public_key in mesh.wg_peers(p3), 15,
+                 "p4 to hold the moved node's new endpoint and p3 to hold p4", interval=0.05)
+        time.sleep(0.1)                    # both first initiations went out and were lost
+    finally:
+        p4.run(["nft", "delete", "table", "inet", table], check=False)
+    lifted = time.time()
+    took = mesh.first_ping(p4, address, timeout=30)
+    story = moved_story(caps, [("p4", peer), ("p3", moved)], lifted)
+    print(f"moved node reachable {took}s after the loss ended")
+    if os.environ.get("MOVED_STORY"):
+        print(story)
+    assert took is not None and took <= 3.0, story
+    assert "none came since the move" in peer.proc.log_text(), story
 
 
 def relay_in_use(mesh, world_nodes, a: str, b: str, timeout: float) -> str:

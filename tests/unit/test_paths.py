@@ -141,3 +141,60 @@ def test_pair_relay_rule():
     assert pair_relay(a, b, {"r1": "x"}) == "r1"
     assert pair_relay(a, b, {"r9": "x", "r3": "y"}) == "r3"
     assert pair_relay(a, b, {}) is None
+
+
+# -- a direct move whose first handshakes crossed ----------------------------------------
+
+def moved_public(own="AAAA", peer="BBBB"):
+    """A machine of ``own`` whose public peer moved at t=10 (re-created then)."""
+    m = PathMachine(own, peer)
+    a, b = NodeView(own, "192.0.2.1:51820", "open"), NodeView(peer, "192.0.2.2:51820", "open")
+    assert not m.step(0, Env(a, b, RELAYS, 1.0, read_at=0)).fresh
+    m.peer_moved()
+    b = NodeView(peer, "198.51.100.7:51820", "open")
+    d = m.step(10, Env(a, b, RELAYS, 11.0, read_at=10))     # last handshake before the move
+    assert d.fresh and not d.kick and d.endpoint == b.endpoint
+    return m, a, b
+
+def test_no_handshake_after_a_direct_move_kicks_the_decider_after_half_a_second_twice_at_most():
+    m, a, b = moved_public()
+    kicks = []
+    for i in range(1, 41):                       # device read every tick (0.25 s)
+        now = 10 + i * 0.25
+        d = m.step(now, Env(a, b, RELAYS, now - 9.0, read_at=now))   # still the old handshake
+        if d.fresh:
+            assert d.kick and d.endpoint == b.endpoint
+            kicks.append(now)
+    assert kicks == [10.5, 11.0]
+
+def test_the_other_side_kicks_later_so_that_kicks_do_not_cross():
+    m, a, b = moved_public("BBBB", "AAAA")
+    firsts = [10 + i * 0.25 for i in range(1, 12)
+              if m.step(10 + i * 0.25, Env(a, b, RELAYS, None, read_at=10 + i * 0.25)).fresh]
+    assert firsts[0] == 11.0
+
+def test_a_handshake_after_the_move_stops_the_watch():
+    m, a, b = moved_public()
+    assert not m.step(10.5, Env(a, b, RELAYS, 0.3, read_at=10.6)).fresh     # at 10.3
+    assert not any(m.step(10 + i, Env(a, b, RELAYS, None, read_at=10 + i)).fresh
+                   for i in range(1, 6))
+
+def test_only_a_device_read_made_late_enough_can_kick():
+    m, a, b = moved_public()
+    # ticks go on, but the latest read of the device is from just after the move
+    assert not any(m.step(10 + i * 0.25, Env(a, b, RELAYS, None, read_at=10.1)).fresh
+                   for i in range(1, 20))
+    assert m.step(16, Env(a, b, RELAYS, None, read_at=15.9)).kick
+
+def test_a_direct_decision_that_moved_nothing_never_kicks():
+    p = Pair("open", "symmetric"); p.hs = None
+    assert not any(a.fresh or b.fresh for _ in range(20) for a, b in [p.tick()])
+
+def test_a_probed_direct_pair_whose_peer_moved_is_kicked_too():
+    p = Pair(); p.ab = p.ba = True
+    assert p.until(lambda a, b: a.mode == b.mode == DIRECT) is not None
+    p.ma.peer_moved(); p.b = NodeView("BBBB", "198.51.100.7:51820", "cone", "r1"); p.hs = None
+    da, _ = p.tick()
+    assert da.mode == DIRECT and da.fresh and not da.kick and da.endpoint == p.b.endpoint
+    da, _ = p.tick()                                    # 0.5 s later, still no handshake
+    assert da.mode == DIRECT and da.fresh and da.kick

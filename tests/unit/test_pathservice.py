@@ -6,7 +6,7 @@ import base64
 import os
 
 from aircrew.paths import RELAYED, NodeView
-from aircrew.pathservice import PathService
+from aircrew.pathservice import PathService, PeerLink
 from aircrew.relaybook import RelayInfo
 from wire import x25519
 
@@ -123,3 +123,33 @@ def test_a_direct_change_of_a_reconcile_is_not_owed():
     change = service.tick(1.5, own, {peer.key: moved}, {}, keep=True)[peer.key]
     assert change.endpoint == "198.51.100.10:51820" and change.fresh
     assert service.take_changes({}) == {}
+
+
+def test_a_kick_of_a_reconcile_tick_is_owed_and_the_watch_read_often():
+    """A moved public peer with no handshake 0.5 s after its re-creation: the reconcile will
+    not re-create it, so the kick is handed over by the next ``take_changes``."""
+    service, own, peer = service_and_peer(decider=True)
+    public = NodeView(peer.key, "198.51.100.9:51820", "open")
+    service.take_changes(service.tick(1.0, own, {peer.key: public}, {}))
+    assert not service.watching()
+    moved = NodeView(peer.key, "198.51.100.10:51820", "open")
+    service.tick(1.5, own, {peer.key: moved}, {}, keep=True)
+    assert service.watching()
+    links = {peer.key: PeerLink(None, "198.51.100.10:51820")}
+    assert not service.tick(1.9, own, {peer.key: moved}, links, keep=True, links_at=1.9)
+    change = service.tick(2.1, own, {peer.key: moved}, links, keep=True, links_at=2.05)
+    assert change[peer.key].kick and change[peer.key].fresh
+    owed = service.take_changes({})
+    assert owed[peer.key].kick and owed[peer.key].endpoint == "198.51.100.10:51820"
+
+
+def test_the_keeper_reads_the_device_every_tick_while_a_moved_peer_waits():
+    from aircrew.pathkeeper import LINK_READ, LINK_READ_WATCHING, PathKeeper
+    service, own, peer = service_and_peer(decider=True)
+    keeper = PathKeeper("", "default", 51820, "tower")
+    keeper.service = service
+    keeper.set_links(1.0, {})
+    assert not keeper.links_due(1.0 + LINK_READ_WATCHING) and keeper.links_due(1.0 + LINK_READ)
+    service.tick(1.0, own, {peer.key: NodeView(peer.key, "198.51.100.9:51820", "open")}, {})
+    service.tick(1.1, own, {peer.key: NodeView(peer.key, "198.51.100.10:51820", "open")}, {})
+    assert keeper.links_due(1.0 + LINK_READ_WATCHING)

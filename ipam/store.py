@@ -190,7 +190,7 @@ class ZoneStore:
                      k.free(name), k.cursor(name), k.published(name), k.changes(name),
                      k.seen(name), k.applied(name), k.requests(name), k.auth(name),
                      k.nodes(name), k.names(name), k.joinkeys(name), k.ephemeral(name),
-                     k.expiring(name), k.paths(name)]
+                     k.expiring(name), k.paths(name), k.policy(name)]
 
         def deleted(reply: list[Any]) -> Call | None:
             if reply[0] == "ok":
@@ -591,6 +591,8 @@ def change(entry: list[Any]) -> str:
         return messages.upsert_change(_rev(entry_id), fields["peer"])
     if op == "remove":
         return messages.remove_change(_rev(entry_id), fields["key"], fields["reason"])
+    if op == "policy":
+        return messages.policy_change(_rev(entry_id), fields["policy"] or None)
     if "c" in fields:       # logged as JSON by a tower before the change log held data
         return fields["c"]
     raise ValueError(f"change log entry {entry_id} is malformed")

@@ -18,6 +18,8 @@ from typing import Any
 
 from . import addresses, proof
 from .errors import InvalidInput
+from .policy import Policy, PolicyError
+from .policy import parse as parse_policy
 
 VERSION = 1
 REQUEST_TYPES = ("register", "heartbeat", "endpoint-update", "leave", "enroll")
@@ -471,6 +473,11 @@ def remove_change(rev: int, key: str, reason: str) -> str:
     return _compact({"rev": int(rev), "op": "remove", "key": key, "reason": reason})
 
 
+def policy_change(rev: int, document: str | None) -> str:
+    """The zone's policy set (``document``: its canonical JSON) or deleted (None)."""
+    return f'{{"rev":{int(rev)},"op":"policy","policy":{document or "null"}}}'
+
+
 def zone_deleted_change(rev: int) -> str:
     return _compact({"rev": int(rev), "op": "zone-deleted"})
 
@@ -490,10 +497,11 @@ def zone_deleted(zone: str, rev: int) -> str:
 @dataclass(frozen=True)
 class Change:
     rev: int
-    op: str                      # "upsert" | "remove" | "zone-deleted"
+    op: str                      # "upsert" | "remove" | "policy" | "zone-deleted"
     peer: Peer | None = None     # for upsert
     key: str | None = None       # for remove
     reason: str | None = None    # for remove: left, deleted, expired, evicted
+    policy: Policy | None = None  # for policy: the new policy (None: deleted)
 
 
 @dataclass(frozen=True)
@@ -523,11 +531,24 @@ def parse_update(payload: bytes | str) -> ZoneUpdate:
         elif op == "remove":
             changes.append(Change(raw["rev"], op, key=public_key(raw.get("key")),
                                   reason=str(raw.get("reason") or "")))
+        elif op == "policy":
+            document = raw.get("policy")
+            changes.append(Change(raw["rev"], op,
+                                  policy=None if document is None else policy_doc(document)))
         elif op == "zone-deleted":
             changes.append(Change(raw["rev"], op))
         else:
             raise InvalidInput(f"unknown change op {brief(op)}")
     return ZoneUpdate(zone_name(data.get("zone")), since, rev, tuple(changes))
+
+
+def policy_doc(document: Any) -> Policy:
+    """A policy as sent in a change or a snapshot (already validated by the tower; a
+    document this side cannot read is malformed input all the same)."""
+    try:
+        return parse_policy(document)
+    except PolicyError as exc:
+        raise InvalidInput(f"policy in update: {exc}") from None
 
 
 def _is_int(value: Any) -> bool:

@@ -271,8 +271,24 @@ def _simplest(ports: tuple[PortSpec, ...]) -> tuple[PortSpec, ...]:
 
 
 def load(text: str | bytes | None) -> Policy | None:
-    """A stored or sent document; None (or empty) for no policy."""
+    """A document (JSON); None (or empty) for no policy."""
     return None if not text else parse(text)
+
+
+def stored(text: str | None) -> tuple[int, Policy] | None:
+    """The zone's policy as Redis keeps it, ``{"rev": R, "policy": {...}}`` (R: the
+    zone revision that set it); None for none."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        rev = data["rev"]
+        document = data["policy"]
+    except (ValueError, TypeError, KeyError):
+        raise PolicyError([Problem(None, None, "stored policy is malformed")]) from None
+    if not isinstance(rev, int) or isinstance(rev, bool):
+        raise PolicyError([Problem(None, None, "stored policy has no revision")])
+    return rev, parse(document)
 
 
 # -- nodes -------------------------------------------------------------------------------
@@ -373,3 +389,20 @@ def packet(text: str) -> tuple[str, int | None]:
     if spec.proto == "*" or spec.low == 0 or spec.low != spec.high:
         raise InvalidInput(f"{text!r}: name one packet, such as tcp/22, udp/53 or icmp")
     return spec.proto, spec.low
+
+
+def resolve(members: Iterable[Member], ref: str) -> Endpoint:
+    """One end of a ``policy test``: a node by name or public key, or an address (the
+    node owning it, if any)."""
+    members = list(members)
+    for m in members:
+        if ref in (m.name, m.key):
+            return Endpoint(m.address, m)
+    try:
+        address = ipaddress.ip_address(ref)
+    except ValueError:
+        raise InvalidInput(f"{ref!r} is no node name, public key or address of the zone") from None
+    for m in members:
+        if any(address.version == net.version and address in net for net in m.owns()):
+            return Endpoint(str(address), m)
+    return Endpoint(str(address))

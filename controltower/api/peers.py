@@ -104,6 +104,15 @@ def approve_routes(key: str):
                     "PendingPrefixes": list(again.peer.pending_prefixes) if again.peer else []})
 
 
+@bp.put("/peers/<wgkey:key>/tags")
+def set_tags(key: str):
+    """Replace a node's tags (``Tags``: names, with or without ``tag:``); every agent of
+    the zone hears it as one peer upsert, and a policy's sets follow."""
+    body = json_object(request, {"Tags": list}, required=("Tags",))
+    node = nodes().set_tags(_found(key), body["Tags"])
+    return jsonify({"PublicKey": node.key, "Name": node.name, "Tags": list(node.tags)})
+
+
 @bp.post("/peers/<wgkey:key>/renew")
 def renew(key: str):
     node = nodes().renew(_found(key))

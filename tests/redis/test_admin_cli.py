@@ -320,3 +320,35 @@ def test_joinkey_create_prints_the_key_alone_on_stdout(run):
     assert result.exit_code == 0, result.output
     assert result.stdout.count("\n") == 1 and result.stdout.startswith("ajk1:default:")
     assert "reusable" in result.stderr and "ajk1:" not in result.stderr
+
+
+def test_policy_set_show_test_delete(run, store, tmp_path):
+    zone = "zone-policy-cli"
+    assert run("zone", "create", zone, "--cidr", "10.150.0.0/24").exit_code == 0
+    a, b = (public_key_of(generate_private_key()) for _ in range(2))
+    store.register(zone, a, listen_port=1, session="s", request_ip="10.150.0.10")
+    store.register(zone, b, listen_port=1, session="s", request_ip="10.150.0.20")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rules": [{"from": ["tag:ops"], "to": ["*"], "ports": ["tcp/0"]}]}))
+    refused = run("policy", "set", zone, str(bad))
+    assert refused.exit_code == 1
+    assert "rule 0 ports[0]: 'tcp/0': ports are 1-65535" in refused.output
+    assert "no policy" in run("policy", "show", zone).output
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"rules": [
+        {"from": ["10.150.0.10"], "to": ["10.150.0.20"], "ports": ["tcp/22"]},
+        {"from": ["tag:ops"], "to": ["*"], "ports": ["icmp"]}]}))
+    done = run("policy", "set", zone, str(good))
+    assert done.exit_code == 0, done.output
+    assert "2 rules in force" in done.output and "warning: tag:ops is on no node" in done.output
+    assert '"tcp/22"' in run("policy", "show", zone).output
+    allow = run("policy", "test", zone, "10.150.0.10", "10.150.0.20", "tcp/22")
+    assert allow.output.startswith("allow: allowed by rule 0"), allow.output
+    deny = run("policy", "test", zone, "10.150.0.20", "10.150.0.10", "tcp/22")
+    assert deny.output.startswith("deny: no rule allows it"), deny.output
+    as_json = json.loads(run("policy", "test", "--json", zone, "10.150.0.10", "10.150.0.20",
+                             "tcp/23").output)
+    assert as_json["Allow"] is False and as_json["Rule"] is None
+    assert "policy deleted" in run("policy", "delete", zone).output
+    assert "had no policy" in run("policy", "delete", zone).output
+    assert run("peer", "tag", a, "ops").exit_code == 1     # not enrolled: a clear refusal

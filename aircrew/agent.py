@@ -31,12 +31,15 @@ import redis.asyncio as aioredis
 from wire import identity, redisconn
 from wire.errors import MeshError, NotFound, Removed, Superseded, Unavailable, code_of
 from wire.keys import Keys, node_id
+from wire import policy as policies
 from wire.messages import ZoneUpdate
+from wire.policy import Member
 from wire.proof import public_key_of
 
 from .applier import Links, apply_ops, apply_zone, ensure_device
 from .device import Device, DeviceState
 from .device_errors import DeviceError
+from .firewall import Firewall
 from .inbox import Inbox
 from .mirror import Outcome, ZoneMirror
 from .credential import CredentialFile, NodeCredential
@@ -135,7 +138,7 @@ class AgentSettings:
 class Agent:
     def __init__(self, settings: AgentSettings, device: Device, links: Links,
                  endpoints: EndpointSource, state: StateFiles,
-                 client_factory=None) -> None:
+                 client_factory=None, firewall: Firewall | None = None) -> None:
         self.s = settings
         self.device = device
         self.links = links
@@ -147,6 +150,9 @@ class Agent:
         self.mirror = ZoneMirror()
         self.applied = Applied()
         self._touched: set[str] = set()     # peers changed since the last reconcile
+        self.firewall = firewall            # None: policies are not enforced here
+        self._policy_changed = False        # since the last reconcile
+        self._closed = False                # the firewall's state the device follows
         self._behind: int | None = None     # a published revision missing at the last check
         self._command_failures = 0          # periodic commands failed in a row (``_command``)
         self.assignment: dict[str, Any] | None = None
@@ -215,8 +221,12 @@ class Agent:
             self.assignment = {"address": cache.address, "prefix_len": cache.prefix_len,
                                "cidr": cache.cidr}
             await self._on_device(self._ensure_device)
-            self.mirror.load(cache.rev, cache.peer_map())
+            found = cache.stored_policy()
+            self.mirror.load(cache.rev, cache.peer_map(), *(found[::-1] if found else ()))
+            await self._sync_firewall()       # the cached rules before any peer
             await self._reconcile_all()
+        elif self.firewall is not None:
+            await self._sync_firewall()       # no cache: no table of ours left over
         exists = await self._on_device(self.device.exists)
         self.endpoint, self.nat_type = await asyncio.to_thread(self.endpoints.discover, exists)
         log.info("advertising endpoint %s (NAT type %s)", self.endpoint or "none", self.nat_type)
@@ -444,12 +454,14 @@ class Agent:
         for _ in range(RESYNC_ATTEMPTS):
             self.resyncs += 1
             snapshot = await self.session.snapshot()
-            self.mirror.load(snapshot.rev, snapshot.peers)
+            found = policies.stored(snapshot.policy)
+            self.mirror.load(snapshot.rev, snapshot.peers, *(found[::-1] if found else ()))
             # Updates buffered while the snapshot was read; a gap among them (one lost
             # between the snapshot and them) takes another snapshot at once.
             if self._apply_buffered():
                 break
         self._check_membership()
+        await self._sync_firewall()
         await self._reconcile_all()
         self._state_changed(urgent=True)
 
@@ -471,6 +483,7 @@ class Agent:
                      self.mirror.rev, update.since, update.rev)
             return False
         self._touched |= self.mirror.touched
+        self._policy_changed |= self.mirror.policy_changed
         return True
 
     def _check_membership(self) -> None:
@@ -595,6 +608,9 @@ class Agent:
         return self.s.revision_interval
 
     async def _heartbeat(self) -> None:
+        if self.firewall is not None and self.firewall.state in ("failed", "closed"):
+            await self._on_device(self.firewall.retry)
+            await self._follow_firewall()
         report = self.paths.report(self.mirror.peers) if self.paths is not None else None
         try:
             await self.session.request("heartbeat", report or None,
@@ -725,13 +741,25 @@ class Agent:
         return self._device_thread.submit(self.device.read).result(timeout)
 
     async def _reconcile_touched(self) -> None:
-        """Apply the peers the updates since the last reconcile touched, and only them."""
+        """Apply the peers the updates since the last reconcile touched, and only them:
+        the firewall first (a revocation never waits for the device), then the device."""
         keys, self._touched = self._touched, set()
+        if self.firewall is not None:
+            if self._policy_changed:
+                await self._sync_firewall()
+            else:
+                peers = self.mirror.peers
+                changed = [(k, Member.of(peers[k]) if k in peers else None) for k in keys]
+                await self._on_device(self.firewall.update, self.mirror.policy,
+                                      self.mirror.policy_rev, changed, self._me())
+            if await self._follow_firewall():
+                self._state_changed()
+                return
         if self.paths is not None:           # decide new peers' paths before adding them
             async with self._paths_lock:
                 self.paths.decide(time.monotonic(), self._own_view(), self.mirror.peers)
         endpoints = self._path_endpoints()
-        ops = self.applied.diff(self.public_key, keys, self.mirror.peers, endpoints)
+        ops = self.applied.diff(self.public_key, keys, self._device_peers(), endpoints)
         if ops:
             try:
                 await self._on_device(apply_ops, self.device, self.links, ops)
@@ -742,7 +770,7 @@ class Agent:
                 self._state_changed()
                 return
             log.info("zone revision %d applied with %d operations", self.mirror.rev, len(ops))
-        self.applied.record(self.public_key, keys, self.mirror.peers, endpoints)
+        self.applied.record(self.public_key, keys, self._device_peers(), endpoints)
         self._state_changed()
 
     async def _reconcile_all(self) -> int:
@@ -756,11 +784,47 @@ class Agent:
     def _reconcile_device(self, endpoints: dict[str, str | None] | None = None) -> int:
         """On the device thread: the whole zone against the device read back."""
         self.applied, count = apply_zone(self.device, self.links, self.public_key,
-                                         self.mirror.peers, self.applied, endpoints)
+                                         self._device_peers(), self.applied, endpoints)
         if count:
             log.info("zone revision %d applied with %d operations (whole zone against the "
                      "device)", self.mirror.rev, count)
         return count
+
+    # -- the firewall (zone policy) ----------------------------------------------------------
+
+    def _me(self) -> Member | None:
+        own = self.mirror.peers.get(self.public_key)
+        return Member.of(own) if own is not None else None
+
+    async def _sync_firewall(self) -> None:
+        """Our nft table as the mirror's policy and members say (one transaction)."""
+        self._policy_changed = False
+        if self.firewall is None:
+            return
+        members = {key: Member.of(peer) for key, peer in self.mirror.peers.items()}
+        await self._on_device(self.firewall.sync, self.mirror.policy, self.mirror.policy_rev,
+                              self._me(), members)
+        await self._follow_firewall()
+
+    async def _follow_firewall(self) -> bool:
+        """The device follows the firewall's state: no peers while it is closed (no
+        rules could be loaded under a policy: never open), every peer again once it is
+        not. True when the whole zone was reconciled for it."""
+        closed = self.firewall is not None and self.firewall.closed
+        if closed == self._closed:
+            return False
+        self._closed = closed
+        if closed:
+            log.error("no policy rules are in force: every peer is removed until they are")
+        await self._reconcile_all()
+        return True
+
+    def _device_peers(self) -> dict:
+        """The zone's peers as the device gets them: none but this node's own record
+        while the firewall is closed."""
+        if not self._closed:
+            return self.mirror.peers
+        return {k: p for k, p in self.mirror.peers.items() if k == self.public_key}
 
     # -- the state files ---------------------------------------------------------------------
 
@@ -785,4 +849,6 @@ class Agent:
             prefix_len=int(self.assignment["prefix_len"]), rev=self.mirror.rev,
             session=self.session.session_id if self.session else "",
             peers=tuple(self.mirror.peers.values()), configs=tuple(self.applied.peers.values()),
-            hosts=self.s.hosts)
+            hosts=self.s.hosts,
+            policy=policies.stored_text(self.mirror.policy_rev or 0, self.mirror.policy)
+            if self.mirror.policy is not None else None)

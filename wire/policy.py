@@ -275,6 +275,11 @@ def load(text: str | bytes | None) -> Policy | None:
     return None if not text else parse(text)
 
 
+def stored_text(rev: int, policy: Policy) -> str:
+    """The form ``stored`` reads (what Redis and the agent's cache keep)."""
+    return f'{{"rev":{int(rev)},"policy":{policy.to_json()}}}'
+
+
 def stored(text: str | None) -> tuple[int, Policy] | None:
     """The zone's policy as Redis keeps it, ``{"rev": R, "policy": {...}}`` (R: the
     zone revision that set it); None for none."""

@@ -26,6 +26,7 @@ class Snapshot:
     cidr: str
     rev: int
     peers: dict[str, Peer]
+    policy: str | None = None
 
 
 @dataclass

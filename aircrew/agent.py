@@ -151,7 +151,6 @@ class Agent:
         self.applied = Applied()
         self._touched: set[str] = set()     # peers changed since the last reconcile
         self.firewall = firewall            # None: policies are not enforced here
-        self._policy_changed = False        # since the last reconcile
         self._closed = False                # the firewall's state the device follows
         self._behind: int | None = None     # a published revision missing at the last check
         self._command_failures = 0          # periodic commands failed in a row (``_command``)
@@ -483,7 +482,6 @@ class Agent:
                      self.mirror.rev, update.since, update.rev)
             return False
         self._touched |= self.mirror.touched
-        self._policy_changed |= self.mirror.policy_changed
         return True
 
     def _check_membership(self) -> None:
@@ -745,13 +743,10 @@ class Agent:
         the firewall first (a revocation never waits for the device), then the device."""
         keys, self._touched = self._touched, set()
         if self.firewall is not None:
-            if self._policy_changed:
-                await self._sync_firewall()
-            else:
-                peers = self.mirror.peers
-                changed = [(k, Member.of(peers[k]) if k in peers else None) for k in keys]
-                await self._on_device(self.firewall.update, self.mirror.policy,
-                                      self.mirror.policy_rev, changed, self._me())
+            peers = self.mirror.peers
+            changed = [(k, Member.of(peers[k]) if k in peers else None) for k in keys]
+            await self._on_device(self.firewall.update, self.mirror.policy,
+                                  self.mirror.policy_rev, changed, self._me())
             if await self._follow_firewall():
                 self._state_changed()
                 return
@@ -798,7 +793,6 @@ class Agent:
 
     async def _sync_firewall(self) -> None:
         """Our nft table as the mirror's policy and members say (one transaction)."""
-        self._policy_changed = False
         if self.firewall is None:
             return
         members = {key: Member.of(peer) for key, peer in self.mirror.peers.items()}

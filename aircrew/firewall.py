@@ -4,7 +4,9 @@ runs).
 
 - No policy: no table of ours (whatever was left is deleted).
 - A policy, or this node's own record, changed: the plan is compiled again and, when it
-  differs, our whole table is replaced in one transaction.
+  differs, our whole table is replaced in one transaction (the sets' contents are kept
+  when the new plan has the same sets: a change of ports or rules between the same
+  groups does not go over the zone's members again).
 - Other members changed: one transaction of set-element adds and deletes.
 
 nft applies a transaction whole or not at all. A delta that fails is followed by a full
@@ -55,6 +57,7 @@ class Firewall:
     in_force: bool = False               # a table of ours is loaded
     last: Transaction | None = None
     transactions: int = 0
+    sync_seconds: float = 0.0            # the last whole-table build and load, all of it
     _members: dict[str, Member] = field(default_factory=dict)
     _cleared: bool = False               # a leftover table of ours was looked for
 
@@ -78,8 +81,16 @@ class Firewall:
 
     def sync(self, policy: Policy | None, rev: int | None, me: Member | None,
              members: dict[str, Member]) -> None:
-        """Everything at once (start, resync, a policy change): our table as the policy
-        and ``members`` say."""
+        """Everything at once (start, resync): our table as the policy and ``members``
+        say."""
+        started = time.perf_counter()
+        try:
+            self._sync(policy, rev, me, members)
+        finally:
+            self.sync_seconds = time.perf_counter() - started
+
+    def _sync(self, policy: Policy | None, rev: int | None, me: Member | None,
+              members: dict[str, Member]) -> None:
         self.policy, self.rev, self.me = policy, rev, me
         self._members = dict(members)
         if policy is None or me is None:
@@ -107,16 +118,13 @@ class Firewall:
         if policy is None and self.policy is None and self.state == NONE:
             self.me = me
             return                    # no policy before or now: nothing of ours to change
-        if policy != self.policy or policy is None or self.contents is None \
-                or self.state in (FAILED, CLOSED):
+        if policy is None or self.contents is None or self.state in (FAILED, CLOSED):
             self.sync(policy, rev, me, self._members)
             return
+        if (policy is not self.policy and policy != self.policy) or me != self.me:
+            self._replan(policy, rev, me, changed)
+            return
         self.rev = rev
-        if me != self.me:
-            self.me = me
-            if me is None or compile_plan(policy, me) != self.plan:
-                self.sync(policy, rev, me, self._members)
-                return
         delta = self.contents.update(changed)
         if not delta:
             return
@@ -125,6 +133,29 @@ class Firewall:
         except NftError as exc:
             log.warning("a set-element change failed (%s): reloading the whole table", exc)
             self._load()
+
+    def _replan(self, policy: Policy, rev: int | None, me: Member | None,
+                changed: list[tuple[str, Member | None]]) -> None:
+        """The policy or this node changed: compile again; the same plan is a delta, the
+        same sets a table reload over the contents kept, other sets a full sync."""
+        started = time.perf_counter()
+        plan = compile_plan(policy, me) if me is not None else None
+        if plan is None or self.plan is None or self.contents is None \
+                or plan.sets != self.plan.sets:
+            self.sync(policy, rev, me, self._members)
+            return
+        self.policy, self.rev, self.me = policy, rev, me
+        delta = self.contents.update(changed)
+        if plan == self.plan:
+            if delta:
+                try:
+                    self._run("delta", nftext.delta(self.interface, delta), delta.size())
+                except NftError:
+                    self._load()
+            return
+        self.plan = self.contents.plan = plan
+        self._load()
+        self.sync_seconds = time.perf_counter() - started
 
     def retry(self) -> None:
         """Try again after a failure (the agent calls it on its heartbeat)."""

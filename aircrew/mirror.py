@@ -27,7 +27,6 @@ class ZoneMirror:
     touched: set[str] = field(default_factory=set)          # keys the last update changed
     policy: Policy | None = None                   # the zone's access policy; None: none
     policy_rev: int | None = None                  # the revision that set it
-    policy_changed: bool = False                   # the last update changed it
 
     @property
     def loaded(self) -> bool:
@@ -40,12 +39,10 @@ class ZoneMirror:
         self.removed = {}
         self.touched = set()
         self.policy, self.policy_rev = policy, policy_rev if policy is not None else None
-        self.policy_changed = False
 
     def apply(self, update: ZoneUpdate) -> Outcome:
         self.removed = {}
         self.touched = set()
-        self.policy_changed = False
         if not self.loaded:
             return Outcome.GAP
         if update.rev <= self.rev:
@@ -67,7 +64,6 @@ class ZoneMirror:
             elif change.op == "policy":
                 self.policy = change.policy
                 self.policy_rev = change.rev if change.policy is not None else None
-                self.policy_changed = True
             self.rev = change.rev
         self.rev = update.rev
         return Outcome.APPLIED

@@ -116,3 +116,26 @@ def test_no_policy_looks_for_a_leftover_table_only_where_one_was_loaded(nft, tmp
     assert fw.leftover
     fw.sync(None, None, ME, members(ME))
     assert nft.texts == [nftext.removal("wg0")] and fw.state == NONE
+
+
+def test_a_policy_change_between_the_same_groups_keeps_the_sets(nft):
+    fw = Firewall("wg0", nft)
+    fw.sync(POLICY, 1, ME, members(ME, OPS, DB))
+    contents = fw.contents
+    more_ports = P.parse({"rules": [{"from": ["tag:ops"], "to": ["tag:servers"],
+                                     "ports": ["tcp/22", "tcp/443"]}]})
+    joined = P.Member("k4", "10.0.0.4", "new", frozenset({"ops"}))
+    fw.update(more_ports, 2, [("k4", joined)], ME)      # with a membership change at once
+    assert fw.contents is contents and fw.state == APPLIED
+    assert "tcp dport { 22, 443 }" in nft.texts[-1]
+    assert "elements = { 10.0.0.1, 10.0.0.4 }" in nft.texts[-1]
+    # only the description changed: the same plan, nothing to load
+    count = len(nft.texts)
+    described = P.parse({"rules": [{**more_ports.rules[0].to_dict(), "description": "x"}]})
+    fw.update(described, 3, [], ME)
+    assert len(nft.texts) == count and fw.status()["rules"][0].endswith("(x)")
+    # other groups: the sets are built again
+    other = P.parse({"rules": [{"from": ["db"], "to": ["*"]}]})
+    fw.update(other, 4, [], ME)
+    assert fw.contents is not contents and "set node.db_4 { type ipv4_addr; elements = { " \
+        "10.0.0.3 } }" in nft.texts[-1]

@@ -28,7 +28,7 @@ from wire.secretfile import write_secret
 
 from . import nftext
 from .nftables import Nft, NftError
-from .rules import Contents, Plan, compile_plan
+from .rules import Contents, Groups, Plan, compile_plan
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Firewall:
     last: Transaction | None = None
     transactions: int = 0
     sync_seconds: float = 0.0            # the last whole-table build and load, all of it
-    _members: dict[str, Member] = field(default_factory=dict)
+    _groups: Groups = field(default_factory=Groups)
     _cleared: bool = False               # a leftover table of ours was looked for
 
     def __post_init__(self) -> None:
@@ -92,7 +92,8 @@ class Firewall:
     def _sync(self, policy: Policy | None, rev: int | None, me: Member | None,
               members: dict[str, Member]) -> None:
         self.policy, self.rev, self.me = policy, rev, me
-        self._members = dict(members)
+        if members is not self._groups.members:
+            self._groups = Groups(members)
         if policy is None or me is None:
             self.plan, self.contents = None, None
             if policy is None:
@@ -102,7 +103,7 @@ class Firewall:
             return
         self.plan = compile_plan(policy, me)
         self.contents = Contents(self.plan)
-        self.contents.update(self._members.items())
+        self.contents.update(self._groups.of(self.plan))
         self._load()
 
     def update(self, policy: Policy | None, rev: int | None,
@@ -111,15 +112,12 @@ class Firewall:
         changed with them."""
         changed = list(changed)
         for key, member in changed:
-            if member is None:
-                self._members.pop(key, None)
-            else:
-                self._members[key] = member
+            self._groups.set(key, member)
         if policy is None and self.policy is None and self.state == NONE:
             self.me = me
             return                    # no policy before or now: nothing of ours to change
         if policy is None or self.contents is None or self.state in (FAILED, CLOSED):
-            self.sync(policy, rev, me, self._members)
+            self.sync(policy, rev, me, self._groups.members)
             return
         if (policy is not self.policy and policy != self.policy) or me != self.me:
             self._replan(policy, rev, me, changed)
@@ -142,7 +140,7 @@ class Firewall:
         plan = compile_plan(policy, me) if me is not None else None
         if plan is None or self.plan is None or self.contents is None \
                 or plan.sets != self.plan.sets:
-            self.sync(policy, rev, me, self._members)
+            self.sync(policy, rev, me, self._groups.members)
             return
         self.policy, self.rev, self.me = policy, rev, me
         delta = self.contents.update(changed)
@@ -160,7 +158,7 @@ class Firewall:
     def retry(self) -> None:
         """Try again after a failure (the agent calls it on its heartbeat)."""
         if self.state in (FAILED, CLOSED):
-            self.sync(self.policy, self.rev, self.me, self._members)
+            self.sync(self.policy, self.rev, self.me, self._groups.members)
 
     def remove(self) -> None:
         """Delete our table (``aircrew down``)."""

@@ -9,7 +9,6 @@ rules stay as they are (and a drop anywhere stays final: our accept cannot overr
 """
 from __future__ import annotations
 
-import ipaddress
 from typing import Iterable
 
 from .rules import FORWARD, INPUT, Accept, Contents, Delta, Plan
@@ -23,9 +22,9 @@ def table_name(interface: str) -> str:
 
 
 def _elements(texts: Iterable[str]) -> str:
-    nets = sorted((ipaddress.ip_network(t) for t in texts), key=lambda n: (n.version, n))
-    shown = (str(n.network_address) if n.num_addresses == 1 else str(n) for n in nets)
-    return "{ " + ", ".join(shown) + " }"
+    """Addresses and prefixes as nft reads them, in a stable (text) order: parsing each
+    to sort numerically costs more than everything else at 10,000 elements."""
+    return "{ " + ", ".join(sorted(texts)) + " }"
 
 
 def accept_line(accept: Accept) -> str:

@@ -172,9 +172,22 @@ class Contents:
     delete always names an element the set holds, an add one it lacks."""
 
     def __init__(self, plan: Plan) -> None:
-        self.plan = plan
         self._shares: dict[str, dict[str, frozenset[str]]] = {d.name: {} for d in plan.sets}
         self._counts: dict[str, dict[str, int]] = {d.name: {} for d in plan.sets}
+        self.plan = plan
+
+    @property
+    def plan(self) -> Plan:
+        return self._plan
+
+    @plan.setter
+    def plan(self, plan: Plan) -> None:
+        """A plan with the same sets (``Firewall`` keeps the contents for it)."""
+        self._plan = plan
+        groups: dict[Selector, list[SetDecl]] = {}
+        for decl in plan.sets:
+            groups.setdefault(decl.selector, []).append(decl)
+        self._groups = list(groups.items())
 
     def elements(self, name: str) -> frozenset[str]:
         return frozenset(self._counts[name])
@@ -195,8 +208,14 @@ class Contents:
         """Members changed (by key; None: gone): the elements that changed with them."""
         delta = Delta()
         for key, member in changed:
-            for decl in self.plan.sets:
-                self._move(decl.name, key, self.share(decl, member), delta)
+            for selector, decls in self._groups:     # a group's sets share one match
+                if member is not None and member.matches(selector):
+                    for decl in decls:
+                        self._move(decl.name, key, self.share(decl, member), delta)
+                else:
+                    for decl in decls:
+                        if key in self._shares[decl.name]:
+                            self._move(decl.name, key, frozenset(), delta)
         return delta
 
     def _move(self, name: str, key: str, new: frozenset[str], delta: Delta) -> None:
@@ -226,3 +245,39 @@ class Contents:
                     deleted.discard(element)      # deleted earlier in this delta
                 else:
                     added.add(element)
+
+
+class Groups:
+    """The zone's members, indexed by tag and by name: a plan's sets (every one is a tag's
+    or a name's) are filled from their groups' members only, so a new policy costs this
+    node O(its groups' members), not O(the zone)."""
+
+    def __init__(self, members: dict[str, Member] | None = None) -> None:
+        self.members: dict[str, Member] = {}
+        self._by: dict[Selector, set[str]] = {}
+        for key, member in (members or {}).items():
+            self.set(key, member)
+
+    @staticmethod
+    def _selectors(member: Member) -> list[Selector]:
+        out = [Selector("tag", t) for t in member.tags]
+        if member.name:
+            out.append(Selector("name", member.name))
+        return out
+
+    def set(self, key: str, member: Member | None) -> None:
+        old = self.members.pop(key, None)
+        if old is not None:
+            for sel in self._selectors(old):
+                self._by[sel].discard(key)
+        if member is not None:
+            self.members[key] = member
+            for sel in self._selectors(member):
+                self._by.setdefault(sel, set()).add(key)
+
+    def of(self, plan: Plan) -> list[tuple[str, Member]]:
+        """The members some set of ``plan`` may hold."""
+        keys: set[str] = set()
+        for sel in {d.selector for d in plan.sets}:
+            keys |= self._by.get(sel, set())
+        return [(key, self.members[key]) for key in keys]

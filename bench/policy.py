@@ -41,7 +41,6 @@ from wire.keys import Keys
 
 from .fleet import Fleet, split
 from .harness import add_stack_arguments, make_identities, stack_for, stack_options
-from .join import auto_processes
 from .report import Target, percentile
 
 log = logging.getLogger(__name__)
@@ -71,18 +70,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_stack_arguments(parser)
     parser.add_argument("--nodes", default="1000,10000",
                         help="zone sizes, comma-separated (each its own stack)")
-    parser.add_argument("--observers", type=int, default=200,
+    parser.add_argument("--observers", type=int, default=100,
                         help="simulated agents in each zone (the rest run no agent)")
     parser.add_argument("--changes", type=int, default=20, help="membership changes timed")
-    parser.add_argument("--processes", type=int, default=0,
-                        help="simulator processes (0: 1 up to 200 agents, else 2)")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="simulator processes (this machine has 2 cores)")
     parser.add_argument("--nft-members", type=int, default=1000,
                         help="members in the sets of the node whose real nft is timed (0: skip)")
 
 
 def command_of(args: argparse.Namespace) -> str:
     return (f"python -m bench policy --nodes {args.nodes} --observers {args.observers} "
-            f"--changes {args.changes} --nft-members {args.nft_members}" + stack_options(args))
+            f"--changes {args.changes} --processes {args.processes} "
+            f"--nft-members {args.nft_members}" + stack_options(args))
 
 
 def _call(api: str, token: str, method: str, path: str, body: Any) -> Any:
@@ -112,7 +112,7 @@ def _bytes(fleet: Fleet) -> int:
 
 def one_size(args: argparse.Namespace, nodes: int) -> dict[str, Any]:
     observers = min(args.observers, nodes)
-    processes = args.processes or auto_processes(observers)
+    processes = max(1, min(args.processes, observers))
     watchers = make_identities(observers, "obs")
     others = make_identities(nodes - observers - 1, "node")
     with stack_for(args) as stack:
@@ -169,6 +169,7 @@ def one_size(args: argparse.Namespace, nodes: int) -> dict[str, Any]:
         f"membership_ms_p50_{nodes}": ms(membership_s, 50),
         f"membership_ms_p99_{nodes}": ms(membership_s, 99),
         f"policy_ms_p50_{nodes}": ms(both, 50), f"policy_ms_p99_{nodes}": ms(both, 99),
+        f"policy_ms_first_{nodes}": round(min(both) * 1000, 1),
         f"policy_agent_ms_p50_{nodes}": ms(first_work, 50),
         f"policy_agent_ms_p99_{nodes}": ms(first_work, 99),
         f"policy_ports_agent_ms_p50_{nodes}": ms(second_work, 50),

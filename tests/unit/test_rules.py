@@ -193,3 +193,30 @@ def test_needed_peers_are_those_some_rule_lets_talk_either_way():
     assert needed(compile_plan(policy, web), ops) and needed(compile_plan(policy, ops), web)
     assert not needed(compile_plan(policy, web), db) and not needed(compile_plan(policy, db), ops)
     assert needed(None, db)
+
+
+@settings(max_examples=150, deadline=None)
+@given(members, rules, st.lists(st.tuples(st.integers(0, 4), st.one_of(
+    st.none(), st.tuples(st.sets(st.sampled_from(TAGS)), st.booleans()))), max_size=6))
+def test_sets_filled_from_the_groups_equal_sets_filled_from_the_zone(nodes, raw_rules, changes):
+    from aircrew.rules import Groups
+    plan = compile_plan(P.parse({"rules": raw_rules}), nodes[0])
+    current = {m.key: m for m in nodes}
+    groups = Groups(current)
+    for i, spec in changes:
+        member = None if spec is None else member_of(i, *spec)
+        groups.set(f"k{i}", member)
+        if member is None:
+            current.pop(f"k{i}", None)
+        else:
+            current[f"k{i}"] = member
+    assert groups.members == current
+    from_groups, from_zone = Contents(plan), Contents(plan)
+    from_groups.update(groups.of(plan))
+    from_zone.update(current.items())
+    for decl in plan.sets:
+        assert from_groups.elements(decl.name) == from_zone.elements(decl.name)
+
+
+def member_of(i: int, tags, v6: bool) -> P.Member:
+    return member(i, tags, v6, ())

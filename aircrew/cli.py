@@ -270,7 +270,8 @@ def _state_options(f):
 @_state_options
 def status(interface: str, state_dir: Path) -> None:
     """Show peers, their paths (direct, relayed, down), endpoints, allowed IPs, handshake
-    age and the zone revision."""
+    age, the zone revision and the zone policy's rules that apply to this node (with
+    their packet counters)."""
     from .backend import open_device
     from .state import StateFiles
 

@@ -152,6 +152,7 @@ class Agent:
         self._touched: set[str] = set()     # peers changed since the last reconcile
         self.firewall = firewall            # None: policies are not enforced here
         self._closed = False                # the firewall's state the device follows
+        self._reported: dict | None = None  # the policy state the last heartbeat carried
         self._behind: int | None = None     # a published revision missing at the last check
         self._command_failures = 0          # periodic commands failed in a row (``_command``)
         self.assignment: dict[str, Any] | None = None
@@ -531,6 +532,8 @@ class Agent:
                     self._check_membership()
                     await self._reconcile_touched()
                 now = loop.time()
+                if self._reported != self._policy_report():
+                    next_heartbeat = now     # the rules' state changed: tell the tower now
                 if now >= next_heartbeat:
                     next_heartbeat = now + self.s.heartbeat_interval
                     await self._command("heartbeat", self._heartbeat, None)
@@ -609,9 +612,13 @@ class Agent:
         if self.firewall is not None and self.firewall.state in ("failed", "closed"):
             await self._on_device(self.firewall.retry)
             await self._follow_firewall()
-        report = self.paths.report(self.mirror.peers) if self.paths is not None else None
+        body = self.paths.report(self.mirror.peers) if self.paths is not None else {}
+        report = self._policy_report()
+        if report is not None:
+            body = {**(body or {}), "policy": report}
+            self._reported = report
         try:
-            await self.session.request("heartbeat", report or None,
+            await self.session.request("heartbeat", body or None,
                                        timeout=self.s.request_timeout)
         except NoReply:
             log.info("no answer to a heartbeat; the tower may be down")
@@ -812,6 +819,15 @@ class Agent:
             log.error("no policy rules are in force: every peer is removed until they are")
         await self._reconcile_all()
         return True
+
+    def _policy_report(self) -> dict | None:
+        """What the heartbeat tells the tower of this node's rules (None: nothing, in a
+        zone that never had a policy here: an older tower takes no heartbeat body)."""
+        fw = self.firewall
+        if fw is None or (fw.state == "none" and self._reported is None):
+            return None
+        return {"rev": fw.rev if fw.state != "none" else None, "state": fw.state,
+                "error": fw.error[:256]}
 
     def _device_peers(self) -> dict:
         """The zone's peers as the device gets them: none but this node's own record

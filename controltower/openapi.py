@@ -211,7 +211,13 @@ SCHEMAS: dict[str, Any] = {
             "Name": {"type": "string", "description": "Unique in the zone (enrollment); "
                      "empty for a node registered without enrolling.", "example": "laptop"},
             "Tags": {"type": "array", "items": {"type": "string"},
-                     "description": "From the join key it enrolled with."},
+                     "description": "From the join key it enrolled with, or set with "
+                                    "PUT /peers/{key}/tags."},
+            "Policy": {"type": "object", "description": "(one peer) The state of its zone "
+                       "policy rules, as its last heartbeat said (absent: never said).",
+                       "properties": {"State": {"enum": ["none", "applied", "failed", "closed"]},
+                                      "Revision": {"type": ["integer", "null"]},
+                                      "Error": {"type": "string"}}},
             "PendingPrefixes": {"type": "array", "items": {"type": "string"}, "description":
                                 "Child prefixes it announced that are not approved: nobody "
                                 "routes them (POST /peers/{key}/routes approves)."},
@@ -295,7 +301,12 @@ SCHEMAS: dict[str, Any] = {
                                   "description": "Canonical form; null: no policy "
                                                  "(everything allowed)."},
                        "Warnings": {"type": "array", "items": {"type": "string"},
-                                    "description": "PUT only: tags and names no node has."}},
+                                    "description": "PUT only: tags and names no node has."},
+                       "Nodes": {"type": "object", "description": "GET only: the nodes' "
+                                 "rules as their heartbeats said: counts by state (behind: "
+                                 "an older policy applied) and the nodes not applying it.",
+                                 "properties": {"Counts": {"type": "object"},
+                                                "NotApplying": {"type": "array"}}}},
         "required": ["Zone", "Revision", "Policy"],
     },
     "PolicyDeleted": {

@@ -4,6 +4,7 @@ change reaches every agent as one change on the zone channel, in revision order 
 the peer changes, and a snapshot carries the policy in force at its revision."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,48 @@ class Policies:
         rev = self._write(zone, "")
         log.info("zone %s: policy deleted at revision %d", zone, rev)
         return rev
+
+    def node_states(self, zone: str) -> dict[str, dict[str, Any]]:
+        """The state of each registered node's rules as its heartbeat last said (public
+        key -> {"rev", "state", "error", "ts"}); nodes that never said are left out."""
+        keys = self.store.keys
+        with self.store.redis.pipeline(transaction=False) as pipe:
+            pipe.hkeys(keys.peers(zone))
+            pipe.hgetall(keys.fwstate(zone))
+            peers, states = pipe.execute()
+        out = {}
+        for key in peers:
+            raw = states.get(key)
+            if raw is not None:
+                try:
+                    out[key] = json.loads(raw)
+                except ValueError:
+                    continue
+        return out
+
+    def node_state(self, zone: str, key: str) -> dict[str, Any] | None:
+        raw = self.store.redis.hget(self.store.keys.fwstate(zone), key)
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return None
+
+    def summary(self, zone: str, rev: int | None) -> dict[str, Any]:
+        """How the zone's nodes stand with the policy of revision ``rev`` (None: none):
+        counts by state, and the nodes not applying it (failed, closed, behind)."""
+        counts = {"applied": 0, "behind": 0, "failed": 0, "closed": 0, "none": 0}
+        problems = []
+        for key, state in self.node_states(zone).items():
+            name = state.get("state")
+            if name == "applied" and rev is not None and (state.get("rev") or 0) < rev:
+                name = "behind"
+            if name not in counts:
+                continue
+            counts[name] += 1
+            if name in ("failed", "closed", "behind"):
+                problems.append({"PublicKey": key, "State": name,
+                                 "Revision": state.get("rev"), "Error": state.get("error", "")})
+        return {"Counts": counts, "NotApplying": problems[:100]}
 
     def members(self, zone: str) -> list[Member]:
         return [Member.of(peer) for peer in self.store.peers(zone)]

@@ -96,6 +96,11 @@ class Keys:
         zone revision that set it); absent: no policy (everything allowed)."""
         return self._z(zone, "policy")
 
+    def fwstate(self, zone: str) -> str:
+        """Hash (tower only): public key -> the state of the node's policy rules as its
+        last heartbeat said, JSON ``{"rev", "state", "error", "ts"}``."""
+        return self._z(zone, "fwstate")
+
     def published(self, zone: str) -> str:
         """The highest revision already published on the update channel."""
         return self._z(zone, "published")

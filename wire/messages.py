@@ -272,15 +272,27 @@ def _endpoint_body(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+PATH_REPORT_FIELDS = ("relay", "relays", "paths")
+
+
 def _heartbeat_body(body: dict[str, Any]) -> dict[str, Any]:
-    """Empty, or a path report: ``{"relay": home relay id or null, "relays": [ids],
-    "paths": [[peer address, "d"|"r"|"x", index into relays or null, handshake age s or
-    null], ...]}`` (at most MAX_PATH_REPORT peers)."""
-    if not body:
-        return {}
-    unknown = set(body) - {"relay", "relays", "paths"}
+    """Empty, or any of: a path report (``PATH_REPORT_FIELDS``, ``_path_report``) and the
+    state of the node's policy rules (``policy``, ``_policy_state``)."""
+    unknown = set(body) - {*PATH_REPORT_FIELDS, "policy"}
     if unknown:
         raise InvalidInput(f"unknown heartbeat fields: {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    if any(name in body for name in PATH_REPORT_FIELDS):
+        out.update(_path_report(body))
+    if "policy" in body:
+        out["policy"] = _policy_state(body["policy"])
+    return out
+
+
+def _path_report(body: dict[str, Any]) -> dict[str, Any]:
+    """``{"relay": home relay id or null, "relays": [ids], "paths": [[peer address,
+    "d"|"r"|"x", index into relays or null, handshake age s or null], ...]}`` (at most
+    MAX_PATH_REPORT peers)."""
     relays = body.get("relays", [])
     if not isinstance(relays, list) or len(relays) > MAX_REPORT_RELAYS:
         raise InvalidInput(f"relays must be a list of at most {MAX_REPORT_RELAYS}")
@@ -320,6 +332,24 @@ def _empty_body(body: dict[str, Any]) -> dict[str, Any]:
     if body:
         raise InvalidInput("this request takes no body")
     return {}
+
+
+POLICY_STATES = ("none", "applied", "failed", "closed")
+MAX_POLICY_ERROR = 256
+
+
+def _policy_state(state: Any) -> dict[str, Any]:
+    """``{"rev": R or null, "state": "applied"|"failed"|"closed"|"none", "error": "..."}``."""
+    if not isinstance(state, dict) or set(state) - {"rev", "state", "error"}:
+        raise InvalidInput("heartbeat policy must be an object with rev, state and error")
+    rev, name, error = state.get("rev"), state.get("state"), state.get("error", "")
+    if rev is not None and not (_is_int(rev) and rev >= 0):
+        raise InvalidInput("heartbeat policy rev must be a revision or null")
+    if name not in POLICY_STATES:
+        raise InvalidInput(f"heartbeat policy state must be one of {', '.join(POLICY_STATES)}")
+    if not isinstance(error, str):
+        raise InvalidInput("heartbeat policy error must be a string")
+    return {"rev": rev, "state": name, "error": error[:MAX_POLICY_ERROR]}
 
 
 _BODY_VALIDATORS = {

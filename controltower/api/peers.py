@@ -8,6 +8,8 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from wire import messages
 from wire.errors import InvalidInput, NotFound
 
+from ipam.policies import Policies
+
 from ..db import nodes, store
 from .body import json_object
 from . import render
@@ -72,6 +74,10 @@ def show_peer(key: str):
     seen = store().last_seen(found.zone).get(found.key)
     data = render.peer(found.zone, found.peer, seen, current_app.config["OFFLINE_AFTER"],
                        time.time())
+    state = Policies(store()).node_state(found.zone, found.key)
+    if state is not None:
+        data["Policy"] = {"State": state.get("state"), "Revision": state.get("rev"),
+                          "Error": state.get("error", "")}
     return jsonify(render.with_identity(data, found.node))
 
 

@@ -28,8 +28,11 @@ def _shown(zone: str, stored: Stored | None) -> dict:
 
 @bp.get("/zones/<name>/policy")
 def show_policy(name: str):
-    """The zone's policy; ``Policy`` null: none (everything allowed)."""
-    return jsonify(_shown(name, _policies().get(name)))
+    """The zone's policy (``Policy`` null: none, everything allowed) and how its nodes
+    stand with it, as their heartbeats said (``Nodes``)."""
+    stored = _policies().get(name)
+    return jsonify({**_shown(name, stored),
+                    "Nodes": _policies().summary(name, stored.rev if stored else None)})
 
 
 @bp.put("/zones/<name>/policy")

@@ -60,6 +60,12 @@ def test_policy_table_then_deltas_then_removal(world, tmp_path):
             _, kind, text = nft.log[-1]
             assert kind == "table" and "elements = { 10.200.1.2 }" in text
             assert sim.agent.firewall.state == "applied"
+            # the agent tells the tower at once (a heartbeat on the state change)
+            policies = Policies(store)
+            rev = policies.get(ZONE).rev
+            await until(lambda: (policies.node_state(ZONE, sim.public_key) or {}).get("rev")
+                        == rev, 5, "the state reported")
+            assert policies.node_state(ZONE, sim.public_key)["state"] == "applied"
             # another node tagged ops joins: one set-element add
             started = time.monotonic()
             other = join(store, 2, ["ops"])
@@ -100,6 +106,13 @@ def test_a_node_whose_rules_cannot_load_configures_no_peers(world, tmp_path):
                         and sim.agent.firewall.state == "closed", 10, "closed")
             await asyncio.sleep(0.3)
             assert ops not in sim.device.state.peers      # never open
+            policies = Policies(store)
+            await until(lambda: (policies.node_state(ZONE, sim.public_key) or {}).get("state")
+                        == "closed", 5, "closed reported")
+            assert "Operation not permitted" in policies.node_state(ZONE, sim.public_key)["error"]
+            summary = policies.summary(ZONE, policies.get(ZONE).rev)
+            assert summary["Counts"]["closed"] == 1
+            assert summary["NotApplying"][0]["PublicKey"] == sim.public_key
             nft.fail = False                               # retried on the heartbeat
             await until(lambda: sim.agent.firewall.state == "applied", 5, "applied")
             await until(lambda: ops in sim.device.state.peers, 5, "the peers back")

@@ -146,3 +146,26 @@ def test_tags_are_set_by_rest_and_reach_the_zone_as_one_upsert(client, store, en
     assert client.put("/peers/db/tags", json={"Tags": "ops"}).status_code == 400
     assert client.put("/peers/nobody/tags", json={"Tags": []}).status_code == 404
     assert client.get(f"/peers/{enrolled['db']}").json["Tags"] == ["db", "ops"]
+
+
+def test_nodes_rule_states_show_in_the_policy_the_peer_and_metrics(client, store, enrolled):
+    client.put("/zones/default/policy", json=OPS_SSH)
+    rev = client.get("/zones/default/policy").json["Revision"]
+    states = {"laptop": {"rev": rev, "state": "applied", "error": ""},
+              "web": {"rev": rev - 1, "state": "applied", "error": ""},
+              "db": {"rev": rev - 1, "state": "failed", "error": "nft: Operation not permitted"}}
+    for name, state in states.items():
+        store.run(store.heartbeat_call("default", enrolled[name], "s", policy=state))
+    nodes = client.get("/zones/default/policy").json["Nodes"]
+    assert nodes["Counts"] == {"applied": 1, "behind": 1, "failed": 1, "closed": 0, "none": 0}
+    assert {(n["PublicKey"], n["State"]) for n in nodes["NotApplying"]} == {
+        (enrolled["web"], "behind"), (enrolled["db"], "failed")}
+    shown = client.get(f"/peers/{enrolled['db']}").json["Policy"]
+    assert shown == {"State": "failed", "Revision": rev - 1,
+                     "Error": "nft: Operation not permitted"}
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'controltower_policy_nodes{state="failed",zone="default"} 1.0' in metrics
+    assert 'controltower_policy_nodes{state="behind",zone="default"} 1.0' in metrics
+    # a removed node's state goes with it
+    assert client.delete(f"/peers/{enrolled['db']}").status_code == 200
+    assert not store.redis.hexists(store.keys.fwstate("default"), enrolled["db"])

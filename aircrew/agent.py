@@ -29,9 +29,10 @@ import redis
 import redis.asyncio as aioredis
 
 from wire import identity, redisconn
-from wire.errors import MeshError, NotFound, Removed, Superseded, Unavailable, code_of
-from wire.keys import Keys, node_id
 from wire import policy as policies
+from wire.errors import (InvalidInput, MeshError, NotFound, Removed, Superseded, Unavailable,
+                         code_of)
+from wire.keys import Keys, node_id
 from wire.messages import ZoneUpdate
 from wire.policy import Member
 from wire.proof import public_key_of
@@ -221,8 +222,7 @@ class Agent:
             self.assignment = {"address": cache.address, "prefix_len": cache.prefix_len,
                                "cidr": cache.cidr}
             await self._on_device(self._ensure_device)
-            found = cache.stored_policy()
-            self.mirror.load(cache.rev, cache.peer_map(), *(found[::-1] if found else ()))
+            self._load_mirror(cache.rev, cache.peer_map(), cache.policy)
             await self._sync_firewall()       # the cached rules before any peer
             await self._reconcile_all()
         elif self.firewall is not None:
@@ -454,8 +454,7 @@ class Agent:
         for _ in range(RESYNC_ATTEMPTS):
             self.resyncs += 1
             snapshot = await self.session.snapshot()
-            found = policies.stored(snapshot.policy)
-            self.mirror.load(snapshot.rev, snapshot.peers, *(found[::-1] if found else ()))
+            self._load_mirror(snapshot.rev, snapshot.peers, snapshot.policy)
             # Updates buffered while the snapshot was read; a gap among them (one lost
             # between the snapshot and them) takes another snapshot at once.
             if self._apply_buffered():
@@ -464,6 +463,22 @@ class Agent:
         await self._sync_firewall()
         await self._reconcile_all()
         self._state_changed(urgent=True)
+
+    def _load_mirror(self, rev: int, peers: dict, stored_policy: str | None) -> None:
+        """A snapshot (or the cache) into the mirror; ``stored_policy`` as Redis keeps it.
+        A policy this agent cannot read (a newer tower's) leaves the one it had in force."""
+        try:
+            found = policies.stored(stored_policy)
+        except InvalidInput as exc:
+            log.error("cannot read the zone's policy (%s): the previous rules stay in force",
+                      exc)
+            found = ((self.mirror.policy_rev or 0, self.mirror.policy)
+                     if self.mirror.policy is not None else None)
+        if found is None:
+            self.mirror.load(rev, peers)
+        else:
+            policy_rev, policy = found
+            self.mirror.load(rev, peers, policy, policy_rev)
 
     def _apply_buffered(self) -> bool:
         """Apply every update waiting in the queue; False at a gap (a resync is needed)."""

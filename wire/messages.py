@@ -17,14 +17,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import addresses, proof
-from .errors import InvalidInput
+from .errors import BRIEF, InvalidInput, brief  # noqa: F401 (brief: used by others)
 from .policy import Policy, PolicyError
 from .policy import parse as parse_policy
 
 VERSION = 1
 REQUEST_TYPES = ("register", "heartbeat", "endpoint-update", "leave", "enroll")
 REQUEST_FIELDS = frozenset({"v", "type", "id", "zone", "key", "session", "ts", "nonce", "body"})
-BRIEF = 64          # characters of an input value quoted in an error message
 # How a node is reached: STUN's classification (aircrew.nat), or "static" for an endpoint
 # given by its operator (--local-endpoint-ip, --internal-network).
 NAT_OPEN = "open"
@@ -50,10 +49,6 @@ _RELAY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}-[0-9a-f]{8}$")
 # -- field validators (shared by REST, the worker and the agent) ------------------
 
 
-def brief(value: Any) -> str:
-    """``repr(value)`` cut to ``BRIEF`` characters: errors quote input, never all of it."""
-    text = repr(value)
-    return text if len(text) <= BRIEF else text[:BRIEF - 3] + "..."
 
 def zone_name(value: Any) -> str:
     if not isinstance(value, str) or not _ZONE_RE.fullmatch(value):

@@ -20,7 +20,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
-from .errors import InvalidInput
+from . import addresses
+from .errors import InvalidInput, brief
 from .identity import node_name
 
 MAX_DOCUMENT_BYTES = 65536
@@ -150,17 +151,25 @@ def selector(value: Any) -> Selector:
         return ANY
     if value.startswith("tag:"):
         if not _is_name(value[4:]):
-            raise ValueError(f"{value!r}: a tag is 'tag:' and 1-63 of a-z, 0-9 and '-'")
+            raise ValueError(f"{brief(value)}: a tag is 'tag:' and 1-63 of a-z, 0-9 and '-'")
         return Selector("tag", value[4:])
     if _is_name(value) and not value.replace("-", "").isdigit():
         return Selector("name", value)
     try:
-        return Selector("prefix", str(ipaddress.ip_network(value, strict=True)))
+        net = ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
         if "host bits" in str(exc):
             fixed = ipaddress.ip_network(value, strict=False)
-            raise ValueError(f"{value!r} has host bits set (did you mean {fixed}?)") from None
-    raise ValueError(f"{value!r} is none of tag:NAME, a node name (a-z, 0-9, '-'), "
+            raise ValueError(f"{brief(value)} has host bits set (did you mean {fixed}?)") from None
+    else:
+        found = addresses.special_range(net)
+        if found is not None and net.subnet_of(found[0]):       # type: ignore[arg-type]
+            # No zone address or child prefix is ever there (wire.addresses): a rule
+            # naming it could never match.
+            raise ValueError(f"{brief(value)} is made of {found[1]} ({found[0]}): no node "
+                             "of a mesh has such an address")
+        return Selector("prefix", str(net))
+    raise ValueError(f"{brief(value)} is none of tag:NAME, a node name (a-z, 0-9, '-'), "
                      "an address or prefix, or '*'")
 
 
@@ -181,21 +190,21 @@ def port_spec(value: Any) -> PortSpec:
         return EVERYTHING
     proto, slash, ports = text.partition("/")
     if proto not in PROTOCOLS:
-        raise ValueError(f"{value!r}: the protocol must be tcp, udp, icmp or '*'")
+        raise ValueError(f"{brief(value)}: the protocol must be tcp, udp, icmp or '*'")
     if proto == "icmp":
         if slash:
-            raise ValueError(f"{value!r}: icmp has no ports")
+            raise ValueError(f"{brief(value)}: icmp has no ports")
         return PortSpec("icmp")
     if not slash or ports == "*":
         return PortSpec(proto)
     low_text, dash, high_text = ports.partition("-")
     if not low_text.isdigit() or (dash and not high_text.isdigit()):
-        raise ValueError(f"{value!r}: a port is a number 1-65535 or a range LOW-HIGH")
+        raise ValueError(f"{brief(value)}: a port is a number 1-65535 or a range LOW-HIGH")
     low, high = int(low_text), int(high_text) if dash else int(low_text)
     if not (1 <= low <= 65535 and 1 <= high <= 65535):
-        raise ValueError(f"{value!r}: ports are 1-65535")
+        raise ValueError(f"{brief(value)}: ports are 1-65535")
     if low > high:
-        raise ValueError(f"{value!r}: the range starts above its end")
+        raise ValueError(f"{brief(value)}: the range starts above its end")
     return PortSpec(proto, low, high)
 
 
@@ -206,9 +215,9 @@ def parse(doc: Any) -> Policy:
         if len(doc) > MAX_DOCUMENT_BYTES:
             raise PolicyError([Problem(None, None, f"larger than {MAX_DOCUMENT_BYTES} bytes")])
         try:
-            doc = json.loads(doc)
+            doc = json.loads(doc, parse_constant=_not_json)
         except (ValueError, RecursionError) as exc:
-            raise PolicyError([Problem(None, None, f"not JSON ({exc})")]) from None
+            raise PolicyError([Problem(None, None, f"not JSON ({brief(str(exc))[1:-1]})")]) from None
     if not isinstance(doc, dict):
         raise PolicyError([Problem(None, None, "must be an object with a list of 'rules'")])
     problems = [Problem(None, str(name), "unknown field (a policy has 'rules' only)")
@@ -233,9 +242,11 @@ def _rule(index: int, raw: Any, problems: list[Problem]) -> Rule | None:
     dests = _items(raw, "to", selector, index, problems)
     ports = _items(raw, "ports", port_spec, index, problems) if "ports" in raw else (EVERYTHING,)
     description = raw.get("description", "")
-    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION \
+            or not _is_text(description):
         problems.append(Problem(index, "description",
-                                f"must be a string of at most {MAX_DESCRIPTION} characters"))
+                                f"must be a string of at most {MAX_DESCRIPTION} "
+                                "printable characters"))
         description = ""
     if ANY in sources:
         sources = (ANY,)
@@ -260,6 +271,21 @@ def _items(raw: dict[str, Any], name: str, parse_item: Callable[[Any], T], index
         except ValueError as exc:
             problems.append(Problem(index, f"{name}[{n}]", str(exc)))
     return tuple(dict.fromkeys(out))              # document order, repeats dropped
+
+
+def _not_json(name: str) -> Any:
+    """NaN and Infinity: Python's decoder takes them, JSON has no such numbers."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_text(text: str) -> bool:
+    """Printable Unicode (no lone surrogate, no control character): a description goes
+    into ``aircrew status`` and logs."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return text.isprintable()
 
 
 def _simplest(ports: tuple[PortSpec, ...]) -> tuple[PortSpec, ...]:
@@ -392,7 +418,7 @@ def packet(text: str) -> tuple[str, int | None]:
     if spec.proto == "icmp":
         return "icmp", None
     if spec.proto == "*" or spec.low == 0 or spec.low != spec.high:
-        raise InvalidInput(f"{text!r}: name one packet, such as tcp/22, udp/53 or icmp")
+        raise InvalidInput(f"{brief(text)}: name one packet, such as tcp/22, udp/53 or icmp")
     return spec.proto, spec.low
 
 
@@ -406,7 +432,7 @@ def resolve(members: Iterable[Member], ref: str) -> Endpoint:
     try:
         address = ipaddress.ip_address(ref)
     except ValueError:
-        raise InvalidInput(f"{ref!r} is no node name, public key or address of the zone") from None
+        raise InvalidInput(f"{brief(ref)} is no node name, public key or address of the zone") from None
     for m in members:
         if any(address.version == net.version and address in net for net in m.owns()):
             return Endpoint(str(address), m)

@@ -49,8 +49,36 @@ def test_every_problem_is_reported_with_its_rule_and_field():
         "rule 2: must be an object with 'from' and 'to'",
         "rule 3 from: must be a list of 1-256 strings",
         "rule 3 to: must be a list of 1-256 strings",
-        "rule 3 description: must be a string of at most 256 characters",
+        "rule 3 description: must be a string of at most 256 printable characters",
     ]
+
+
+@pytest.mark.parametrize("prefix, kind", [
+    ("127.0.0.1", "loopback"), ("224.0.0.0/4", "multicast"), ("169.254.1.0/24", "link-local"),
+    ("fe80::/64", "link-local"), ("::ffff:10.0.0.1", "IPv4-mapped"), ("0.0.0.0/8", "this network"),
+])
+def test_a_prefix_no_mesh_address_can_be_in_is_refused(prefix, kind):
+    """wire.addresses: zone CIDRs and child prefixes are never in these ranges, so a rule
+    naming one could never match; a wider prefix that merely holds one is kept."""
+    found = problems({"rules": [{"from": [prefix], "to": ["*"]}]})
+    assert len(found) == 1 and found[0].startswith("rule 0 from[0]:") and kind in found[0]
+    assert P.parse({"rules": [{"from": ["0.0.0.0/0", "::/0"], "to": ["*"]}]}).rules
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"rules": [{"from": [NaN], "to": ["*"]}]}', "NaN is not JSON"),
+    ('{"rules": [], "x": -Infinity}', "-Infinity is not JSON"),
+    ('{"rules": [{"from": ["*"], "to": ["*"], "description": "a\\ud800"}]}',
+     "description: must be a string of at most 256 printable characters"),
+    ('{"rules": [{"from": ["*"], "to": ["*"], "description": "a\\nb"}]}', "printable"),
+])
+def test_no_json_extensions_and_only_printable_descriptions(text, message):
+    assert any(message in p for p in problems(text))
+
+
+def test_a_long_value_is_quoted_briefly():
+    (found,) = problems({"rules": [{"from": ["x" * 5000], "to": ["*"]}]})
+    assert len(found) < 200 and "..." in found
 
 
 @pytest.mark.parametrize("doc, message", [

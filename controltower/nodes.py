@@ -125,7 +125,12 @@ class Nodes:
             raise Conflict("this node was not enrolled: the tower does not manage its tags")
         node = self.registry.update_node(found.zone, found.node, tags=check_tags(tags))
         if found.peer is not None:
-            self.reregister(found.zone, found.peer)
+            try:
+                self.reregister(found.zone, found.peer)
+            except Exception:
+                # Refused or Redis gone: the record keeps the tags its zone was told.
+                self.registry.update_node(found.zone, node, tags=found.node.tags)
+                raise
         log.info("node %s of zone %s: tags %s", node.name, found.zone, ", ".join(node.tags) or "none")
         return node
 

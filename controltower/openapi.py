@@ -489,6 +489,8 @@ ZONE_LINKS: dict[str, Any] = {
                          "parameters": {"name": "$response.body#/Name"}},
     "ListLeases": {"operationId": "listLeases", "parameters": {"zone": "$response.body#/Name"}},
     "ListPeersOfZone": {"operationId": "listPeers", "parameters": {"zone": "$response.body#/Name"}},
+    "SetPolicy": {"operationId": "setPolicy", "parameters": {"name": "$response.body#/Name"}},
+    "ShowPolicy": {"operationId": "showPolicy", "parameters": {"name": "$response.body#/Name"}},
 }
 
 
@@ -532,7 +534,7 @@ PATHS: dict[str, Any] = {
                 "example": {"rules": [{"from": ["tag:ops"], "to": ["tag:servers"],
                                        "ports": ["tcp/22", "icmp"]}]}}}},
             "responses": {"200": _json(_ref("Policy"), "Stored and sent to the zone's agents."),
-                          **_errors("400", "404")},
+                          **_errors("400", "404", "413")},
         },
         "delete": {
             "tags": ["policy"], "operationId": "deletePolicy", "security": WRITE_SECURITY,

@@ -6,9 +6,9 @@ from flask import Blueprint, current_app, jsonify, request
 from ipam.policies import Policies, Stored
 from wire import policy as policies
 from wire.errors import InvalidInput
-from wire.policy import PolicyError, Problem
 
 from ..db import store
+from .body import json_value
 
 bp = Blueprint("policy", __name__)
 
@@ -39,11 +39,8 @@ def show_policy(name: str):
 def set_policy(name: str):
     """Replace the zone's policy: refused whole (400, every problem with its rule and
     field) when invalid, the old one staying in force."""
-    raw = request.get_data(cache=False)
-    if len(raw) > policies.MAX_DOCUMENT_BYTES:
-        raise PolicyError([Problem(None, None,
-                                   f"larger than {policies.MAX_DOCUMENT_BYTES} bytes")])
-    stored, warnings = _policies().set(name, raw)
+    document = json_value(request, "a policy document (a JSON object)")   # 413 over 64 KiB
+    stored, warnings = _policies().set(name, document)
     return jsonify({**_shown(name, stored), "Warnings": warnings})
 
 

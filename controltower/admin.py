@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from wire import clitypes
+from wire.errors import brief
 
 from .apiclient import DEFAULT_API_URL, ApiClient, ApiError, ApiUnreachable, TlsFiles
 
@@ -319,7 +320,7 @@ def peer_renew(out: Output, node: str) -> None:
 
 @peer.command("tag")
 @click.argument("node")
-@click.argument("tag", nargs=-1)
+@click.argument("tag", nargs=-1, type=clitypes.TAG)
 @api_command
 def peer_tag(out: Output, node: str, tag: tuple[str, ...]) -> None:
     """Set NODE's tags to TAG... (none: no tags). Policies refer to them as tag:NAME."""
@@ -335,17 +336,18 @@ def policy() -> None:
 
 
 @policy.command("set")
-@click.argument("zone")
+@click.argument("zone", type=clitypes.ZONE)
 @click.argument("file", type=click.File("r"), default="-")
 @api_command
 def policy_set(out: Output, zone: str, file: Any) -> None:
     """Replace ZONE's policy with the JSON document in FILE ('-' or none: stdin). An
     invalid document is refused whole, every problem named; the old policy stays."""
-    text = file.read()
     try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise click.UsageError(f"{file.name} is not JSON: {exc}") from None
+        document = json.loads(file.read(), parse_constant=_not_json)
+    except UnicodeDecodeError:
+        raise click.UsageError(f"{file.name} is not UTF-8 text") from None
+    except (ValueError, RecursionError) as exc:
+        raise click.UsageError(f"{file.name} is not JSON: {brief(str(exc))[1:-1]}") from None
 
     def human(d: dict[str, Any]) -> None:
         click.echo(f"zone {d['Zone']}: policy of {len(d['Policy']['rules'])} rules in force "
@@ -355,8 +357,12 @@ def policy_set(out: Output, zone: str, file: Any) -> None:
     out.emit(out.client.set_policy(zone, document), human)
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 @policy.command("show")
-@click.argument("zone")
+@click.argument("zone", type=clitypes.ZONE)
 @api_command
 def policy_show(out: Output, zone: str) -> None:
     """Print ZONE's policy (canonical form) and the revision that set it."""
@@ -370,7 +376,7 @@ def policy_show(out: Output, zone: str) -> None:
 
 
 @policy.command("delete")
-@click.argument("zone")
+@click.argument("zone", type=clitypes.ZONE)
 @api_command
 def policy_delete(out: Output, zone: str) -> None:
     """Delete ZONE's policy: every node may reach every node again."""
@@ -380,10 +386,10 @@ def policy_delete(out: Output, zone: str) -> None:
 
 
 @policy.command("test")
-@click.argument("zone")
+@click.argument("zone", type=clitypes.ZONE)
 @click.argument("source", metavar="FROM")
 @click.argument("dest", metavar="TO")
-@click.argument("port")
+@click.argument("port", type=clitypes.PACKET)
 @api_command
 def policy_test(out: Output, zone: str, source: str, dest: str, port: str) -> None:
     """Would TO let in a connection from FROM on PORT (tcp/22, udp/53, icmp)? FROM and

@@ -352,3 +352,30 @@ def test_policy_set_show_test_delete(run, store, tmp_path):
     assert "policy deleted" in run("policy", "delete", zone).output
     assert "had no policy" in run("policy", "delete", zone).output
     assert run("peer", "tag", a, "ops").exit_code == 1     # not enrolled: a clear refusal
+
+
+@pytest.mark.parametrize("args, words", [
+    (["policy", "show", "bad zone"], "Invalid value for 'ZONE': zone name must be"),
+    (["policy", "test", "default", "a", "b", "tcp/0"], "Invalid value for 'PORT': 'tcp/0': ports are"),
+    (["policy", "test", "default", "a", "b", "tcp"], "name one packet"),
+    (["peer", "tag", "somebody", "Not A Tag"], "Invalid value for '[TAG]...': a tag must be"),
+])
+def test_policy_arguments_are_checked_before_any_request(run, args, words):
+    """clitypes: a bad zone, port or tag is a usage error (exit 2) naming the argument."""
+    result = run(*args, env_extra={"CONTROLTOWER_API_URL": "http://127.0.0.1:9"})
+    assert result.exit_code == 2, result.output
+    assert words in result.output, result.output
+
+
+@pytest.mark.parametrize("content, words", [
+    (b'{"rules": [{"from": [NaN], "to": ["*"]}]}', "is not JSON: NaN is not JSON"),
+    (b"{\xff}", "is not UTF-8 text"),
+    (b"[" * 5000, "is not JSON"),
+])
+def test_policy_set_refuses_a_file_that_is_no_json_in_one_line(run, tmp_path, content, words):
+    path = tmp_path / "policy.json"
+    path.write_bytes(content)
+    result = run("policy", "set", "default", str(path),
+                 env_extra={"CONTROLTOWER_API_URL": "http://127.0.0.1:9"})
+    assert result.exit_code == 2 and words in result.output, result.output
+    assert "Traceback" not in result.output

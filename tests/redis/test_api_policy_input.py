@@ -79,3 +79,16 @@ def test_tags_of_a_node_that_was_not_enrolled_are_refused(with_policy, client, r
     answer = client.put(f"/peers/{key}/tags", json={"Tags": ["ops"]})
     assert answer.status_code == 409 and "not enrolled" in answer.get_json()["error"]
     assert state(redis_client) == before
+
+
+def test_tags_are_not_kept_when_the_zone_cannot_be_told(with_policy, app, client, redis_client,
+                                                        monkeypatch):
+    """The record and what the zone's agents heard stay equal: a re-registration that
+    fails (here: made to raise) takes the new tags back."""
+    def fail(zone_name, peer):
+        raise ConnectionError("Redis went away")
+    monkeypatch.setattr(app.extensions["nodes"], "reregister", fail)
+    before = state(redis_client)
+    answer = client.put("/peers/a/tags", json={"Tags": ["ops"]})
+    assert answer.status_code >= 500
+    assert state(redis_client) == before

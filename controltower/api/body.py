@@ -19,20 +19,24 @@ from wire.messages import brief
 def json_value(req: Request, what: str = "a JSON object") -> Any:
     """The body decoded as JSON (any value; its strings valid Unicode text), for a route
     whose document has its own validation (a zone policy)."""
-    raw = req.get_data(cache=True)          # 413 beyond MAX_CONTENT_LENGTH
-    try:
-        body = json.loads(raw, parse_constant=_not_json)
-    except (ValueError, RecursionError):
-        raise InvalidInput(f"the request body must be {what} (it is not valid JSON, or "
-                           "nested too deeply)") from None
+    body = _decoded(req, what)
     if not _is_text(body):
         raise InvalidInput("the request body is not valid Unicode text (a lone surrogate?)")
     return body
 
 
+def _decoded(req: Request, what: str) -> Any:
+    raw = req.get_data(cache=True)          # 413 beyond MAX_CONTENT_LENGTH
+    try:
+        return json.loads(raw, parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        raise InvalidInput(f"the request body must be {what} (it is not valid JSON, or "
+                           "nested too deeply)") from None
+
+
 def json_object(req: Request, fields: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
     """The body as a JSON object with only known fields of the right types."""
-    body = json_value(req)
+    body = _decoded(req, "a JSON object")
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object")
     unknown = sorted(set(body) - set(fields))
@@ -46,6 +50,8 @@ def json_object(req: Request, fields: dict[str, Any], required: tuple[str, ...] 
         kinds = fields[name] if isinstance(fields[name], tuple) else (fields[name],)
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise InvalidInput(f"{name} must be a {' or '.join(k.__name__ for k in kinds)}")
+        if not _is_text(value):
+            raise InvalidInput(f"{name} is not valid Unicode text (a lone surrogate?)")
     return body
 
 

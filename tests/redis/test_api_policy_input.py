@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.redis.test_api_identity_input import state, world  # noqa: F401 (a fixture)
+from controltower.acl import AgentCredentials
+from ipam.store import ZoneStore
+from tests.redisstate import state
+from wire.keys import Keys
+from wire.proof import generate_private_key, public_key_of
 
 GOOD = {"rules": [{"from": ["a"], "to": ["b"], "ports": ["tcp/22"]}]}
 DEEP = '{"rules": ' + "[" * 30_000 + "]" * 30_000 + "}"
@@ -44,9 +48,22 @@ BAD = [
 
 
 @pytest.fixture
-def with_policy(world, client):
+def app_config():
+    return {"AGENT_ACL": True}
+
+
+@pytest.fixture
+def with_policy(app, client, redis_client):
+    """Nodes a and b enrolled and registered in the default zone, and a policy in force."""
+    store, creds = ZoneStore(redis_client), AgentCredentials(redis_client, Keys())
+    creds.set("default", "the-zone-secret-of-this-test")
+    for name in ("a", "b"):
+        key = public_key_of(generate_private_key())
+        store.run(creds.registry.enroll_call("default", "zone", key, "0" * 64, name))
+        store.run(store.enrolled_register_call(store.get_zone("default"), key,
+                                               listen_port=51820, session=name))
     assert client.put("/zones/default/policy", json=GOOD).status_code == 200
-    return world
+    return store
 
 
 @pytest.mark.parametrize("method, path, body, words", BAD,
@@ -72,7 +89,6 @@ def test_a_policy_over_64_kib_is_a_413_and_changes_nothing(with_policy, client, 
 
 def test_tags_of_a_node_that_was_not_enrolled_are_refused(with_policy, client, redis_client):
     """A node registered without enrollment (the seed's flow) has no record to tag: 409."""
-    from wire.proof import generate_private_key, public_key_of
     key = public_key_of(generate_private_key())
     with_policy.register("default", key, listen_port=1, session="s")
     before = state(redis_client)

@@ -29,14 +29,18 @@ import redis
 import redis.asyncio as aioredis
 
 from wire import identity, redisconn
-from wire.errors import MeshError, NotFound, Removed, Superseded, Unavailable, code_of
+from wire import policy as policies
+from wire.errors import (InvalidInput, MeshError, NotFound, Removed, Superseded, Unavailable,
+                         code_of)
 from wire.keys import Keys, node_id
 from wire.messages import ZoneUpdate
+from wire.policy import Member
 from wire.proof import public_key_of
 
 from .applier import Links, apply_ops, apply_zone, ensure_device
 from .device import Device, DeviceState
 from .device_errors import DeviceError
+from .firewall import Firewall
 from .inbox import Inbox
 from .mirror import Outcome, ZoneMirror
 from .credential import CredentialFile, NodeCredential
@@ -135,7 +139,7 @@ class AgentSettings:
 class Agent:
     def __init__(self, settings: AgentSettings, device: Device, links: Links,
                  endpoints: EndpointSource, state: StateFiles,
-                 client_factory=None) -> None:
+                 client_factory=None, firewall: Firewall | None = None) -> None:
         self.s = settings
         self.device = device
         self.links = links
@@ -147,6 +151,9 @@ class Agent:
         self.mirror = ZoneMirror()
         self.applied = Applied()
         self._touched: set[str] = set()     # peers changed since the last reconcile
+        self.firewall = firewall            # None: policies are not enforced here
+        self._closed = False                # the firewall's state the device follows
+        self._reported: dict | None = None  # the policy state the last heartbeat carried
         self._behind: int | None = None     # a published revision missing at the last check
         self._command_failures = 0          # periodic commands failed in a row (``_command``)
         self.assignment: dict[str, Any] | None = None
@@ -215,8 +222,11 @@ class Agent:
             self.assignment = {"address": cache.address, "prefix_len": cache.prefix_len,
                                "cidr": cache.cidr}
             await self._on_device(self._ensure_device)
-            self.mirror.load(cache.rev, cache.peer_map())
+            self._load_mirror(cache.rev, cache.peer_map(), cache.policy)
+            await self._sync_firewall()       # the cached rules before any peer
             await self._reconcile_all()
+        elif self.firewall is not None:
+            await self._sync_firewall()       # no cache: no table of ours left over
         exists = await self._on_device(self.device.exists)
         self.endpoint, self.nat_type = await asyncio.to_thread(self.endpoints.discover, exists)
         log.info("advertising endpoint %s (NAT type %s)", self.endpoint or "none", self.nat_type)
@@ -444,14 +454,31 @@ class Agent:
         for _ in range(RESYNC_ATTEMPTS):
             self.resyncs += 1
             snapshot = await self.session.snapshot()
-            self.mirror.load(snapshot.rev, snapshot.peers)
+            self._load_mirror(snapshot.rev, snapshot.peers, snapshot.policy)
             # Updates buffered while the snapshot was read; a gap among them (one lost
             # between the snapshot and them) takes another snapshot at once.
             if self._apply_buffered():
                 break
         self._check_membership()
+        await self._sync_firewall()
         await self._reconcile_all()
         self._state_changed(urgent=True)
+
+    def _load_mirror(self, rev: int, peers: dict, stored_policy: str | None) -> None:
+        """A snapshot (or the cache) into the mirror; ``stored_policy`` as Redis keeps it.
+        A policy this agent cannot read (a newer tower's) leaves the one it had in force."""
+        try:
+            found = policies.stored(stored_policy)
+        except InvalidInput as exc:
+            log.error("cannot read the zone's policy (%s): the previous rules stay in force",
+                      exc)
+            found = ((self.mirror.policy_rev or 0, self.mirror.policy)
+                     if self.mirror.policy is not None else None)
+        if found is None:
+            self.mirror.load(rev, peers)
+        else:
+            policy_rev, policy = found
+            self.mirror.load(rev, peers, policy, policy_rev)
 
     def _apply_buffered(self) -> bool:
         """Apply every update waiting in the queue; False at a gap (a resync is needed)."""
@@ -520,6 +547,8 @@ class Agent:
                     self._check_membership()
                     await self._reconcile_touched()
                 now = loop.time()
+                if self._reported != self._policy_report():
+                    next_heartbeat = now     # the rules' state changed: tell the tower now
                 if now >= next_heartbeat:
                     next_heartbeat = now + self.s.heartbeat_interval
                     await self._command("heartbeat", self._heartbeat, None)
@@ -595,9 +624,16 @@ class Agent:
         return self.s.revision_interval
 
     async def _heartbeat(self) -> None:
-        report = self.paths.report(self.mirror.peers) if self.paths is not None else None
+        if self.firewall is not None and self.firewall.state in ("failed", "closed"):
+            await self._on_device(self.firewall.retry)
+            await self._follow_firewall()
+        body = self.paths.report(self.mirror.peers) if self.paths is not None else {}
+        report = self._policy_report()
+        if report is not None:
+            body = {**(body or {}), "policy": report}
+            self._reported = report
         try:
-            await self.session.request("heartbeat", report or None,
+            await self.session.request("heartbeat", body or None,
                                        timeout=self.s.request_timeout)
         except NoReply:
             log.info("no answer to a heartbeat; the tower may be down")
@@ -725,13 +761,22 @@ class Agent:
         return self._device_thread.submit(self.device.read).result(timeout)
 
     async def _reconcile_touched(self) -> None:
-        """Apply the peers the updates since the last reconcile touched, and only them."""
+        """Apply the peers the updates since the last reconcile touched, and only them:
+        the firewall first (a revocation never waits for the device), then the device."""
         keys, self._touched = self._touched, set()
+        if self.firewall is not None:
+            peers = self.mirror.peers
+            changed = [(k, Member.of(peers[k]) if k in peers else None) for k in keys]
+            await self._on_device(self.firewall.update, self.mirror.policy,
+                                  self.mirror.policy_rev, changed, self._me())
+            if await self._follow_firewall():
+                self._state_changed()
+                return
         if self.paths is not None:           # decide new peers' paths before adding them
             async with self._paths_lock:
                 self.paths.decide(time.monotonic(), self._own_view(), self.mirror.peers)
         endpoints = self._path_endpoints()
-        ops = self.applied.diff(self.public_key, keys, self.mirror.peers, endpoints)
+        ops = self.applied.diff(self.public_key, keys, self._device_peers(), endpoints)
         if ops:
             try:
                 await self._on_device(apply_ops, self.device, self.links, ops)
@@ -742,7 +787,7 @@ class Agent:
                 self._state_changed()
                 return
             log.info("zone revision %d applied with %d operations", self.mirror.rev, len(ops))
-        self.applied.record(self.public_key, keys, self.mirror.peers, endpoints)
+        self.applied.record(self.public_key, keys, self._device_peers(), endpoints)
         self._state_changed()
 
     async def _reconcile_all(self) -> int:
@@ -756,11 +801,55 @@ class Agent:
     def _reconcile_device(self, endpoints: dict[str, str | None] | None = None) -> int:
         """On the device thread: the whole zone against the device read back."""
         self.applied, count = apply_zone(self.device, self.links, self.public_key,
-                                         self.mirror.peers, self.applied, endpoints)
+                                         self._device_peers(), self.applied, endpoints)
         if count:
             log.info("zone revision %d applied with %d operations (whole zone against the "
                      "device)", self.mirror.rev, count)
         return count
+
+    # -- the firewall (zone policy) ----------------------------------------------------------
+
+    def _me(self) -> Member | None:
+        own = self.mirror.peers.get(self.public_key)
+        return Member.of(own) if own is not None else None
+
+    async def _sync_firewall(self) -> None:
+        """Our nft table as the mirror's policy and members say (one transaction)."""
+        if self.firewall is None:
+            return
+        members = {key: Member.of(peer) for key, peer in self.mirror.peers.items()}
+        await self._on_device(self.firewall.sync, self.mirror.policy, self.mirror.policy_rev,
+                              self._me(), members)
+        await self._follow_firewall()
+
+    async def _follow_firewall(self) -> bool:
+        """The device follows the firewall's state: no peers while it is closed (no
+        rules could be loaded under a policy: never open), every peer again once it is
+        not. True when the whole zone was reconciled for it."""
+        closed = self.firewall is not None and self.firewall.closed
+        if closed == self._closed:
+            return False
+        self._closed = closed
+        if closed:
+            log.error("no policy rules are in force: every peer is removed until they are")
+        await self._reconcile_all()
+        return True
+
+    def _policy_report(self) -> dict | None:
+        """What the heartbeat tells the tower of this node's rules (None: nothing, in a
+        zone that never had a policy here: an older tower takes no heartbeat body)."""
+        fw = self.firewall
+        if fw is None or (fw.state == "none" and self._reported is None):
+            return None
+        return {"rev": fw.rev if fw.state != "none" else None, "state": fw.state,
+                "error": fw.error[:256]}
+
+    def _device_peers(self) -> dict:
+        """The zone's peers as the device gets them: none but this node's own record
+        while the firewall is closed."""
+        if not self._closed:
+            return self.mirror.peers
+        return {k: p for k, p in self.mirror.peers.items() if k == self.public_key}
 
     # -- the state files ---------------------------------------------------------------------
 
@@ -785,4 +874,6 @@ class Agent:
             prefix_len=int(self.assignment["prefix_len"]), rev=self.mirror.rev,
             session=self.session.session_id if self.session else "",
             peers=tuple(self.mirror.peers.values()), configs=tuple(self.applied.peers.values()),
-            hosts=self.s.hosts)
+            hosts=self.s.hosts,
+            policy=policies.stored_text(self.mirror.policy_rev or 0, self.mirror.policy)
+            if self.mirror.policy is not None else None)

@@ -98,6 +98,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 @click.option("--log-format", default="text", show_default=True,
               type=click.Choice(logs.FORMATS, case_sensitive=False),
               help="text for people, json for machines (one object per line).")
+@click.option("--nft-command", default="", show_default=False,
+              help="Apply the zone policy's rules with this nft program (nft -f -) instead "
+                   "of libnftables in process.")
 @click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
               help="Serve Prometheus metrics on this TCP port (0: off).")
 @click.option("--metrics-listen", default="127.0.0.1", show_default=True,
@@ -152,6 +155,8 @@ def _run_agent(opts: dict) -> int:
     from .endpoint import HostAddressEndpoint, StaticEndpoint, StunEndpoint
     from .routes import LinkConfig
     from .state import StateFiles
+    from .firewall import Firewall
+    from .nftables import open_nft
     from wire import identity, messages
     from .credential import CredentialFile
     from .hosts import HostsFile
@@ -198,8 +203,10 @@ def _run_agent(opts: dict) -> int:
         relays=opts["relays"], controller_host=host)
     name = opts["interface"]
     heap.use_one_arena()
-    agent = Agent(settings, open_device(name), LinkConfig(name), endpoints,
-                  StateFiles(opts["state_dir"], name))
+    files = StateFiles(opts["state_dir"], name)
+    firewall = Firewall(name, open_nft(opts["nft_command"] or None), files.policy_status)
+    agent = Agent(settings, open_device(name), LinkConfig(name), endpoints, files,
+                  firewall=firewall)
 
     async def main_task() -> int:
         loop = asyncio.get_running_loop()
@@ -263,7 +270,8 @@ def _state_options(f):
 @_state_options
 def status(interface: str, state_dir: Path) -> None:
     """Show peers, their paths (direct, relayed, down), endpoints, allowed IPs, handshake
-    age and the zone revision."""
+    age, the zone revision and the zone policy's rules that apply to this node (with
+    their packet counters)."""
     from .backend import open_device
     from .state import StateFiles
 
@@ -294,6 +302,64 @@ def status(interface: str, state_dir: Path) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _policy_status(StateFiles(state_dir, interface).policy_status, interface)
+
+
+def _policy_status(path: Path, interface: str) -> None:
+    """The zone policy's rules that apply to this node, as the agent last applied them,
+    with the packet counters of our chains."""
+    import json as _json
+    try:
+        status = _json.loads(path.read_text())
+    except (OSError, ValueError):
+        click.echo("policy: none (every node of the zone may reach this one)")
+        return
+    if status.get("state") == "none":
+        click.echo("policy: none (every node of the zone may reach this one)")
+        return
+    click.echo(f"policy: revision {status.get('revision')}  state {status.get('state')}"
+               + (f"  error: {status['error']}" if status.get("error") else ""))
+    rules = status.get("rules") or []
+    if not rules:
+        click.echo("  no rule lets anything in: new connections into this node are refused")
+    counters = _counters(status.get("table"))
+    for text in rules:
+        index = text.split(":", 1)[0].removeprefix("rule ")
+        hits = counters.get(index)
+        click.echo(f"  {text}" + (f"  [{hits} packets]" if hits is not None else ""))
+    if counters.get("deny") is not None:
+        click.echo(f"  refused: {counters['deny']} packets")
+    sets = status.get("sets") or {}
+    if sets:
+        click.echo("  sets: " + ", ".join(f"{k} ({v})" for k, v in sorted(sets.items())))
+
+
+def _counters(table: str | None) -> dict[str, int]:
+    """Packets accepted per rule index and refused ('deny'), read from our table."""
+    if not table:
+        return {}
+    import json as _json
+    from .nftables import open_nft
+    try:
+        listing = _json.loads(open_nft().list_table("inet", table) or "{}")
+    except (ValueError, OSError):
+        return {}
+    out: dict[str, int] = {}
+    for item in listing.get("nftables", []):
+        rule = item.get("rule")
+        if not rule:
+            continue
+        packets = next((e["counter"]["packets"] for e in rule.get("expr", [])
+                        if isinstance(e, dict) and "counter" in e), None)
+        if packets is None:
+            continue
+        comment = rule.get("comment", "")
+        key = comment.removeprefix("rule ") if comment.startswith("rule ") else (
+            "deny" if any("reject" in e for e in rule.get("expr", []) if isinstance(e, dict))
+            else None)
+        if key is not None:
+            out[key] = out.get(key, 0) + packets
+    return out
 
 
 def _path_cell(entry: dict | None, relays: dict, stale: bool) -> str:
@@ -360,6 +426,14 @@ def down(interface: str, state_dir: Path, controller: str | None,
             links.remove_route(prefix)
         device.destroy()
         click.echo(f"removed interface {interface}")
+    if state.policy_status.exists():
+        from .firewall import Firewall
+        from .nftables import open_nft
+        firewall = Firewall(interface, open_nft(), state.policy_status)
+        if firewall.leftover:
+            firewall.remove()
+            if firewall.state == "none":
+                click.echo(f"removed the policy table of {interface}")
     if hosts_file not in ("", "none"):
         try:
             HostsFile(Path(hosts_file), interface).remove()

@@ -9,6 +9,7 @@ import enum
 from dataclasses import dataclass, field
 
 from wire.messages import Peer, ZoneUpdate
+from wire.policy import Policy
 
 
 class Outcome(enum.Enum):
@@ -24,16 +25,20 @@ class ZoneMirror:
     peers: dict[str, Peer] = field(default_factory=dict)
     removed: dict[str, str] = field(default_factory=dict)   # key -> reason, last update only
     touched: set[str] = field(default_factory=set)          # keys the last update changed
+    policy: Policy | None = None                   # the zone's access policy; None: none
+    policy_rev: int | None = None                  # the revision that set it
 
     @property
     def loaded(self) -> bool:
         return self.rev >= 0
 
-    def load(self, rev: int, peers: dict[str, Peer]) -> None:
+    def load(self, rev: int, peers: dict[str, Peer], policy: Policy | None = None,
+             policy_rev: int | None = None) -> None:
         self.rev = rev
         self.peers = dict(peers)
         self.removed = {}
         self.touched = set()
+        self.policy, self.policy_rev = policy, policy_rev if policy is not None else None
 
     def apply(self, update: ZoneUpdate) -> Outcome:
         self.removed = {}
@@ -56,6 +61,9 @@ class ZoneMirror:
                 self.peers.pop(change.key, None)
                 self.removed[change.key] = change.reason or ""
                 self.touched.add(change.key)
+            elif change.op == "policy":
+                self.policy = change.policy
+                self.policy_rev = change.rev if change.policy is not None else None
             self.rev = change.rev
         self.rev = update.rev
         return Outcome.APPLIED

@@ -72,6 +72,7 @@ class ZoneSnapshot:
     cidr: str
     rev: int
     peers: dict[str, Peer]
+    policy: str | None = None       # the stored policy (``wire.policy.stored``); None: none
 
 
 class TowerSession:
@@ -81,6 +82,7 @@ class TowerSession:
         self.client = client
         self.zone = messages.zone_name(zone)
         self.private_key = private_key
+        self.policies = True        # read the zone's policy with the snapshot
         self.public_key = proof.public_key_of(private_key)
         self.keys = keys or Keys()
         self.route = route or Route.node(self.keys, self.zone, self.public_key)
@@ -221,10 +223,19 @@ class TowerSession:
     async def snapshot(self) -> ZoneSnapshot:
         """A consistent (revision, peers) pair, read in one transaction (``wire.snapshot``);
         a malformed peer record is skipped with a warning."""
-        read = snapshots.Read(self.zone, fields=("cidr",))
-        async with self.client.pipeline(transaction=True) as pipe:
-            snapshots.queue(pipe, snapshots.commands(self.keys, read))
-            replies = await pipe.execute()
+        read = snapshots.Read(self.zone, fields=("cidr",), policy=self.policies)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                snapshots.queue(pipe, snapshots.commands(self.keys, read))
+                replies = await pipe.execute()
+        except redis.exceptions.ResponseError as exc:
+            if not read.policy or ("NOPERM" not in str(exc) and "EXECABORT" not in str(exc)):
+                raise
+            # A tower older than this agent: its node users may not read policies, and
+            # it has none to send.
+            log.info("the tower does not let this node read zone policies: reading without")
+            self.policies = False
+            return await self.snapshot()
         try:
             found = snapshots.parse(read, replies)
         except NotFound as exc:
@@ -232,7 +243,7 @@ class TowerSession:
         peers = snapshots.peers(found.records, lambda exc: _THROTTLE.log(
             logging.WARNING, "record", "skipped a malformed peer record in the snapshot: %s",
             exc, summary="malformed peer records skipped"))
-        return ZoneSnapshot(found.fields["cidr"], found.rev, peers)
+        return ZoneSnapshot(found.fields["cidr"], found.rev, peers, found.policy)
 
     async def revision(self) -> int:
         """The highest revision published on the zone's update channel.

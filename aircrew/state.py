@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from wire import messages
+from wire import policy as policies
 from wire.errors import InvalidInput
 from wire.messages import Peer
+from wire.policy import Policy
 
 from wire.secretfile import write_secret
 
@@ -44,6 +46,10 @@ class Cache:
     rev: int
     peers: list[dict[str, Any]] = field(default_factory=list)
     session: str = ""       # the agent session that registered (for `aircrew down`'s leave)
+    policy: str | None = None   # the zone's policy, ``{"rev": R, "policy": {...}}``; None: none
+
+    def stored_policy(self) -> tuple[int, Policy] | None:
+        return policies.stored(self.policy)
 
     def peer_map(self) -> dict[str, Peer]:
         out = {}
@@ -104,6 +110,11 @@ class StateFiles:
         """Each peer's path (direct, relayed, down), for ``aircrew status``."""
         return self.directory / f"{self.interface}-paths.json"
 
+    @property
+    def policy_status(self) -> Path:
+        """What the firewall applied (``aircrew.firewall``), for ``aircrew status``."""
+        return self.directory / f"{self.interface}-policy.json"
+
     def all(self) -> list[Path]:
         return [self.config, self.latest_rev, self.cache]
 
@@ -136,6 +147,7 @@ class StateFiles:
             cache = Cache(**data)
             messages.zone_name(cache.zone)
             cache.peer_map()
+            cache.stored_policy()
             return cache
         except FileNotFoundError:
             return None
@@ -144,7 +156,7 @@ class StateFiles:
             return None
 
     def remove(self) -> None:
-        for path in [*self.all(), self.paths]:
+        for path in [*self.all(), self.paths, self.policy_status]:
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -40,11 +40,12 @@ class AgentState:
     peers: tuple[Peer, ...]            # the zone, as the cache keeps it
     configs: tuple[PeerConfig, ...]    # what is applied, as wg0.conf shows it
     hosts: HostsFile | None = None     # where the zone's names go (aircrew.hosts)
+    policy: str | None = None          # the zone's policy as the cache keeps it
 
     def write(self, files: StateFiles) -> None:
         cache = Cache(zone=self.zone, cidr=self.cidr, address=self.address,
                       prefix_len=self.prefix_len, listen_port=self.listen_port, rev=self.rev,
-                      session=self.session)
+                      session=self.session, policy=self.policy)
         files.save(cache, self.peers, WgQuickConfig(
             self.private_key, self.listen_port, (f"{self.address}/{self.prefix_len}",),
             self.configs))

@@ -7,8 +7,8 @@ import signal
 import sys
 from types import ModuleType
 
-from . import (api, dashboard, footprint, identity, join, reconcile, relay, storm, throughput,
-               updatecost)
+from . import (api, dashboard, footprint, identity, join, policy, reconcile, relay, storm,
+               throughput, updatecost)
 from .report import emit
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -22,6 +22,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "relay": relay,
     "dashboard": dashboard,
     "update-cost": updatecost,
+    "policy": policy,
 }
 
 

@@ -95,10 +95,24 @@ def _row(scenario: str, run: dict[str, Any]) -> tuple[str, str]:
                 f"{_n(run.get('first_load_ms'), ' ms', 1)}, {_n(run.get('html_bytes'))} B; "
                 f"{run.get('small_nodes')} nodes {_n(run.get('small_load_ms_p50'), ' ms', 1)}; live poll 304 p50 "
                 f"{_n(run.get('poll_304_ms_p50'), ' ms', 2)}")
+    if scenario == "policy":
+        sizes = run.get("sizes") or []
+        figures = "; ".join(
+            f"{_n(n)} nodes: membership p50/p99 {_n(run.get(f'membership_ms_p50_{n}'), '', 1)}"
+            f"/{_n(run.get(f'membership_ms_p99_{n}'), ' ms', 1)}, policy p50/p99 "
+            f"{_n(run.get(f'policy_ms_p50_{n}'), '', 1)}/{_n(run.get(f'policy_ms_p99_{n}'), ' ms', 1)}"
+            for n in sizes)
+        figures += (f"; {_n(run.get('bytes_per_agent_membership'), ' B')}/agent/membership "
+                    f"change, {_n(run.get('bytes_per_agent_policy'), ' B')}/agent/policy change; "
+                    f"nft at {_n(run.get('nft_members'))} members: one change "
+                    f"{_n(run.get('nft_change_ms_p50'), ' ms', 2)}, full reload "
+                    f"{_n(run.get('nft_reload_ms_p50'), ' ms', 1)}")
+        return f"policy, {_n(run.get('observers'))} agents enforcing", figures
     return scenario, json.dumps(run)[:80]
 
 
-ORDER = ["join", "storm", "api", "reconcile", "agent-footprint", "identity", "dashboard"]
+ORDER = ["join", "storm", "api", "reconcile", "agent-footprint", "identity", "dashboard",
+         "policy"]
 
 
 def table(results: dict[str, list[dict[str, Any]]], env: dict[str, Any] | None = None) -> str:

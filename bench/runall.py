@@ -39,6 +39,7 @@ FULL: list[tuple[str, list[str], float]] = [
     ("agent-footprint", [], 600),
     ("identity", ["--nodes", "10000", "--revoke", "200"], 900),
     ("dashboard", ["--nodes", "1000"], 300),
+    ("policy", ["--nodes", "1000,10000"], 900),
 ]
 QUICK: list[tuple[str, list[str], float]] = [
     ("join", ["--agents", "20", "--joins", "5"], 120),
@@ -50,6 +51,7 @@ QUICK: list[tuple[str, list[str], float]] = [
     ("agent-footprint", [], 600),
     ("identity", ["--nodes", "300", "--revoke", "20"], 180),
     ("dashboard", ["--nodes", "100", "--rounds", "2", "--polls", "20"], 120),
+    ("policy", ["--nodes", "300", "--observers", "20", "--changes", "4"], 180),
 ]
 
 

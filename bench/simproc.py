@@ -101,10 +101,11 @@ class Simulator:
     async def op_setup(self, redis_url: str, zone: str, agents: list[tuple[str, str, dict]],
                        mode: str = "delta", keep_peers: bool = True, parse_shared: bool = True,
                        heartbeat: float = 10.0, concurrency: int = 200,
-                       spread: float | None = None) -> dict[str, Any]:
+                       spread: float | None = None, policy: bool = False) -> dict[str, Any]:
         """Start the agents: each subscribes and registers (proof of possession), then
         one snapshot is read for all of them; their start is spread over ``spread``
-        seconds (default: the heartbeat interval, at most 10 s)."""
+        seconds (default: the heartbeat interval, at most 10 s). ``policy``: each
+        enforces the zone policy through a recording nft (``op_nft``)."""
         started = time.monotonic()
         full = mode == "full-list"
         lists = fulllist.ListSnapshots() if full else None
@@ -120,7 +121,8 @@ class Simulator:
                 endpoint=(host, int(port)), inline_device=True,
                 hostname=body["hostname"], listen_port=int(body["listen_port"]),
                 heartbeat_interval=heartbeat if heartbeat > 0 else NEVER,
-                drift_interval=NEVER)
+                drift_interval=NEVER,
+                nft=simagent.RecordingNft(keep_text=False) if policy else None)
             if factory is None:   # the agent's own client settings, one pool for all
                 factory = shared.client_factory(redis_url, 2 * len(agents) + concurrency + 64,
                                                 sim.default_clients)
@@ -234,6 +236,29 @@ class Simulator:
                            for s in self.sims for e in s.errors][:20],
                 "error_count": sum(len(s.errors) for s in self.sims),
                 "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}
+
+    async def op_nft(self, since: float, kind: str, timeout: float) -> dict[str, Any]:
+        """Wait until every agent made an nft transaction of ``kind`` after ``since``;
+        the time of each one's first (monotonic; None: none within ``timeout``) and the
+        set elements it named."""
+        deadline = time.monotonic() + timeout
+
+        def first(sim: SimAgent) -> float | None:
+            for at, done, _ in sim.agent.firewall.nft.log:
+                if at > since and done == kind:
+                    return at
+            return None
+        while time.monotonic() < deadline:
+            if all(first(s) is not None for s in self.sims):
+                break
+            await asyncio.sleep(POLL)
+        found = [first(s) for s in self.sims]
+        firewalls = [s.agent.firewall for s in self.sims]
+        return {"at": found,
+                "states": sorted({fw.state for fw in firewalls}),
+                "last_elements": [fw.last.elements if fw.last else None for fw in firewalls],
+                "last_seconds": [fw.last.seconds if fw.last else None for fw in firewalls],
+                "sync_seconds": [fw.sync_seconds for fw in firewalls]}
 
     def _shared(self) -> ProcessShared:
         if self.shared is None:

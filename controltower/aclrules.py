@@ -35,7 +35,8 @@ def suspended_node(keys: Keys, zone: str, node_id: str, extra: tuple[str, ...] =
     """A node suspended for flooding: what a node may do but publish."""
     return ["reset", "on", "resetchannels", *_commands(NODE_COMMANDS, extra),
             f"%R~{keys.zone(zone)}", f"%R~{keys.rev(zone)}", f"%R~{keys.published(zone)}",
-            f"%R~{keys.peers(zone)}", f"%R~{keys.tower_public}", f"%R~{keys.relays}",
+            f"%R~{keys.peers(zone)}", f"%R~{keys.policy(zone)}", f"%R~{keys.tower_public}",
+            f"%R~{keys.relays}",
             f"&{keys.updates(zone)}", f"&{keys.reply(zone, node=node_id)}"]
 
 

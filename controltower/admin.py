@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from wire import clitypes
+from wire.errors import brief
 
 from .apiclient import DEFAULT_API_URL, ApiClient, ApiError, ApiUnreachable, TlsFiles
 
@@ -317,6 +318,88 @@ def peer_renew(out: Output, node: str) -> None:
              lambda d: click.echo(f"{d['Name']}: credential valid until {d['KeyExpiry']}"))
 
 
+@peer.command("tag")
+@click.argument("node")
+@click.argument("tag", nargs=-1, type=clitypes.TAG)
+@api_command
+def peer_tag(out: Output, node: str, tag: tuple[str, ...]) -> None:
+    """Set NODE's tags to TAG... (none: no tags). Policies refer to them as tag:NAME."""
+    out.emit(out.client.set_tags(node, list(tag)),
+             lambda d: click.echo(f"{d['Name']}: tags {', '.join(d['Tags']) or 'none'}"))
+
+
+# -- policy ----------------------------------------------------------------------------
+
+@click.group()
+def policy() -> None:
+    """A zone's access policy (docs/policy.md): who may reach what over the mesh."""
+
+
+@policy.command("set")
+@click.argument("zone", type=clitypes.ZONE)
+@click.argument("file", type=click.File("r"), default="-")
+@api_command
+def policy_set(out: Output, zone: str, file: Any) -> None:
+    """Replace ZONE's policy with the JSON document in FILE ('-' or none: stdin). An
+    invalid document is refused whole, every problem named; the old policy stays."""
+    try:
+        document = json.loads(file.read(), parse_constant=_not_json)
+    except UnicodeDecodeError:
+        raise click.UsageError(f"{file.name} is not UTF-8 text") from None
+    except (ValueError, RecursionError) as exc:
+        raise click.UsageError(f"{file.name} is not JSON: {brief(str(exc))[1:-1]}") from None
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"zone {d['Zone']}: policy of {len(d['Policy']['rules'])} rules in force "
+                   f"from revision {d['Revision']}")
+        for warning in d.get("Warnings", []):
+            click.echo(f"warning: {warning}")
+    out.emit(out.client.set_policy(zone, document), human)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+@policy.command("show")
+@click.argument("zone", type=clitypes.ZONE)
+@api_command
+def policy_show(out: Output, zone: str) -> None:
+    """Print ZONE's policy (canonical form) and the revision that set it."""
+    def human(d: dict[str, Any]) -> None:
+        if d["Policy"] is None:
+            click.echo(f"zone {d['Zone']} has no policy: every node may reach every node")
+            return
+        click.echo(f"# zone {d['Zone']}, revision {d['Revision']}")
+        click.echo(json.dumps(d["Policy"], indent=2))
+    out.emit(out.client.show_policy(zone), human)
+
+
+@policy.command("delete")
+@click.argument("zone", type=clitypes.ZONE)
+@api_command
+def policy_delete(out: Output, zone: str) -> None:
+    """Delete ZONE's policy: every node may reach every node again."""
+    out.emit(out.client.delete_policy(zone), lambda d: click.echo(
+        f"zone {d['Zone']}: policy deleted (revision {d['Revision']})" if d["Deleted"]
+        else f"zone {d['Zone']} had no policy"))
+
+
+@policy.command("test")
+@click.argument("zone", type=clitypes.ZONE)
+@click.argument("source", metavar="FROM")
+@click.argument("dest", metavar="TO")
+@click.argument("port", type=clitypes.PACKET)
+@api_command
+def policy_test(out: Output, zone: str, source: str, dest: str, port: str) -> None:
+    """Would TO let in a connection from FROM on PORT (tcp/22, udp/53, icmp)? FROM and
+    TO: node names, public keys or addresses. Prints allow or deny and the deciding
+    rule; exits 0 either way (use --json for scripts)."""
+    def human(d: dict[str, Any]) -> None:
+        click.echo(("allow: " if d["Allow"] else "deny: ") + d["Reason"])
+    out.emit(out.client.test_policy(zone, source, dest, port), human)
+
+
 # -- routes ----------------------------------------------------------------------------
 
 @click.group()
@@ -489,9 +572,10 @@ def zone_set(out: Output, name: str, zone_secret: str | None, auto_approve: tupl
 
 
 def register(group: click.Group) -> None:
-    """Add ``zone``, ``peer``, ``route``, ``joinkey`` and ``leases`` to the group."""
+    """Add ``zone``, ``peer``, ``route``, ``policy``, ``joinkey`` and ``leases`` to the group."""
     group.add_command(zone)
     group.add_command(peer)
     group.add_command(route)
+    group.add_command(policy)
     group.add_command(joinkey)
     group.add_command(leases)

@@ -204,6 +204,22 @@ class ApiClient:
     def renew(self, node: str) -> Any:
         return self.request("POST", f"/peers/{_segment(node)}/renew")
 
+    def set_tags(self, node: str, tags: list[str]) -> Any:
+        return self.request("PUT", f"/peers/{_segment(node)}/tags", {"Tags": tags})
+
+    def show_policy(self, zone: str) -> Any:
+        return self.request("GET", f"/zones/{_segment(zone)}/policy")
+
+    def set_policy(self, zone: str, document: Any) -> Any:
+        return self.request("PUT", f"/zones/{_segment(zone)}/policy", document)
+
+    def delete_policy(self, zone: str) -> Any:
+        return self.request("DELETE", f"/zones/{_segment(zone)}/policy")
+
+    def test_policy(self, zone: str, source: str, dest: str, port: str) -> Any:
+        return self.request("GET", f"/zones/{_segment(zone)}/policy/test",
+                            query={"from": source, "to": dest, "port": port})
+
 
 def _segment(value: str) -> str:
     """One path segment: '/', '+', '=' and the rest percent-encoded."""

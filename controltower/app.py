@@ -10,7 +10,7 @@ from werkzeug.routing import BaseConverter
 from wire.keys import DEFAULT_PREFIX
 
 from . import auth, dashboard, db, errors, metrics
-from .api import health, ipam, openapi, peers, zones
+from .api import health, ipam, openapi, peers, policy, zones
 
 DEFAULTS: dict[str, Any] = {
     "REDIS_URL": "redis://127.0.0.1:6379/0",
@@ -53,7 +53,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # WireGuard keys are base64 and may start with '/': match them whole, double slash too.
     app.url_map.converters["wgkey"] = WireGuardKeyConverter
     app.url_map.merge_slashes = False
-    for blueprint in (zones.bp, peers.bp, ipam.bp, health.bp, openapi.bp):
+    for blueprint in (zones.bp, policy.bp, peers.bp, ipam.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     dashboard.init_app(app)        # /ui/: its own login (session cookie + CSRF), not Bearer
     return app

@@ -10,6 +10,7 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from wire.errors import MeshError, Unavailable, http_status
+from wire.policy import PolicyError
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,11 @@ def error(message: str, status: int):
 def init_app(app: Flask) -> None:
     @app.errorhandler(MeshError)
     def mesh_error(exc: MeshError):
+        if isinstance(exc, PolicyError):      # every problem, each with rule and field
+            response = jsonify({"error": str(exc),
+                                "problems": [p.to_dict() for p in exc.problems]})
+            response.status_code = http_status(exc)
+            return response
         return error(str(exc), http_status(exc))
 
     @app.errorhandler(HTTPException)

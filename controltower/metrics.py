@@ -11,6 +11,7 @@ per process, in the default registry.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -177,6 +178,8 @@ class ZoneCollector(Collector):
                 pipe.zcount(keys.seen(zone), now - self.offline_after, "+inf")
                 pipe.xinfo_groups(keys.requests(zone))
                 pipe.hvals(keys.paths(zone))
+                pipe.get(keys.policy(zone))
+                pipe.hvals(keys.fwstate(zone))
             results = pipe.execute(raise_on_error=False)
         peers = GaugeMetricFamily("controltower_zone_peers", "Peers registered in the zone",
                                   labels=["zone"])
@@ -191,11 +194,16 @@ class ZoneCollector(Collector):
                                   "reported within 60 s, by path (direct, relayed, down); a "
                                   "pair counts once per side that reported it",
                                   labels=["zone", "path"])
+        policy_nodes = GaugeMetricFamily(
+            "controltower_policy_nodes", "Nodes by the state of their policy rules, as their "
+            "heartbeats said (behind: applied, but an older policy)", labels=["zone", "state"])
         for i, zone in enumerate(zones):
-            n_peers, n_online, groups, reports = results[4 * i:4 * i + 4]
+            n_peers, n_online, groups, reports, policy, states = results[6 * i:6 * i + 6]
             if isinstance(reports, list):
                 for path, n in pathmatrix.reported(reports, now).items():
                     paths.add_metric([zone, path], n)
+            for state, count in _policy_states(policy, states).items():
+                policy_nodes.add_metric([zone, state], count)
             if isinstance(n_peers, int):
                 peers.add_metric([zone], n_peers)
             if isinstance(n_online, int):
@@ -205,7 +213,30 @@ class ZoneCollector(Collector):
                 pending.add_metric([zone], group.get("pending") or 0)
                 if group.get("lag") is not None:   # unknown after some stream deletions
                     lag.add_metric([zone], group["lag"])
-        return [peers, online, lag, pending, paths]
+        return [peers, online, lag, pending, paths, policy_nodes]
+
+
+def _policy_states(policy: object, states: object) -> dict[str, int]:
+    """Counts of the nodes' reported policy states; 'behind': applied below the zone's
+    policy revision."""
+    if not isinstance(states, list):
+        return {}
+    try:
+        rev = json.loads(policy)["rev"] if isinstance(policy, str) else None
+    except (ValueError, KeyError, TypeError):
+        rev = None
+    counts = {"applied": 0, "behind": 0, "failed": 0, "closed": 0, "none": 0}
+    for raw in states:
+        try:
+            state = json.loads(raw)
+        except (ValueError, TypeError):
+            continue
+        name = state.get("state")
+        if name == "applied" and rev is not None and (state.get("rev") or 0) < rev:
+            name = "behind"
+        if name in counts:
+            counts[name] += 1
+    return counts
 
 
 

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from ipam import cidr as cidrs
-from ipam.registry import MAX_ROUTES, Node, Registry, check_routes
+from ipam.registry import MAX_ROUTES, Node, Registry, check_routes, check_tags
 from ipam.store import AUTO_APPROVE, KEY_EXPIRY, ZoneStore
 from wire import identity, messages
 from wire.errors import Conflict, InvalidInput, NotFound
@@ -116,6 +116,22 @@ class Nodes:
                 # Refused (a prefix another node holds): the approval is not kept either.
                 self.registry.update_node(found.zone, node, approved=found.node.approved)
                 raise
+        return node
+
+    def set_tags(self, found: Found, tags: list[object]) -> Node:
+        """Replace a node's tags; a registered node's record is registered again, so its
+        zone hears one upsert (policy sets are derived from it)."""
+        if found.node is None:
+            raise Conflict("this node was not enrolled: the tower does not manage its tags")
+        node = self.registry.update_node(found.zone, found.node, tags=check_tags(tags))
+        if found.peer is not None:
+            try:
+                self.reregister(found.zone, found.peer)
+            except Exception:
+                # Refused or Redis gone: the record keeps the tags its zone was told.
+                self.registry.update_node(found.zone, node, tags=found.node.tags)
+                raise
+        log.info("node %s of zone %s: tags %s", node.name, found.zone, ", ".join(node.tags) or "none")
         return node
 
     def reregister(self, zone_name: str, peer: Peer) -> None:

@@ -60,7 +60,10 @@ SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
         "description": "Every error: the message is meant for people and is shown as it is.",
-        "properties": {"error": {"type": "string"}},
+        "properties": {"error": {"type": "string"},
+                       "problems": {"type": "array", "description": "An invalid policy: "
+                                    "every problem, with its rule index and field.",
+                                    "items": _ref("PolicyProblem")}},
         "required": ["error"],
         "additionalProperties": False,
     },
@@ -208,7 +211,13 @@ SCHEMAS: dict[str, Any] = {
             "Name": {"type": "string", "description": "Unique in the zone (enrollment); "
                      "empty for a node registered without enrolling.", "example": "laptop"},
             "Tags": {"type": "array", "items": {"type": "string"},
-                     "description": "From the join key it enrolled with."},
+                     "description": "From the join key it enrolled with, or set with "
+                                    "PUT /peers/{key}/tags."},
+            "Policy": {"type": "object", "description": "(one peer) The state of its zone "
+                       "policy rules, as its last heartbeat said (absent: never said).",
+                       "properties": {"State": {"enum": ["none", "applied", "failed", "closed"]},
+                                      "Revision": {"type": ["integer", "null"]},
+                                      "Error": {"type": "string"}}},
             "PendingPrefixes": {"type": "array", "items": {"type": "string"}, "description":
                                 "Child prefixes it announced that are not approved: nobody "
                                 "routes them (POST /peers/{key}/routes approves)."},
@@ -262,6 +271,76 @@ SCHEMAS: dict[str, Any] = {
                        "PublicKey": _ref("PublicKey"), "Name": {"type": "string"}},
         "required": ["Prefix", "State", "PublicKey", "Name"],
         "additionalProperties": False,
+    },
+    "PolicyProblem": {
+        "type": "object",
+        "properties": {"Rule": {"type": ["integer", "null"]}, "Field": {"type": ["string", "null"]},
+                       "Message": {"type": "string"}},
+        "required": ["Rule", "Field", "Message"],
+    },
+    "PolicyDocument": {
+        "type": "object",
+        "description": "A zone policy (docs/policy.md): allow-only rules; selectors "
+                       "tag:NAME, a node name, an address or prefix, '*'; ports tcp/22, "
+                       "tcp/8000-8100, udp/53, tcp, udp, icmp, '*'.",
+        "properties": {"rules": {"type": "array", "maxItems": 1000, "items": {
+            "type": "object",
+            "properties": {"from": {"type": "array", "items": {"type": "string"}},
+                           "to": {"type": "array", "items": {"type": "string"}},
+                           "ports": {"type": "array", "items": {"type": "string"}},
+                           "description": {"type": "string"}},
+            "required": ["from", "to"]}}},
+        "required": ["rules"],
+    },
+    "Policy": {
+        "type": "object",
+        "properties": {"Zone": _ref("ZoneName"),
+                       "Revision": {"type": ["integer", "null"],
+                                    "description": "The zone revision that set it."},
+                       "Policy": {"oneOf": [_ref("PolicyDocument"), {"type": "null"}],
+                                  "description": "Canonical form; null: no policy "
+                                                 "(everything allowed)."},
+                       "Warnings": {"type": "array", "items": {"type": "string"},
+                                    "description": "PUT only: tags and names no node has."},
+                       "Nodes": {"type": "object", "description": "GET only: the nodes' "
+                                 "rules as their heartbeats said: counts by state (behind: "
+                                 "an older policy applied) and the nodes not applying it.",
+                                 "properties": {"Counts": {"type": "object"},
+                                                "NotApplying": {"type": "array"}}}},
+        "required": ["Zone", "Revision", "Policy"],
+    },
+    "PolicyDeleted": {
+        "type": "object",
+        "properties": {"Zone": _ref("ZoneName"), "Deleted": {"type": "boolean"},
+                       "Revision": {"type": "integer"}},
+        "required": ["Zone", "Deleted", "Revision"],
+    },
+    "PolicyEnd": {
+        "type": "object",
+        "properties": {"Address": {"type": "string"}, "Name": {"type": ["string", "null"]},
+                       "PublicKey": {"type": ["string", "null"]},
+                       "Tags": {"type": "array", "items": {"type": "string"}}},
+    },
+    "PolicyDecision": {
+        "type": "object",
+        "properties": {"Zone": _ref("ZoneName"), "From": _ref("PolicyEnd"), "To": _ref("PolicyEnd"),
+                       "Port": {"type": "string"}, "Allow": {"type": "boolean"},
+                       "Rule": {"type": ["integer", "null"],
+                                "description": "The first rule that allows; null: denied "
+                                               "(or no policy)."},
+                       "Reason": {"type": "string"}},
+        "required": ["Allow", "Rule", "Reason"],
+    },
+    "TagsChange": {
+        "type": "object",
+        "properties": {"Tags": {"type": "array", "items": {"type": "string"}, "maxItems": 32}},
+        "required": ["Tags"],
+        "additionalProperties": False,
+    },
+    "TagsOfNode": {
+        "type": "object",
+        "properties": {"PublicKey": _ref("PublicKey"), "Name": {"type": "string"},
+                       "Tags": {"type": "array", "items": {"type": "string"}}},
     },
     "RouteChange": {
         "type": "object",
@@ -410,6 +489,8 @@ ZONE_LINKS: dict[str, Any] = {
                          "parameters": {"name": "$response.body#/Name"}},
     "ListLeases": {"operationId": "listLeases", "parameters": {"zone": "$response.body#/Name"}},
     "ListPeersOfZone": {"operationId": "listPeers", "parameters": {"zone": "$response.body#/Name"}},
+    "SetPolicy": {"operationId": "setPolicy", "parameters": {"name": "$response.body#/Name"}},
+    "ShowPolicy": {"operationId": "showPolicy", "parameters": {"name": "$response.body#/Name"}},
 }
 
 
@@ -433,6 +514,48 @@ PATHS: dict[str, Any] = {
             "tags": ["routes"], "operationId": "listRoutes", "security": READ_SECURITY,
             "summary": "The child prefixes of a zone's nodes, approved or pending",
             "responses": {"200": _json({"type": "array", "items": _ref("Route")}, "By node."),
+                          **_errors("400", "404")},
+        },
+    },
+    "/zones/{name}/policy": {
+        "parameters": [ZONE_PARAM],
+        "get": {
+            "tags": ["policy"], "operationId": "showPolicy", "security": READ_SECURITY,
+            "summary": "The zone's access policy (null: none, everything allowed)",
+            "responses": {"200": _json(_ref("Policy"), "The policy in force."),
+                          **_errors("400", "404")},
+        },
+        "put": {
+            "tags": ["policy"], "operationId": "setPolicy", "security": WRITE_SECURITY,
+            "summary": "Replace the zone's policy; an invalid one is refused whole (400, "
+                       "every problem with rule index and field) and the old one stays",
+            "requestBody": {"required": True, "content": {JSON: {
+                "schema": _ref("PolicyDocument"),
+                "example": {"rules": [{"from": ["tag:ops"], "to": ["tag:servers"],
+                                       "ports": ["tcp/22", "icmp"]}]}}}},
+            "responses": {"200": _json(_ref("Policy"), "Stored and sent to the zone's agents."),
+                          **_errors("400", "404", "413")},
+        },
+        "delete": {
+            "tags": ["policy"], "operationId": "deletePolicy", "security": WRITE_SECURITY,
+            "summary": "Delete the zone's policy: everything allowed again",
+            "responses": {"200": _json(_ref("PolicyDeleted"), "Deleted (or there was none)."),
+                          **_errors("400", "404")},
+        },
+    },
+    "/zones/{name}/policy/test": {
+        "parameters": [ZONE_PARAM,
+                       {"name": "from", "in": "query", "required": True, "schema": {"type": "string"},
+                        "description": "Node name, public key or address.", "example": "10.200.0.1"},
+                       {"name": "to", "in": "query", "required": True, "schema": {"type": "string"},
+                        "description": "Node name, public key or address.", "example": "10.200.0.2"},
+                       {"name": "port", "in": "query", "required": True, "schema": {"type": "string"},
+                        "description": "tcp/PORT, udp/PORT or icmp.", "example": "tcp/22"}],
+        "get": {
+            "tags": ["policy"], "operationId": "testPolicy", "security": READ_SECURITY,
+            "summary": "Would the destination let this connection in? Allow or deny, "
+                       "and the rule that decided",
+            "responses": {"200": _json(_ref("PolicyDecision"), "The decision."),
                           **_errors("400", "404")},
         },
     },
@@ -557,6 +680,17 @@ PATHS: dict[str, Any] = {
             "requestBody": {"required": True, "content": {JSON: {
                 "schema": _ref("RouteChange"), "example": {"Approve": ["172.24.0.0/24"]}}}},
             "responses": {"200": _json(_ref("RoutesOfNode"), "Its prefixes now."),
+                          **_errors("400", "404", "409")},
+        },
+    },
+    "/peers/{key}/tags": {
+        "parameters": [{**KEY_PARAM, "example": "laptop"}],
+        "put": {
+            "tags": ["policy"], "operationId": "setTags", "security": WRITE_SECURITY,
+            "summary": "Replace a node's tags (the zone's agents hear one peer upsert)",
+            "requestBody": {"required": True, "content": {JSON: {
+                "schema": _ref("TagsChange"), "example": {"Tags": ["ops"]}}}},
+            "responses": {"200": _json(_ref("TagsOfNode"), "Its tags now."),
                           **_errors("400", "404", "409")},
         },
     },

@@ -387,7 +387,9 @@ class RequestWorker:
                             guard=guard, **r.body)
         if r.type == "heartbeat":
             return self.store.heartbeat_call(zone, r.key, r.session, guard=guard,
-                                             report=r.body or None)
+                                             report={k: v for k, v in r.body.items()
+                                                     if k != "policy"} or None,
+                                             policy=r.body.get("policy"))
         if r.type == "endpoint-update":
             return self.store.endpoint_call(zone, r.key, r.session, r.body["endpoint"],
                                             r.body["nat_type"], order=job.entry_id,

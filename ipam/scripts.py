@@ -9,7 +9,7 @@ from redis.commands.core import Script
 
 NAMES = ("candidate", "register", "replace_peer", "remove_peer", "heartbeat", "pending",
          "publish", "create_zone", "delete_zone", "enroll", "remove_node", "admit",
-         "zone_hset")
+         "zone_hset", "set_policy")
 
 
 @cache
@@ -50,3 +50,4 @@ class Scripts:
     remove_node: Script
     admit: Script
     zone_hset: Script
+    set_policy: Script

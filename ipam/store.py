@@ -190,7 +190,7 @@ class ZoneStore:
                      k.free(name), k.cursor(name), k.published(name), k.changes(name),
                      k.seen(name), k.applied(name), k.requests(name), k.auth(name),
                      k.nodes(name), k.names(name), k.joinkeys(name), k.ephemeral(name),
-                     k.expiring(name), k.paths(name)]
+                     k.expiring(name), k.paths(name), k.policy(name), k.fwstate(name)]
 
         def deleted(reply: list[Any]) -> Call | None:
             if reply[0] == "ok":
@@ -352,21 +352,27 @@ class ZoneStore:
         self.run(self.heartbeat_call(zone, key, session, now))
 
     def heartbeat_call(self, zone: str, key: str, session: str, now: float | None = None,
-                       guard: Guard | None = None, report: dict | None = None) -> Call:
-        """Its result is None. With ``report`` (the node's path report) the next Call
-        stores it in the zone's paths hash, stamped with ``ts``."""
+                       guard: Guard | None = None, report: dict | None = None,
+                       policy: dict[str, Any] | None = None) -> Call:
+        """Its result is None. With ``report`` (the node's path report) and ``policy``
+        (the state of its policy rules) the next Call stores them in the zone's paths
+        and fwstate hashes, stamped with ``ts``."""
         stamp = time.time() if now is None else now
 
         def decode(reply: list[Any]) -> Call | None:
             if reply[0] != "ok":
                 raise refusal(reply[0], peer="this node", zone=zone)
+            writes = []
             if report:
                 text = json.dumps({**report, "ts": round(stamp, 1)}, separators=(",", ":"))
-                return Call((("HSET", self.keys.paths(zone), key, text),), lambda _: None)
-            return None
+                writes.append(("HSET", self.keys.paths(zone), key, text))
+            if policy:
+                text = json.dumps({**policy, "ts": round(stamp, 1)}, separators=(",", ":"))
+                writes.append(("HSET", self.keys.fwstate(zone), key, text))
+            return Call(tuple(writes), lambda _: None) if writes else None
         return Call.script(self.scripts.heartbeat,
                            [self.keys.peers(zone), self.keys.seen(zone), *_keys(guard)],
-                           [key, session, time.time() if now is None else now, *_args(guard)],
+                           [key, session, stamp, *_args(guard)],
                            decode)
 
     def update_endpoint(self, zone: str, key: str, session: str, endpoint: str,
@@ -436,7 +442,7 @@ class ZoneStore:
         stale request), or None when the node was not removed (``seen_before``)."""
         k = self.keys
         keys = [k.peers(zone), k.leases(zone), k.prefixes(zone), k.free(zone), k.rev(zone),
-                k.changes(zone), k.seen(zone), k.applied(zone), *_keys(guard)]
+                k.changes(zone), k.seen(zone), k.applied(zone), k.fwstate(zone), *_keys(guard)]
         args = [key, reason, session, "" if seen_before is None else seen_before,
                 self.change_log_length, _score(order), *_args(guard)]
 
@@ -591,6 +597,8 @@ def change(entry: list[Any]) -> str:
         return messages.upsert_change(_rev(entry_id), fields["peer"])
     if op == "remove":
         return messages.remove_change(_rev(entry_id), fields["key"], fields["reason"])
+    if op == "policy":
+        return messages.policy_change(_rev(entry_id), fields["policy"] or None)
     if "c" in fields:       # logged as JSON by a tower before the change log held data
         return fields["c"]
     raise ValueError(f"change log entry {entry_id} is malformed")

@@ -48,7 +48,9 @@ from aircrew.session import TowerSession, ZoneSnapshot
 from wire import messages
 from wire import snapshot as snapshots
 from wire.errors import InvalidInput
+from wire import policy as policies
 from wire.messages import Peer, ZoneUpdate
+from wire.policy import Member, Policy
 
 from .simagent import AppliedLog
 
@@ -118,7 +120,8 @@ class SharedMirror(ZoneMirror):
         self.own_key = own_key
         self.gaps = 0
 
-    def load(self, rev: int, peers: dict[str, Peer]) -> None:
+    def load(self, rev: int, peers: dict[str, Peer], policy: Policy | None = None,
+             policy_rev: int | None = None) -> None:
         if not self.shared.keep_peers:
             initial = self.shared.initial
             if peers is initial:    # the start-up snapshot itself: all of it is shared
@@ -127,7 +130,7 @@ class SharedMirror(ZoneMirror):
             else:                   # a resync: leave out what is unchanged since start-up
                 peers = {k: p for k, p in peers.items()
                          if k == self.own_key or not _same(initial.get(k), p)}
-        super().load(rev, peers)
+        super().load(rev, peers, policy, policy_rev)
 
     def apply(self, update: ZoneUpdate) -> Outcome:
         outcome = super().apply(update)
@@ -164,6 +167,7 @@ class ProcessShared:
         self._configs: dict[int, tuple[Peer, PeerConfig]] = {}
         self._records: dict[str, Peer] = {}
         self.record_parses = 0
+        self._members: dict[int, tuple[Peer, Member]] = {}
         self._originals: dict[str, Any] = {}
         self._pool_owner: aioredis.Redis | None = None
 
@@ -186,6 +190,16 @@ class ProcessShared:
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return found
+
+    def member_of(self, peer: Peer) -> Member:
+        """``wire.policy.Member.of``, once per (immutable, shared) peer record."""
+        entry = self._members.get(id(peer))
+        if entry is None or entry[0] is not peer:
+            entry = (peer, self._originals["member_of"](peer))
+            if len(self._members) >= CONFIG_CACHE:
+                self._members.clear()
+            self._members[id(peer)] = entry
+        return entry[1]
 
     def peer_config(self, peer: Peer, keepalive: int = DEFAULT_KEEPALIVE,
                     endpoints=None) -> PeerConfig:
@@ -269,10 +283,12 @@ class ProcessShared:
         self._originals = {"parse_update": messages.parse_update,
                            "peer_config": reconcile.peer_config,
                            "snapshot_peers": snapshots.peers,
-                           "snapshot": TowerSession.snapshot}
+                           "snapshot": TowerSession.snapshot,
+                           "member_of": Member.of, "member_of_descriptor": vars(Member)["of"]}
         messages.parse_update = self.parse_update              # type: ignore[assignment]
         reconcile.peer_config = self.peer_config               # type: ignore[assignment]
         snapshots.peers = self.snapshot_peers                  # type: ignore[assignment]
+        policies.Member.of = self.member_of                    # type: ignore[method-assign]
         shared = self
 
         async def snapshot(session: TowerSession) -> ZoneSnapshot:
@@ -286,6 +302,7 @@ class ProcessShared:
         reconcile.peer_config = self._originals["peer_config"]
         snapshots.peers = self._originals["snapshot_peers"]
         TowerSession.snapshot = self._originals["snapshot"]    # type: ignore[method-assign]
+        policies.Member.of = self._originals["member_of_descriptor"]  # type: ignore[method-assign]
         self._originals = {}
 
     def __enter__(self) -> ProcessShared:

@@ -26,6 +26,8 @@ import redis.asyncio as aioredis
 from aircrew.agent import Agent, AgentSettings
 from aircrew.device import PeerConfig, RecordingDevice
 from aircrew.endpoint import StaticEndpoint
+from aircrew.firewall import Firewall
+from aircrew.nftables import NftError
 from aircrew.state import StateFiles
 from wire.keys import Keys
 from wire.messages import parse_peer
@@ -190,10 +192,31 @@ class SimAgent:
         return {k: p.allowed_ips for k, p in self.device.state.peers.items()}
 
 
+class RecordingNft:
+    """An nft that applies nothing and notes each transaction: (monotonic time, kind,
+    the text). ``fail``: raise NftError for every transaction while it is set."""
+
+    def __init__(self, keep_text: bool = True) -> None:
+        self.log: list[tuple[float, str, str]] = []
+        self.keep_text = keep_text
+        self.fail = False
+
+    def run(self, text: str) -> None:
+        if self.fail:
+            raise NftError("Error: Could not process rule: Operation not permitted")
+        kind = ("delta" if text.startswith(("add element", "delete element"))
+                else "table" if "chain" in text else "removal")
+        self.log.append((time.monotonic(), kind, text if self.keep_text else ""))
+
+    def list_table(self, family: str, name: str) -> str:
+        return ""
+
+
 def make_agent(redis_url: str, state_dir: Path | None, index: int, zone: str = "default", *,
                private_key: str | None = None, session: str | None = None,
                device: RecordingDevice | None = None, endpoint: tuple[str, int] | None = None,
-               inline_device: bool = False, **overrides: Any) -> SimAgent:
+               inline_device: bool = False, nft: RecordingNft | None = None,
+               **overrides: Any) -> SimAgent:
     """A simulated node ``index``: ``aircrew.agent.Agent`` with ``AgentSettings(**overrides)``.
 
     ``state_dir`` None: :class:`MemoryState`. ``session``: the session id it registers
@@ -201,6 +224,7 @@ def make_agent(redis_url: str, state_dir: Path | None, index: int, zone: str = "
     advertises (default 198.51.100.<index>:51820). Its Redis clients are the agent's own,
     named ``simagent-<hostname>`` for CLIENT LIST (``SimAgent.use_clients`` to change).
     ``inline_device``: device calls on the event loop instead of the agent's device thread.
+    ``nft``: enforce the zone policy through it (a Firewall on that recording nft).
     """
     options: dict[str, Any] = {"listen_port": 51820, "hostname": f"sim{index}", **overrides}
     settings = AgentSettings(zone=zone, private_key=private_key or generate_private_key(),
@@ -213,7 +237,8 @@ def make_agent(redis_url: str, state_dir: Path | None, index: int, zone: str = "
         state_dir.mkdir(parents=True, exist_ok=True)
         state = StateFiles(state_dir, "wg0")
     ip, port = endpoint or (f"198.51.100.{index % 250 + 1}", 51820)
-    agent = Agent(settings, device, links, StaticEndpoint(ip, port), state)
+    firewall = Firewall("wg0", nft) if nft is not None else None
+    agent = Agent(settings, device, links, StaticEndpoint(ip, port), state, firewall=firewall)
     sim = SimAgent(agent, device, links, default_clients=agent.client_factory)
     sim.use_clients(_named(agent.client_factory, client_name(settings.hostname)))
     if session is not None:

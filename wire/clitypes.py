@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from . import addresses, identity, messages, proof
+from . import addresses, identity, messages, policy, proof
 from .errors import InvalidInput, MeshError
 
 
@@ -92,6 +92,17 @@ def _dns_suffix(text: str) -> str:
     return suffix
 
 
+def _tag(text: str) -> str:
+    """A node tag, ``tag:`` optional (as the REST API takes it)."""
+    return identity.node_name(text.removeprefix("tag:"), "a tag")
+
+
+def _packet(text: str) -> str:
+    """One packet's protocol and port for ``policy test``: tcp/22, udp/53, icmp."""
+    policy.packet(text)
+    return text
+
+
 ZONE = Checked("zone", messages.zone_name)
 JOIN_KEY = Checked("join key", _join_key)
 NODE_NAME = Checked("name", identity.node_name)
@@ -102,6 +113,8 @@ ENDPOINT_IP = Checked("address", _endpoint_ip)
 PREFIX = Checked("prefix", _prefix)
 PUBLIC_KEY = Checked("key", lambda text: messages.public_key(text.strip()))
 PRIVATE_KEY = Checked("key", _private_key)
+TAG = Checked("tag", _tag)
+PACKET = Checked("port", _packet)
 
 
 class SecretOption(click.Option):

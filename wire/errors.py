@@ -94,3 +94,12 @@ def _entry(cls: type[BaseException]) -> tuple[int, str]:
         if found is not None:
             return found
     return UNKNOWN
+
+
+BRIEF = 64          # characters of an input value quoted in an error message
+
+
+def brief(value: object) -> str:
+    """``repr(value)`` cut to ``BRIEF`` characters: errors quote input, never all of it."""
+    text = repr(value)
+    return text if len(text) <= BRIEF else text[:BRIEF - 3] + "..."

@@ -91,6 +91,16 @@ class Keys:
         """Counter: the zone revision, bumped by every peer change."""
         return self._z(zone, "rev")
 
+    def policy(self, zone: str) -> str:
+        """String: the zone's access policy, JSON ``{"rev": R, "policy": {...}}`` (R: the
+        zone revision that set it); absent: no policy (everything allowed)."""
+        return self._z(zone, "policy")
+
+    def fwstate(self, zone: str) -> str:
+        """Hash (tower only): public key -> the state of the node's policy rules as its
+        last heartbeat said, JSON ``{"rev", "state", "error", "ts"}``."""
+        return self._z(zone, "fwstate")
+
     def published(self, zone: str) -> str:
         """The highest revision already published on the update channel."""
         return self._z(zone, "published")

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import addresses, proof
-from .errors import InvalidInput
+from .errors import BRIEF, InvalidInput, brief  # noqa: F401 (brief: used by others)
+from .policy import Policy, PolicyError
+from .policy import parse as parse_policy
 
 VERSION = 1
 REQUEST_TYPES = ("register", "heartbeat", "endpoint-update", "leave", "enroll")
 REQUEST_FIELDS = frozenset({"v", "type", "id", "zone", "key", "session", "ts", "nonce", "body"})
-BRIEF = 64          # characters of an input value quoted in an error message
 # How a node is reached: STUN's classification (aircrew.nat), or "static" for an endpoint
 # given by its operator (--local-endpoint-ip, --internal-network).
 NAT_OPEN = "open"
@@ -48,10 +49,6 @@ _RELAY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}-[0-9a-f]{8}$")
 # -- field validators (shared by REST, the worker and the agent) ------------------
 
 
-def brief(value: Any) -> str:
-    """``repr(value)`` cut to ``BRIEF`` characters: errors quote input, never all of it."""
-    text = repr(value)
-    return text if len(text) <= BRIEF else text[:BRIEF - 3] + "..."
 
 def zone_name(value: Any) -> str:
     if not isinstance(value, str) or not _ZONE_RE.fullmatch(value):
@@ -270,15 +267,27 @@ def _endpoint_body(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+PATH_REPORT_FIELDS = ("relay", "relays", "paths")
+
+
 def _heartbeat_body(body: dict[str, Any]) -> dict[str, Any]:
-    """Empty, or a path report: ``{"relay": home relay id or null, "relays": [ids],
-    "paths": [[peer address, "d"|"r"|"x", index into relays or null, handshake age s or
-    null], ...]}`` (at most MAX_PATH_REPORT peers)."""
-    if not body:
-        return {}
-    unknown = set(body) - {"relay", "relays", "paths"}
+    """Empty, or any of: a path report (``PATH_REPORT_FIELDS``, ``_path_report``) and the
+    state of the node's policy rules (``policy``, ``_policy_state``)."""
+    unknown = set(body) - {*PATH_REPORT_FIELDS, "policy"}
     if unknown:
         raise InvalidInput(f"unknown heartbeat fields: {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    if any(name in body for name in PATH_REPORT_FIELDS):
+        out.update(_path_report(body))
+    if "policy" in body:
+        out["policy"] = _policy_state(body["policy"])
+    return out
+
+
+def _path_report(body: dict[str, Any]) -> dict[str, Any]:
+    """``{"relay": home relay id or null, "relays": [ids], "paths": [[peer address,
+    "d"|"r"|"x", index into relays or null, handshake age s or null], ...]}`` (at most
+    MAX_PATH_REPORT peers)."""
     relays = body.get("relays", [])
     if not isinstance(relays, list) or len(relays) > MAX_REPORT_RELAYS:
         raise InvalidInput(f"relays must be a list of at most {MAX_REPORT_RELAYS}")
@@ -318,6 +327,24 @@ def _empty_body(body: dict[str, Any]) -> dict[str, Any]:
     if body:
         raise InvalidInput("this request takes no body")
     return {}
+
+
+POLICY_STATES = ("none", "applied", "failed", "closed")
+MAX_POLICY_ERROR = 256
+
+
+def _policy_state(state: Any) -> dict[str, Any]:
+    """``{"rev": R or null, "state": "applied"|"failed"|"closed"|"none", "error": "..."}``."""
+    if not isinstance(state, dict) or set(state) - {"rev", "state", "error"}:
+        raise InvalidInput("heartbeat policy must be an object with rev, state and error")
+    rev, name, error = state.get("rev"), state.get("state"), state.get("error", "")
+    if rev is not None and not (_is_int(rev) and rev >= 0):
+        raise InvalidInput("heartbeat policy rev must be a revision or null")
+    if name not in POLICY_STATES:
+        raise InvalidInput(f"heartbeat policy state must be one of {', '.join(POLICY_STATES)}")
+    if not isinstance(error, str):
+        raise InvalidInput("heartbeat policy error must be a string")
+    return {"rev": rev, "state": name, "error": error[:MAX_POLICY_ERROR]}
 
 
 _BODY_VALIDATORS = {
@@ -471,6 +498,11 @@ def remove_change(rev: int, key: str, reason: str) -> str:
     return _compact({"rev": int(rev), "op": "remove", "key": key, "reason": reason})
 
 
+def policy_change(rev: int, document: str | None) -> str:
+    """The zone's policy set (``document``: its canonical JSON) or deleted (None)."""
+    return f'{{"rev":{int(rev)},"op":"policy","policy":{document or "null"}}}'
+
+
 def zone_deleted_change(rev: int) -> str:
     return _compact({"rev": int(rev), "op": "zone-deleted"})
 
@@ -490,10 +522,11 @@ def zone_deleted(zone: str, rev: int) -> str:
 @dataclass(frozen=True)
 class Change:
     rev: int
-    op: str                      # "upsert" | "remove" | "zone-deleted"
+    op: str                      # "upsert" | "remove" | "policy" | "zone-deleted"
     peer: Peer | None = None     # for upsert
     key: str | None = None       # for remove
     reason: str | None = None    # for remove: left, deleted, expired, evicted
+    policy: Policy | None = None  # for policy: the new policy (None: deleted)
 
 
 @dataclass(frozen=True)
@@ -523,11 +556,24 @@ def parse_update(payload: bytes | str) -> ZoneUpdate:
         elif op == "remove":
             changes.append(Change(raw["rev"], op, key=public_key(raw.get("key")),
                                   reason=str(raw.get("reason") or "")))
+        elif op == "policy":
+            document = raw.get("policy")
+            changes.append(Change(raw["rev"], op,
+                                  policy=None if document is None else policy_doc(document)))
         elif op == "zone-deleted":
             changes.append(Change(raw["rev"], op))
         else:
             raise InvalidInput(f"unknown change op {brief(op)}")
     return ZoneUpdate(zone_name(data.get("zone")), since, rev, tuple(changes))
+
+
+def policy_doc(document: Any) -> Policy:
+    """A policy as sent in a change or a snapshot (already validated by the tower; a
+    document this side cannot read is malformed input all the same)."""
+    try:
+        return parse_policy(document)
+    except PolicyError as exc:
+        raise InvalidInput(f"policy in update: {exc}") from None
 
 
 def _is_int(value: Any) -> bool:

@@ -36,6 +36,7 @@ class Read:
     fields: tuple[str, ...] = ZONE_FIELDS
     peers: bool = True          # the peer records
     seen: bool = False          # the peers' last heartbeats
+    policy: bool = False        # the zone's access policy
 
     def __post_init__(self) -> None:
         if not self.fields:
@@ -57,6 +58,7 @@ class Snapshot:
     rev: int
     records: dict[str, str] = field(default_factory=dict)   # public key -> peer record (JSON)
     seen: dict[str, float] = field(default_factory=dict)    # public key -> last heartbeat
+    policy: str | None = None   # the stored policy (``wire.policy.stored``); None: none
 
 
 def commands(keys: Keys, read: Read) -> list[Command]:
@@ -71,6 +73,8 @@ def commands(keys: Keys, read: Read) -> list[Command]:
         out.append(Command("hgetall", (keys.peers(zone),)))
     if read.seen:
         out.append(Command("zrange", (keys.seen(zone), 0, -1), (("withscores", True),)))
+    if read.policy:
+        out.append(Command("get", (keys.policy(zone),)))
     return out
 
 
@@ -84,7 +88,7 @@ def parse(read: Read, replies: Sequence[Any]) -> Snapshot:
     """The snapshot from the replies to ``commands(keys, read)``; NotFound when the zone
     does not exist."""
     replies = list(replies)
-    expected = 2 + read.peers + read.seen
+    expected = 2 + read.peers + read.seen + read.policy
     if len(replies) != expected:
         raise InvalidInput(f"a snapshot read has {expected} replies, not {len(replies)}")
     first = replies[0]
@@ -97,7 +101,8 @@ def parse(read: Read, replies: Sequence[Any]) -> Snapshot:
     rest = iter(replies[2:])
     records = next(rest) if read.peers else {}
     seen = dict(next(rest)) if read.seen else {}
-    return Snapshot(read.zone, fields, int(replies[1] or 0), records, seen)
+    policy = next(rest) if read.policy else None
+    return Snapshot(read.zone, fields, int(replies[1] or 0), records, seen, policy)
 
 
 def peers(records: Mapping[str, str],

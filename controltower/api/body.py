@@ -16,14 +16,27 @@ from wire.errors import InvalidInput
 from wire.messages import brief
 
 
-def json_object(req: Request, fields: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The body as a JSON object with only known fields of the right types."""
+def json_value(req: Request, what: str = "a JSON object") -> Any:
+    """The body decoded as JSON (any value; its strings valid Unicode text), for a route
+    whose document has its own validation (a zone policy)."""
+    body = _decoded(req, what)
+    if not _is_text(body):
+        raise InvalidInput("the request body is not valid Unicode text (a lone surrogate?)")
+    return body
+
+
+def _decoded(req: Request, what: str) -> Any:
     raw = req.get_data(cache=True)          # 413 beyond MAX_CONTENT_LENGTH
     try:
-        body = json.loads(raw, parse_constant=_not_json)
+        return json.loads(raw, parse_constant=_not_json)
     except (ValueError, RecursionError):
-        raise InvalidInput("the request body must be a JSON object (it is not valid JSON, or "
+        raise InvalidInput(f"the request body must be {what} (it is not valid JSON, or "
                            "nested too deeply)") from None
+
+
+def json_object(req: Request, fields: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The body as a JSON object with only known fields of the right types."""
+    body = _decoded(req, "a JSON object")
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object")
     unknown = sorted(set(body) - set(fields))

@@ -8,6 +8,8 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from wire import messages
 from wire.errors import InvalidInput, NotFound
 
+from ipam.policies import Policies
+
 from ..db import nodes, store
 from .body import json_object
 from . import render
@@ -72,6 +74,10 @@ def show_peer(key: str):
     seen = store().last_seen(found.zone).get(found.key)
     data = render.peer(found.zone, found.peer, seen, current_app.config["OFFLINE_AFTER"],
                        time.time())
+    state = Policies(store()).node_state(found.zone, found.key)
+    if state is not None:
+        data["Policy"] = {"State": state.get("state"), "Revision": state.get("rev"),
+                          "Error": state.get("error", "")}
     return jsonify(render.with_identity(data, found.node))
 
 
@@ -102,6 +108,15 @@ def approve_routes(key: str):
                     "Approved": list(node.approved),
                     "ChildPrefix": list(again.peer.child_prefixes) if again.peer else [],
                     "PendingPrefixes": list(again.peer.pending_prefixes) if again.peer else []})
+
+
+@bp.put("/peers/<wgkey:key>/tags")
+def set_tags(key: str):
+    """Replace a node's tags (``Tags``: names, with or without ``tag:``); every agent of
+    the zone hears it as one peer upsert, and a policy's sets follow."""
+    body = json_object(request, {"Tags": list}, required=("Tags",))
+    node = nodes().set_tags(_found(key), body["Tags"])
+    return jsonify({"PublicKey": node.key, "Name": node.name, "Tags": list(node.tags)})
 
 
 @bp.post("/peers/<wgkey:key>/renew")

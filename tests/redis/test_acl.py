@@ -66,6 +66,7 @@ def test_a_node_may_do_its_job(zones, redis_proc):
         pipe.hget(k.zone("zone-blue"), "cidr")
         pipe.get(k.rev("zone-blue"))
         pipe.hgetall(k.peers("zone-blue"))
+        pipe.get(k.policy("zone-blue"))
         assert pipe.execute()[0] == "10.140.0.0/20"
     c.get(k.published("zone-blue"))
     c.get(k.tower_public)

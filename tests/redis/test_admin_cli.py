@@ -320,3 +320,62 @@ def test_joinkey_create_prints_the_key_alone_on_stdout(run):
     assert result.exit_code == 0, result.output
     assert result.stdout.count("\n") == 1 and result.stdout.startswith("ajk1:default:")
     assert "reusable" in result.stderr and "ajk1:" not in result.stderr
+
+
+def test_policy_set_show_test_delete(run, store, tmp_path):
+    zone = "zone-policy-cli"
+    assert run("zone", "create", zone, "--cidr", "10.150.0.0/24").exit_code == 0
+    a, b = (public_key_of(generate_private_key()) for _ in range(2))
+    store.register(zone, a, listen_port=1, session="s", request_ip="10.150.0.10")
+    store.register(zone, b, listen_port=1, session="s", request_ip="10.150.0.20")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rules": [{"from": ["tag:ops"], "to": ["*"], "ports": ["tcp/0"]}]}))
+    refused = run("policy", "set", zone, str(bad))
+    assert refused.exit_code == 1
+    assert "rule 0 ports[0]: 'tcp/0': ports are 1-65535" in refused.output
+    assert "no policy" in run("policy", "show", zone).output
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"rules": [
+        {"from": ["10.150.0.10"], "to": ["10.150.0.20"], "ports": ["tcp/22"]},
+        {"from": ["tag:ops"], "to": ["*"], "ports": ["icmp"]}]}))
+    done = run("policy", "set", zone, str(good))
+    assert done.exit_code == 0, done.output
+    assert "2 rules in force" in done.output and "warning: tag:ops is on no node" in done.output
+    assert '"tcp/22"' in run("policy", "show", zone).output
+    allow = run("policy", "test", zone, "10.150.0.10", "10.150.0.20", "tcp/22")
+    assert allow.output.startswith("allow: allowed by rule 0"), allow.output
+    deny = run("policy", "test", zone, "10.150.0.20", "10.150.0.10", "tcp/22")
+    assert deny.output.startswith("deny: no rule allows it"), deny.output
+    as_json = json.loads(run("policy", "test", "--json", zone, "10.150.0.10", "10.150.0.20",
+                             "tcp/23").output)
+    assert as_json["Allow"] is False and as_json["Rule"] is None
+    assert "policy deleted" in run("policy", "delete", zone).output
+    assert "had no policy" in run("policy", "delete", zone).output
+    assert run("peer", "tag", a, "ops").exit_code == 1     # not enrolled: a clear refusal
+
+
+@pytest.mark.parametrize("args, words", [
+    (["policy", "show", "bad zone"], "Invalid value for 'ZONE': zone name must be"),
+    (["policy", "test", "default", "a", "b", "tcp/0"], "Invalid value for 'PORT': 'tcp/0': ports are"),
+    (["policy", "test", "default", "a", "b", "tcp"], "name one packet"),
+    (["peer", "tag", "somebody", "Not A Tag"], "Invalid value for '[TAG]...': a tag must be"),
+])
+def test_policy_arguments_are_checked_before_any_request(run, args, words):
+    """clitypes: a bad zone, port or tag is a usage error (exit 2) naming the argument."""
+    result = run(*args, env_extra={"CONTROLTOWER_API_URL": "http://127.0.0.1:9"})
+    assert result.exit_code == 2, result.output
+    assert words in result.output, result.output
+
+
+@pytest.mark.parametrize("content, words", [
+    (b'{"rules": [{"from": [NaN], "to": ["*"]}]}', "is not JSON: NaN is not JSON"),
+    (b"{\xff}", "is not UTF-8 text"),
+    (b"[" * 5000, "is not JSON"),
+])
+def test_policy_set_refuses_a_file_that_is_no_json_in_one_line(run, tmp_path, content, words):
+    path = tmp_path / "policy.json"
+    path.write_bytes(content)
+    result = run("policy", "set", "default", str(path),
+                 env_extra={"CONTROLTOWER_API_URL": "http://127.0.0.1:9"})
+    assert result.exit_code == 2 and words in result.output, result.output
+    assert "Traceback" not in result.output

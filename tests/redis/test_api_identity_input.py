@@ -8,6 +8,7 @@ import json
 import pytest
 
 from controltower.acl import AgentCredentials
+from tests.redisstate import state
 from ipam.store import ZoneStore
 from wire.keys import Keys
 from wire.proof import generate_private_key, public_key_of
@@ -34,27 +35,6 @@ def world(app, client, redis_client):
         if name == "b":
             assert client.post("/peers/b/routes", json={"Approve": ["172.24.0.0/24"]}).status_code == 200
     return store
-
-
-def state(client_redis) -> dict:
-    """Every key's value and every Redis user: what a refused request must leave alone."""
-    read = {"string": client_redis.get,
-            "hash": lambda k: {f: _value(v) for f, v in client_redis.hgetall(k).items()},
-            "set": client_redis.smembers, "stream": client_redis.xrange,
-            "zset": lambda k: client_redis.zrange(k, 0, -1, withscores=True)}
-    keys = sorted(k for k in client_redis.keys("*") if not k.endswith(":credlock"))
-    return {"keys": {k: read[client_redis.type(k)](k) for k in keys},
-            "users": sorted(client_redis.execute_command("ACL", "LIST"))}
-
-
-def _value(text: str):
-    """A record as data: the scripts' JSON (cjson: {} for an empty list) and Python's
-    differ in form only."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text
-    return {k: ([] if v == {} else v) for k, v in data.items()} if isinstance(data, dict) else data
 
 
 TOO_MANY = json.dumps([f"172.30.{n}.0/24" for n in range(65)])

@@ -85,3 +85,15 @@ def test_dashboard():
     assert set(result) >= {"load_ms_p50", "html_bytes", "poll_304_ms_p50", "poll_200_bytes"}
     assert result["nodes"] == 60 and result["svg_elements"] > 0
     assert 0 < result["load_ms_p50"] and result["html_bytes"] > 10_000
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed")
+def test_policy():
+    result = bench("policy", "--nodes", "100,300", "--observers", "10", "--changes", "4",
+                   "--nft-members", "100", timeout=120)
+    for n in (100, 300):
+        assert result[f"membership_elements_{n}"] == [1]      # one element per change
+        assert result[f"firewall_states_{n}"] == ["applied"]
+        assert 0 < result[f"membership_ms_p99_{n}"] and 0 < result[f"policy_ms_p99_{n}"]
+    assert 0 < result["bytes_per_agent_membership"] < 1000   # one record, not the zone
+    assert result["nft_change_ms_p50"] > 0 and result["nft_reload_ms_p50"] > 0

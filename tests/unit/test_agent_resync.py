@@ -26,6 +26,7 @@ class Snapshot:
     cidr: str
     rev: int
     peers: dict[str, Peer]
+    policy: str | None = None
 
 
 @dataclass
@@ -74,3 +75,18 @@ def test_a_gap_among_buffered_updates_takes_another_snapshot(tmp_path):
     assert agent.mirror.rev == 8
     assert {a.key, b.key, c.key} <= set(agent.device.read().peers)
     assert len(agent.device.read().peers) == 4          # a, b, c and the one of rev 8
+
+
+def test_a_policy_the_agent_cannot_read_leaves_the_previous_one_in_force():
+    from aircrew.mirror import ZoneMirror
+    from wire import policy as P
+
+    class Stub:
+        mirror = ZoneMirror()
+    stub = Stub()
+    old = P.parse({"rules": [{"from": ["tag:ops"], "to": ["*"]}]})
+    stub.mirror.load(3, {}, old, 2)
+    Agent._load_mirror(stub, 5, {}, '{"rev": 4, "policy": {"rules": [], "v2": true}}')
+    assert stub.mirror.rev == 5 and stub.mirror.policy == old and stub.mirror.policy_rev == 2
+    Agent._load_mirror(stub, 6, {}, None)
+    assert stub.mirror.policy is None

@@ -31,3 +31,18 @@ def test_nat_types_are_what_a_node_may_report():
     assert messages.nat_type(None) is None
     with pytest.raises(InvalidInput):
         messages.nat_type("full-cone")
+
+
+def test_a_heartbeat_may_carry_the_state_of_the_nodes_policy_rules():
+    from wire.messages import _BODY_VALIDATORS
+    check = _BODY_VALIDATORS["heartbeat"]
+    assert check({}) == {}
+    good = {"policy": {"rev": 7, "state": "failed", "error": "x" * 999}}
+    assert check(good)["policy"]["error"] == "x" * 256
+    assert check({"policy": {"rev": None, "state": "none"}}) == {
+        "policy": {"rev": None, "state": "none", "error": ""}}
+    for bad in ({"policy": {"state": "open"}}, {"policy": {"rev": -1, "state": "applied"}},
+                {"policy": {"rev": True, "state": "applied"}}, {"policy": "applied"},
+                {"policy": {"state": "applied", "more": 1}}, {"other": 1}):
+        with pytest.raises(InvalidInput):
+            check(bad)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -173,14 +175,20 @@ def test_update_published_while_agent_connections_drop_is_not_lost(redis_proc, t
             assert all(leaver.public_key in s.peer_view() for s in sims)
             # Remove the node (logged, not published yet) and read the change to publish;
             # then atomically: drop every pub/sub connection, publish.
+            # The tower is frozen meanwhile: its worker would otherwise publish the change
+            # first (the script then answers 'moved') and no agent would miss anything.
             store = ZoneStore(client)
-            store.remove_peer("default", leaver.public_key, "left")
-            publish = settle(read := store.flush_call("default"), _replies(client, read))
-            assert isinstance(publish, Call)
-            with client.pipeline(transaction=True) as pipe:
-                pipe.client_kill_filter(_type="pubsub")
-                queue(pipe, publish)
-                killed, published = pipe.execute()
+            os.kill(tower_proc.proc.pid, signal.SIGSTOP)
+            try:
+                store.remove_peer("default", leaver.public_key, "left")
+                publish = settle(read := store.flush_call("default"), _replies(client, read))
+                assert isinstance(publish, Call)
+                with client.pipeline(transaction=True) as pipe:
+                    pipe.client_kill_filter(_type="pubsub")
+                    queue(pipe, publish)
+                    killed, published = pipe.execute()
+            finally:
+                os.kill(tower_proc.proc.pid, signal.SIGCONT)
             assert killed >= len(sims) and published == ["ok", 1]
             resyncs = [s.agent.resyncs for s in sims]
             took = await simagent.wait_in_sync(sims, client, SYNC_WITHIN)

@@ -5,6 +5,7 @@ ERROR in the tower's log (issue 15, "what this issue must show")."""
 from __future__ import annotations
 
 import json
+import random
 import urllib.request
 from collections import Counter
 
@@ -19,6 +20,10 @@ from wire.keys import Keys
 from wire.proof import generate_private_key, public_key_of
 
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
+# The chains reached beyond single calls: created zones were shown, rotated, deleted.
+CHAINED = {"POST /zones", "GET /zones/{name}", "DELETE /zones/{name}",
+           "POST /zones/{name}/rotate-secret", "GET /ipam/leases/{zone}", "GET /peers",
+           "GET /peers/{key}"}
 PEERS = [openapi.EXAMPLE_KEY, public_key_of(generate_private_key()),
          public_key_of(generate_private_key())]
 
@@ -55,15 +60,19 @@ def test_stateful_run_against_a_running_tower(tower_proc, redis_client):
             statuses[(case.operation.label, response.status_code)] += 1
             case.validate_response(response, checks=CHECKS, headers=auth)
 
-    Machine.run(settings=settings(max_examples=60, stateful_step_count=8, deadline=None,
-                                  derandomize=True, database=None,
-                                  suppress_health_check=list(HealthCheck),
-                                  phases=[Phase.generate]))
+    # Schemathesis draws part of every case from the global random, whose state depends
+    # on what ran before in this process (one CI run reached no leases call): each round
+    # seeds it, and a round that left a chained call unreached is followed by another.
+    for round_ in range(4):
+        random.seed(round_)
+        Machine.run(settings=settings(max_examples=60, stateful_step_count=8, deadline=None,
+                                      derandomize=True, database=None,
+                                      suppress_health_check=list(HealthCheck),
+                                      phases=[Phase.generate]))
+        succeeded = {label for label, status in statuses if status < 300}
+        if CHAINED <= succeeded:
+            break
     assert not [k for k in statuses if k[1] >= 500], statuses
-    labels = {label for label, status in statuses if status < 300}
-    # the chains reached beyond single calls: created zones were shown, rotated, deleted
-    assert {"POST /zones", "GET /zones/{name}", "DELETE /zones/{name}",
-            "POST /zones/{name}/rotate-secret", "GET /ipam/leases/{zone}", "GET /peers",
-            "GET /peers/{key}"} <= labels, statuses
+    assert CHAINED <= succeeded, f"never answered < 300: {sorted(CHAINED - succeeded)}; {statuses}"
     text = tower_proc.log_text()
     assert "Traceback" not in text and " ERROR " not in text, text[-3000:]

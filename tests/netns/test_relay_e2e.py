@@ -22,7 +22,7 @@ import pytest
 from testbed.errors import MeshFailure
 from testbed.lab import Lab
 from testbed.mesh import BIN, Mesh, wait_for
-from tests import wgfake
+from testbed import wgfake
 from wire import relaymsg as rm
 
 pytestmark = pytest.mark.slow

@@ -775,8 +775,8 @@ class Agent:
         if self.paths is not None:           # decide new peers' paths before adding them
             async with self._paths_lock:
                 self.paths.decide(time.monotonic(), self._own_view(), self.mirror.peers)
-        endpoints = self._path_endpoints()
-        ops = self.applied.diff(self.public_key, keys, self._device_peers(), endpoints)
+        endpoints, zone = self._path_endpoints(), self._device_peers()
+        ops = self.applied.diff(self.public_key, keys, zone, endpoints)
         if ops:
             try:
                 await self._on_device(apply_ops, self.device, self.links, ops)
@@ -787,7 +787,7 @@ class Agent:
                 self._state_changed()
                 return
             log.info("zone revision %d applied with %d operations", self.mirror.rev, len(ops))
-        self.applied.record(self.public_key, keys, self._device_peers(), endpoints)
+        self.applied.record(self.public_key, keys, zone, endpoints)
         self._state_changed()
 
     async def _reconcile_all(self) -> int:

@@ -108,30 +108,29 @@ class Nodes:
         approved = sorted((set(found.node.approved) | set(approve)) - set(revoke))
         if len(approved) > MAX_ROUTES:
             raise InvalidInput(f"a node has at most {MAX_ROUTES} approved prefixes")
-        node = self.registry.update_node(found.zone, found.node, approved=tuple(approved))
-        if found.peer is not None:
-            try:
-                self.reregister(zone.name, found.peer)
-            except Exception:
-                # Refused (a prefix another node holds): the approval is not kept either.
-                self.registry.update_node(found.zone, node, approved=found.node.approved)
-                raise
-        return node
+        return self._change(found, found.node, approved=tuple(approved))
 
     def set_tags(self, found: Found, tags: list[object]) -> Node:
         """Replace a node's tags; a registered node's record is registered again, so its
         zone hears one upsert (policy sets are derived from it)."""
         if found.node is None:
             raise Conflict("this node was not enrolled: the tower does not manage its tags")
-        node = self.registry.update_node(found.zone, found.node, tags=check_tags(tags))
+        node = self._change(found, found.node, tags=check_tags(tags))
+        log.info("node %s of zone %s: tags %s", node.name, found.zone, ", ".join(node.tags) or "none")
+        return node
+
+    def _change(self, found: Found, old: Node, **changes: object) -> Node:
+        """Change an enrolled node's record; a registered node is registered again, so its
+        zone hears it. Refused (a prefix another node holds) or Redis gone: the record is
+        changed back, it keeps what its zone was told."""
+        node = self.registry.update_node(found.zone, old, **changes)
         if found.peer is not None:
             try:
                 self.reregister(found.zone, found.peer)
             except Exception:
-                # Refused or Redis gone: the record keeps the tags its zone was told.
-                self.registry.update_node(found.zone, node, tags=found.node.tags)
+                self.registry.update_node(found.zone, node,
+                                          **{k: getattr(old, k) for k in changes})
                 raise
-        log.info("node %s of zone %s: tags %s", node.name, found.zone, ", ".join(node.tags) or "none")
         return node
 
     def reregister(self, zone_name: str, peer: Peer) -> None:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from ipam import cidr as cidrs
-from ipam.registry import MAX_ROUTES, Node, Registry, check_routes, check_tags
+from ipam.registry import MAX_ROUTES, Node, Registry, check_routes, check_tags, parse_node
 from ipam.store import AUTO_APPROVE, KEY_EXPIRY, ZoneStore
 from wire import identity, messages
 from wire.errors import Conflict, InvalidInput, NotFound
@@ -50,9 +50,15 @@ class Nodes:
         except InvalidInput:
             return self._by_name(ref, zone)
         zones = [zone] if zone else self.store.zone_names()
-        for name in zones:
-            record = self.store.redis.hget(self.store.keys.peers(name), key)
-            node = self.registry.node(name, node_id(key))
+        nid = node_id(key)
+        with self.store.redis.pipeline(transaction=False) as pipe:   # one round trip
+            for name in zones:
+                pipe.hget(self.store.keys.peers(name), key)
+                pipe.hget(self.store.keys.nodes(name), nid)
+            replies = pipe.execute()
+        for i, name in enumerate(zones):
+            record, raw = replies[2 * i], replies[2 * i + 1]
+            node = parse_node(nid, raw) if raw is not None else None
             if record is not None or (node is not None and not node.removed):
                 return Found(name, key, messages.parse_peer(record) if record else None, node)
         raise NotFound(f"peer {key} does not exist")

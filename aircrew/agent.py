@@ -59,8 +59,12 @@ T = TypeVar("T")
 
 # NoPermissionError: the tower suspended this node's publish right (it flooded the tower)
 # or is re-applying users: keep the tunnels, try again.
+# On a Redis Cluster: MOVED/ASK (AskError is MovedError's base), TRYAGAIN and CLUSTERDOWN
+# (a slot migrating, a failover under way): reconnect to the zone's shard and resync.
 CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                     redis.exceptions.NoPermissionError, OSError, Unavailable, NoReply)
+                     redis.exceptions.NoPermissionError, OSError, Unavailable, NoReply,
+                     redis.exceptions.AskError, redis.exceptions.TryAgainError,
+                     redis.exceptions.ClusterDownError)
 
 
 class AgentExit(MeshError):
@@ -145,9 +149,14 @@ class Agent:
         self.links = links
         self.endpoints = endpoints
         self.keys = Keys(settings.key_prefix)
-        self.client_factory = client_factory or (
-            lambda url: controller_client(url, settings.controller_tls))
         self.urls = list(settings.controller_urls)
+        factory = client_factory or (lambda url: controller_client(url, settings.controller_tls))
+        # A Redis Cluster: every key and channel of the zone is on one shard, found by the
+        # MOVED its first key answers; a node's client goes there (``_home``).
+        self.sharded = redisconn.is_cluster_url(settings.controller or self.urls[0])
+        self.home: tuple[str, int] | None = None
+        self.client_factory = (lambda url: factory(self._node_url(url))) if self.sharded \
+            else factory
         self.mirror = ZoneMirror()
         self.applied = Applied()
         self._touched: set[str] = set()     # peers changed since the last reconcile
@@ -182,6 +191,33 @@ class Agent:
         self._paths_saved = float("-inf")
         self._paths_shown: dict = {}
         self._synced = False
+
+    def _node_url(self, url: str) -> str:
+        """A redis+cluster:// URL as a redis:// URL of the zone's shard (once known) or
+        of one of its seeds, at random (any node answers MOVED for the zone's keys)."""
+        if not redisconn.is_cluster_url(url):
+            return url
+        cluster = redisconn.parse_cluster_url(url)
+        return cluster.node_url(*(self.home or random.choice(cluster.nodes)))
+
+    async def _to_shard(self, client: aioredis.Redis, url: str) -> aioredis.Redis:
+        """On a Redis Cluster, the client of the node that holds the zone's slot: the
+        first read of a zone key answers MOVED elsewhere (the node's Redis user needs no
+        CLUSTER rights for that)."""
+        if not self.sharded:
+            return client
+        try:
+            await client.get(self.keys.zone_tower(self.s.zone))
+            return client
+        except redis.exceptions.NoPermissionError:
+            return client          # a tombstone user: the session says why
+        except redis.exceptions.MovedError as exc:
+            self.home = (exc.host, int(exc.port))
+            log.info("zone %s is on the cluster node %s:%d", self.s.zone, *self.home)
+        await client.aclose()
+        client = self.client_factory(url)
+        await client.ping()
+        return client
 
     @property
     def state(self) -> StateFiles:
@@ -236,6 +272,8 @@ class Agent:
             try:
                 await self._connected()
             except CONNECTION_ERRORS as exc:
+                if self.sharded:
+                    self._rehome(exc)
                 if self.mirror.loaded:
                     log.warning("controller unreachable (%s); tunnels stay up, retrying in %.0fs",
                                 exc, backoff)
@@ -246,6 +284,15 @@ class Agent:
                 backoff = RETRY_MIN
             await self._sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, RETRY_MAX)
+
+    def _rehome(self, exc: BaseException) -> None:
+        """Where to reconnect on a Redis Cluster: the node a MOVED names; after a lost
+        connection a seed (the shard's primary may be gone: any node knows the new one)."""
+        if isinstance(exc, redis.exceptions.MovedError):
+            self.home = (exc.host, int(exc.port))
+        elif isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                              OSError, Unavailable, redis.exceptions.ClusterDownError)):
+            self.home = None
 
     async def _on_device(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._device_thread, fn, *args)
@@ -265,7 +312,8 @@ class Agent:
                             "--controller the tower's Redis port (6379), not its HTTP port "
                             "(8080)?") from None
         session = TowerSession(client, self.s.zone, self.s.private_key, keys=self.keys,
-                               session_id=self.session.session_id if self.session else None)
+                               session_id=self.session.session_id if self.session else None,
+                               sharded=self.sharded)
         self.session = session
         try:
             try:
@@ -290,11 +338,12 @@ class Agent:
         stored = self._stored_credential()
         self._stored_refused = False
         if stored is not None:
-            client = self.client_factory(self._url(stored.user, stored.password))
+            url = self._url(stored.user, stored.password)
+            client = self.client_factory(url)
             try:
                 await client.ping()
                 self._authenticated = True
-                return client
+                return await self._to_shard(client, url)
             except redis.exceptions.AuthenticationError:
                 await client.aclose()
                 if self._authenticated:
@@ -346,10 +395,12 @@ class Agent:
         else:
             user, secret = self.keys.agent_user(self.s.zone), self.s.zone_secret or ""
             cred = identity.ZONE_SECRET_ID
-        client = self.client_factory(self._url(user, secret))
+        url = self._url(user, secret)
+        client = self.client_factory(url)
         try:
             try:
                 await client.ping()
+                client = await self._to_shard(client, url)
             except redis.exceptions.AuthenticationError:
                 if key is None:
                     return None
@@ -361,7 +412,7 @@ class Agent:
             try:
                 credential = await enroll(client, self.keys, self.s.zone, cred,
                                           self.s.private_key, name, self.s.hostname,
-                                          timeout=self.s.request_timeout)
+                                          timeout=self.s.request_timeout, sharded=self.sharded)
             except EnrollRefused as exc:
                 status = ENDED if exc.code == code_of(Removed) else 1
                 raise AgentExit(f"the tower refused to enroll this node: {exc}", status) from None
@@ -370,15 +421,17 @@ class Agent:
         if self.s.credentials is not None:
             self.s.credentials.save(credential)
             log.info("this node's credential is in %s", self.s.credentials.path)
-        node = self.client_factory(self._url(credential.user, credential.password))
+        url = self._url(credential.user, credential.password)
+        node = self.client_factory(url)
         await node.ping()
         self._authenticated = True
-        return node
+        return await self._to_shard(node, url)
 
     async def _plain_login(self) -> aioredis.Redis:
         client = self.client_factory(self.urls[0])
         try:
             await client.ping()
+            client = await self._to_shard(client, self.urls[0])
         except redis.exceptions.AuthenticationError:
             await client.aclose()
             if self._authenticated:

@@ -37,8 +37,9 @@ admin.register(main)
 @click.option("--redis-url", default=None, envvar="CONTROLTOWER_REDIS_URL",
               help="Redis to use (redis://[:password@]host:port/db, or a Sentinel-managed "
                    "primary: redis+sentinel://[user:password@]host:26379[,host:26379...]"
-                   "/<master-name>[/db]). Without it a private redis-server is started in the "
-                   "data directory.")
+                   "/<master-name>[/db], or a Redis Cluster: redis+cluster://[user:password@]"
+                   "host:port[,host:port...]). Without it a private redis-server is started in "
+                   "the data directory.")
 @click.option("--redis-wait", default=30.0, show_default=True,
               type=clitypes.FiniteFloat(0, 3600), envvar="CONTROLTOWER_REDIS_WAIT",
               help="Seconds to wait at start for the Redis of --redis-url to answer.")

@@ -1,0 +1,214 @@
+"""ControlTower on a real Redis Cluster (testbed/rediscluster.py: 6 redis-server
+processes, 3 primaries + 3 replicas, ``cluster-node-timeout`` 2 s so a failover takes
+seconds, not the production default's 15-20 s).
+
+The tower is a real ``controltower serve --redis-url redis+cluster://...``; the agents
+are aircrew's own Agent with a recording device (testbed/simagent.py) following the
+MOVED of their zone's keys to its shard.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from aircrew.session import TowerSession
+from ipam.store import ZoneStore
+from testbed import simagent
+from testbed.rediscluster import LocalCluster, key_slot
+from testbed.tower import TowerProcess
+from wire.keys import Keys
+from wire.proof import generate_private_key, public_key_of
+from wire.redisconn import connect
+
+pytestmark = pytest.mark.slow
+
+SYNC_WITHIN = 10.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with LocalCluster() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tower(cluster, tmp_path_factory):
+    t = TowerProcess(cluster.url, tmp_path_factory.mktemp("tower")).start(timeout=40)
+    try:
+        yield t
+    finally:
+        t.stop()
+
+
+@pytest.fixture(scope="module")
+def store(cluster, tower):
+    client = connect(cluster.url)
+    yield ZoneStore(client)
+    client.close()
+
+
+def run(scenario, timeout: float = 90):
+    asyncio.run(asyncio.wait_for(scenario(), timeout))
+
+
+def zone_per_primary(cluster, store, prefix: str) -> list[str]:
+    zones = []
+    for i, primary in enumerate(cluster.primaries()):
+        name = cluster.zone_on(primary, prefix=prefix)
+        store.create_zone(name, f"10.{60 + i}.0.0/16")
+        zones.append(name)
+    return zones
+
+
+def test_zones_land_on_every_primary_and_agents_follow_their_shard(cluster, store, tmp_path):
+    zones = zone_per_primary(cluster, store, "spread")
+    keys = Keys()
+    owners = {cluster.owner(key_slot(keys.zone(z))).port for z in zones}
+    assert owners == {p.port for p in cluster.primaries()}
+    for zone in zones:       # every key of the zone on its owner, none elsewhere
+        owner = cluster.owner(key_slot(keys.zone(zone)))
+        assert owner.client().exists(keys.zone(zone), keys.zone_tower(zone)) == 2
+
+    async def scenario():
+        sims = [simagent.make_agent(cluster.url, None, 10 * z + i, zone=zone,
+                                    heartbeat_interval=3600, endpoint_interval=3600)
+                for z, zone in enumerate(zones) for i in range(3)]
+        try:
+            for sim in sims:
+                simagent.start(sim)
+            for z, zone in enumerate(zones):
+                group = sims[3 * z:3 * z + 3]
+                await simagent.wait_in_sync(group, store.redis, SYNC_WITHIN, zone=zone)
+            for z, zone in enumerate(zones):
+                owner = cluster.owner(key_slot(keys.zone(zone)))
+                group = sims[3 * z:3 * z + 3]
+                # each agent's one pub/sub connection is on its zone's shard (SSUBSCRIBE)
+                assert set(simagent.pubsub_connections(owner.client(), group).values()) == {1}
+                assert all(s.agent.home in (None, ("127.0.0.1", owner.port)) for s in group)
+            assert not any(s.errors for s in sims)
+        finally:
+            await simagent.stop(sims)
+    run(scenario)
+
+
+async def storm(cluster, zone: str, owner_port: int, count: int, acked: dict[str, float],
+                every: float = 0.01) -> None:
+    """``count`` registrations of fresh nodes, one started every ``every`` s, straight
+    over the wire protocol (TowerSession on the zone's shard); ``acked``: public key ->
+    when the tower's reply acknowledged it. Failures (the shard's primary killed) count
+    as not acknowledged."""
+    client = await simagent.open_client(owner_port)
+    sessions = [TowerSession(client, zone, generate_private_key(), sharded=True)
+                for _ in range(count)]
+
+    async def one(i: int, session: TowerSession) -> None:
+        try:
+            await session.open()
+            await session.request("register", {"endpoint": f"198.51.100.{i % 250 + 1}:51820",
+                                               "listen_port": 51820}, timeout=5)
+            acked[session.public_key] = time.monotonic()
+        except Exception:  # noqa: BLE001 - not acknowledged: that is all we note
+            pass
+        finally:
+            await session.close()
+    tasks = []
+    for i, session in enumerate(sessions):
+        tasks.append(asyncio.create_task(one(i, session)))
+        await asyncio.sleep(every)
+    await asyncio.gather(*tasks)
+    await client.aclose()
+
+
+def test_killing_a_primary_during_a_registration_storm_loses_no_acknowledged_registration(
+        cluster, store, tmp_path):
+    keys = Keys()
+    primary = cluster.primaries()[1]
+    zone = cluster.zone_on(primary, prefix="storm")
+    store.create_zone(zone, "10.70.0.0/16")
+    replica = cluster.replica_of(primary)
+    acked: dict[str, float] = {}
+
+    async def scenario():
+        sims = [simagent.make_agent(cluster.url, None, 200 + i, zone=zone,
+                                    heartbeat_interval=3600, endpoint_interval=3600)
+                for i in range(4)]
+        try:
+            for sim in sims:
+                simagent.start(sim)
+            await simagent.wait_in_sync(sims, store.redis, SYNC_WITHIN, zone=zone)
+            resyncs = [s.agent.resyncs for s in sims]
+            registering = asyncio.create_task(storm(cluster, zone, primary.port, 150, acked))
+            while len(acked) < 30:
+                assert not registering.done(), f"only {len(acked)} registrations acknowledged"
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(cluster.kill, primary)
+            killed_at = time.monotonic()
+            await registering
+            promoted_after = await asyncio.to_thread(cluster.wait_promoted, replica)
+            before_kill = {k for k, t in acked.items() if t <= killed_at}
+            assert len(before_kill) >= 30
+            stored = await asyncio.to_thread(store.redis.hkeys, keys.peers(zone))
+            lost = set(acked) - set(stored)
+            assert not lost, f"{len(lost)} of {len(acked)} acknowledged registrations lost"
+            # the agents resync with the promoted replica (the zone changed meanwhile)
+            took = await simagent.wait_in_sync(sims, store.redis, SYNC_WITHIN, zone=zone,
+                                               resynced_since=resyncs)
+            print(f"replica promoted {promoted_after:.1f}s after the kill; agents resynced "
+                  f"{took:.1f}s after that; {len(acked)} registrations acknowledged")
+            assert not any(s.errors for s in sims)
+        finally:
+            await simagent.stop(sims)
+    try:
+        run(scenario, 120)
+    finally:
+        cluster.restart(primary)        # back as a replica of the promoted one
+        cluster.wait_ok()
+
+
+def test_moving_a_zones_slot_while_its_agents_follow_loses_no_update(cluster, store, tmp_path):
+    keys = Keys()
+    source, target = cluster.primaries()[0], cluster.primaries()[2]
+    zone = cluster.zone_on(source, prefix="moving", first_slot=True)
+    store.create_zone(zone, "10.71.0.0/16")
+    stop = threading.Event()
+    joined: list[str] = []
+
+    def changes() -> None:          # a change every 20 ms, published as the tower does
+        i = 0
+        while not stop.is_set():
+            key = public_key_of(generate_private_key())
+            store.register(zone, key, listen_port=51820, session=f"m{i}",
+                           endpoint=f"203.0.113.{i % 250 + 1}:51820")
+            joined.append(key)
+            store.flush(zone)
+            i += 1
+            stop.wait(0.02)
+
+    async def scenario():
+        sims = [simagent.make_agent(cluster.url, None, 300 + i, zone=zone,
+                                    heartbeat_interval=3600, endpoint_interval=3600)
+                for i in range(4)]
+        writer = threading.Thread(target=changes, daemon=True)
+        try:
+            for sim in sims:
+                simagent.start(sim)
+            await simagent.wait_in_sync(sims, store.redis, SYNC_WITHIN, zone=zone)
+            writer.start()
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(cluster.reshard_lowest_slot, source, target)
+            assert cluster.owner(key_slot(keys.zone(zone))).port == target.port
+            await asyncio.sleep(1.0)
+            stop.set()
+            await asyncio.to_thread(writer.join, 10)
+            await simagent.wait_in_sync(sims, store.redis, SYNC_WITHIN, zone=zone)
+            assert all(key in s.device.state.peers for s in sims for key in joined)
+            # every agent now listens on the slot's new owner
+            assert set(simagent.pubsub_connections(target.client(), sims).values()) == {1}
+            assert not any(s.errors for s in sims)
+        finally:
+            stop.set()
+            await simagent.stop(sims)
+    run(scenario, 120)

@@ -32,23 +32,23 @@ def key_slot(key: str) -> int:
     return crc.key_slot(key.encode())
 
 
-def _port_free(port: int) -> bool:
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
 
 
-def free_cluster_ports(count: int) -> list[int]:
+def free_cluster_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` ports whose bus ports (+10000) are free too."""
     out: list[int] = []
     while len(out) < count:
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
             port = s.getsockname()[1]
-        if port + BUS_OFFSET < 65536 and port not in out and _port_free(port + BUS_OFFSET):
+        if port + BUS_OFFSET < 65536 and port not in out and _port_free(port + BUS_OFFSET, host):
             out.append(port)
     return out
 
@@ -58,9 +58,10 @@ class Node:
     port: int
     dir: Path
     proc: subprocess.Popen | None = None
+    host: str = "127.0.0.1"
 
     def client(self, **kw: Any) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, **kw)
+        return redis.Redis(host=self.host, port=self.port, decode_responses=True, **kw)
 
     @property
     def alive(self) -> bool:
@@ -69,12 +70,14 @@ class Node:
 
 class LocalCluster:
     def __init__(self, nodes: int = 6, replicas: int = 1, node_timeout_ms: int = 2000,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, host: str = "127.0.0.1") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ct-cluster-"))
         self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
         self.extra = extra or []
-        self.nodes = [Node(p, self.dir / str(p)) for p in free_cluster_ports(nodes)]
+        self.host = host        # where the nodes listen, and the address they announce
+        self.nodes = [Node(p, self.dir / str(p), host=host)
+                      for p in free_cluster_ports(nodes, host)]
 
     # -- life ---------------------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> LocalCluster:
@@ -84,7 +87,7 @@ class LocalCluster:
             for node in self.nodes:
                 self._wait_ping(node)
             subprocess.run(["redis-cli", "--cluster", "create",
-                            *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                            *(f"{self.host}:{n.port}" for n in self.nodes),
                             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                            check=True, capture_output=True, timeout=60)
             self.wait_ok(timeout)
@@ -96,7 +99,7 @@ class LocalCluster:
     def _spawn(self, node: Node) -> None:
         node.dir.mkdir(parents=True, exist_ok=True)
         node.proc = subprocess.Popen(
-            ["redis-server", "--port", str(node.port), "--bind", "127.0.0.1",
+            ["redis-server", "--port", str(node.port), "--bind", self.host,
              "--cluster-enabled", "yes", "--cluster-config-file", str(node.dir / "nodes.conf"),
              "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(node.dir),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "",
@@ -168,7 +171,7 @@ class LocalCluster:
     # -- topology -----------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        return "redis+cluster://" + ",".join(f"{self.host}:{n.port}" for n in self.nodes)
 
     def node(self, port: int) -> Node:
         return next(n for n in self.nodes if n.port == port)
@@ -236,7 +239,33 @@ class LocalCluster:
         raise RuntimeError(f":{replica.port} was not promoted within {timeout} s")
 
     def reshard_lowest_slot(self, source: Node, target: Node) -> None:
-        subprocess.run(["redis-cli", "--cluster", "reshard", f"127.0.0.1:{source.port}",
+        subprocess.run(["redis-cli", "--cluster", "reshard", f"{self.host}:{source.port}",
                         "--cluster-from", self.node_id(source), "--cluster-to", self.node_id(target),
                         "--cluster-slots", "1", "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m testbed.rediscluster --host ADDR --url-file PATH``: a cluster that runs
+    until SIGTERM (a lab host's, testbed.host ``spawn``); its URL is written to the file
+    once it is ready."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m testbed.rediscluster")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--url-file", type=Path, required=True)
+    args = parser.parse_args(argv)
+    stop = False
+
+    def terminated(*_: object) -> None:
+        nonlocal stop
+        stop = True
+    signal.signal(signal.SIGTERM, terminated)
+    with LocalCluster(host=args.host) as cluster:
+        args.url_file.write_text(cluster.url + "\n")
+        while not stop:
+            time.sleep(0.2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

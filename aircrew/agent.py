@@ -165,6 +165,7 @@ class Agent:
         self._reported: dict | None = None  # the policy state the last heartbeat carried
         self._behind: int | None = None     # a published revision missing at the last check
         self._command_failures = 0          # periodic commands failed in a row (``_command``)
+        self._ahead: int | None = None      # a published revision below ours at the last check
         self.assignment: dict[str, Any] | None = None
         self.endpoint: str | None = None
         self.nat_type: str | None = None
@@ -664,6 +665,20 @@ class Agent:
         """Resync when the tower published a revision that never reached us; returns the
         seconds until the next check (sooner while one is suspected missing)."""
         published = await self.session.revision()
+        if published < self.mirror.rev and self.session.updates.empty():
+            # Below ours: a snapshot read a revision not published yet (it will be within
+            # a publish window), or a failover lost changes we had (Redis replication is
+            # asynchronous): then no update up to our revision would ever be applied.
+            if self._ahead is not None and published <= self._ahead:
+                log.warning("the zone's published revision %d is below ours (%d): changes "
+                            "were lost by the controller (a failover?): resyncing",
+                            published, self.mirror.rev)
+                self._ahead = None
+                await self._resync()
+                return self.s.revision_interval
+            self._ahead = published
+            return REVISION_RECHECK
+        self._ahead = None
         if published <= self.mirror.rev or not self.session.updates.empty():
             self._behind = None
         elif self._behind is not None and self.mirror.rev < self._behind:

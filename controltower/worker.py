@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # How long a chunk's writes wait for a replica on a Redis Cluster (``WAIT``), in ms.
 WAIT_MS = 500
+WAIT_ATTEMPTS = 4            # a lagging replica gets up to 2 s before the replies leave
+UNREPLICATED_SKIP = 10.0     # seconds without WAIT on a shard whose replicas did not answer
 # Request orders are kept this many clock-skew windows (see RequestWorker._reap).
 ORDER_MEMORY = 10
 
@@ -92,6 +94,7 @@ class RequestWorker:
         # zone by zone, every write replicated before its reply (``replica_acks``).
         self.sharded = store.sharded
         self.replica_acks = replica_acks if self.sharded else 0
+        self._unreplicated: dict[str, float] = {}       # cluster node -> skip WAIT until
         self._unreplicated_warned: dict[str, float] = {}
         # Requests reach the stream through the gate only (controltower/gate.py); its
         # subscriber connections come from the store's connection pool.
@@ -220,27 +223,44 @@ class RequestWorker:
             self.gate.arrived.clear()
         return []
 
-    def _wait_replicas(self, zone: str, pipe: Any = None) -> None:
+    def _wait_replicas(self, zone: str, pipe: Any = None) -> bool:
         """On a Redis Cluster, ``WAIT`` until a replica of the zone's shard has the writes
-        just made (queued on ``pipe``, or sent now): a primary lost after a reply then
-        loses no write the reply acknowledged (docs/operations.md)."""
+        just made (queued on ``pipe``, whose last reply the caller hands to
+        ``_check_replicated``; or sent now): a primary lost after a reply then loses no
+        write the reply acknowledged (docs/operations.md). False: nothing to wait for."""
         if not self.replica_acks:
-            return
+            return False
         node = self.redis.get_node_from_key(self.keys.requests(zone))
-        args = ("WAIT", self.replica_acks, WAIT_MS)
+        if self._unreplicated.get(node.name, 0.0) > self.clock():
+            return False        # its replicas did not answer lately: do not stall on them
         if pipe is not None:
-            pipe.execute_command(*args, target_nodes=node)
+            pipe.execute_command("WAIT", self.replica_acks, WAIT_MS, target_nodes=node)
         else:
-            self._check_replicated(zone, self.redis.execute_command(*args, target_nodes=node))
+            self._check_replicated(zone, self.redis.execute_command(
+                "WAIT", self.replica_acks, WAIT_MS, target_nodes=node))
+        return True
 
     def _check_replicated(self, zone: str, acks: Any) -> None:
+        """A replica lagging (``WAIT`` answered fewer acks): wait again, up to
+        ``WAIT_ATTEMPTS`` in all, before the replies leave; then reply anyway, warn, and
+        skip ``WAIT`` on that shard for ``UNREPLICATED_SKIP`` seconds (a replica down must
+        not stall every chunk by ``WAIT_MS``)."""
+        node = self.redis.get_node_from_key(self.keys.requests(zone))
+        for _ in range(WAIT_ATTEMPTS - 1):
+            if isinstance(acks, int) and acks >= self.replica_acks:
+                return
+            acks = self.redis.execute_command("WAIT", self.replica_acks, WAIT_MS,
+                                              target_nodes=node)
         if isinstance(acks, int) and acks >= self.replica_acks:
             return
         now = self.clock()
-        if now - self._unreplicated_warned.get(zone, -1e9) >= 60:
-            self._unreplicated_warned[zone] = now
-            log.warning("zone %s: no replica confirmed the writes within %d ms (%s): a "
-                        "failover now could lose them", zone, WAIT_MS, acks)
+        self._unreplicated[node.name] = now + UNREPLICATED_SKIP
+        self.metrics.unreplicated.inc()
+        if now - self._unreplicated_warned.get(node.name, -1e9) >= 60:
+            self._unreplicated_warned[node.name] = now
+            log.warning("no replica of the Redis Cluster node %s (zone %s) confirmed the "
+                        "writes within %.1f s: replying anyway; a failover now could lose "
+                        "them", node.name, zone, WAIT_MS * WAIT_ATTEMPTS / 1000)
 
     def _beat(self, now: float) -> None:
         """Tell the API (``/ready``) this worker is alive: a key that expires unless renewed."""
@@ -431,11 +451,10 @@ class RequestWorker:
             if ids:
                 pipe.xack(stream, REQUEST_GROUP, *ids)
                 pipe.xdel(stream, *ids)
-            if called:
-                self._wait_replicas(zone, pipe)    # the chunk's writes: before its replies
+            waited = bool(called) and self._wait_replicas(zone, pipe)   # before the replies
             replies = pipe.execute(raise_on_error=False)
             outcomes = settle_all(calls, replies)
-        if called and self.replica_acks:
+        if waited:
             self._check_replicated(zone, replies[-1])
         self.publisher.settled(steps, outcomes[len(called):])
         self._publish(start=False)    # the updates just read go out now, before the replies

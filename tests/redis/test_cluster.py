@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import urllib.request
+from urllib.parse import quote as urlquote
 
 import pytest
 
@@ -264,3 +266,33 @@ def test_node_users_live_on_every_node_and_come_back_to_a_restarted_one(cluster,
             await simagent.stop(sims)
     run(scenario)
     cluster.wait_ok()
+
+
+def test_the_rest_api_on_a_cluster(cluster, tower, store, tmp_path):
+    """The API's endpoints on the cluster client: zones on several shards, join keys,
+    peers of a zone, a peer found by key alone, leases, readiness, metrics, deletion."""
+    zones = []
+    for i, primary in enumerate(cluster.primaries()):
+        name = cluster.zone_on(primary, prefix="api")
+        status, body = tower.request("POST", "/zones", {"Name": name, "CIDR": f"10.{80 + i}.0.0/24"})
+        assert status in (200, 201), body
+        zones.append(name)
+    status, listed = tower.get("/zones")
+    assert status == 200 and set(zones) <= {z["Name"] for z in listed}
+    status, body = tower.request("POST", f"/zones/{zones[0]}/join-keys", {})
+    assert status in (200, 201), body
+    key = public_key_of(generate_private_key())
+    store.register(zones[1], key, listen_port=51820, session="api")
+    store.flush(zones[1])
+    status, peers = tower.get(f"/peers?zone={zones[1]}")
+    assert status == 200 and [p["PublicKey"] for p in peers] == [key]
+    status, peer = tower.get(f"/peers/{urlquote(key, safe='')}")
+    assert status == 200 and peer["PublicKey"] == key
+    status, leases = tower.get(f"/ipam/leases/{zones[1]}")
+    assert status == 200 and store.peers(zones[1])[0].address in leases[0]["IPs"]
+    assert tower.get("/ready")[0] == 200
+    status, _ = tower.request("DELETE", f"/zones/{zones[2]}")
+    assert status in (200, 204)
+    assert zones[2] not in {z["Name"] for z in tower.get("/zones")[1]}
+    with urllib.request.urlopen(tower.api + "/metrics", timeout=10) as resp:
+        assert resp.status == 200

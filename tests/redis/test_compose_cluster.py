@@ -18,7 +18,7 @@ import redis
 import yaml
 
 from tests.clicheck import envvars_of, parse_command
-from tests.redis.test_compose import as_env, as_list, env_file, interpolate, variable_uses
+from tests.composecheck import as_env, as_list, env_file, interpolate, variable_uses
 from testbed.rediscluster import free_cluster_ports
 from testbed.tower import TowerProcess
 from wire.redisconn import parse_cluster_url

@@ -66,6 +66,7 @@ class ServeSettings:
     expiry: float = 86400.0
     publish_window: float = 0.02
     publish_window_max: float = 0.25     # a busy zone's window grows up to this
+    cluster_replica_acks: int = 1        # Redis Cluster: WAIT for this many replicas
     agent_acl: bool = True
     read_auth: str = "auto"          # auto: open on a loopback bind, token otherwise
     admin_token_file: Path | None = None
@@ -191,7 +192,8 @@ class Tower:
                          "redis-watch")
         self.token_file = self._admin_token_file()
         worker = RequestWorker(store, publish_window=s.publish_window,
-                               publish_window_max=s.publish_window_max, credentials=creds)
+                               publish_window_max=s.publish_window_max, credentials=creds,
+                               replica_acks=s.cluster_replica_acks)
         self._thread(worker.run, "request-worker")      # and its gate
         if s.stun_port:
             # Two ports, so an agent asking both can tell a symmetric NAT (a new

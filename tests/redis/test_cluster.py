@@ -296,3 +296,46 @@ def test_the_rest_api_on_a_cluster(cluster, tower, store, tmp_path):
     assert zones[2] not in {z["Name"] for z in tower.get("/zones")[1]}
     with urllib.request.urlopen(tower.api + "/metrics", timeout=10) as resp:
         assert resp.status == 200
+
+
+def test_replies_wait_until_a_replica_has_the_writes(cluster, store):
+    """The reply to a registration leaves only once a replica of the zone's shard has
+    the write (WAIT): with the replica asleep for 1.5 s (DEBUG SLEEP) the reply waits for
+    it; with the replica gone, the reply leaves after the 2 s the worker gives it."""
+    primary = cluster.primaries()[0]
+    zone = cluster.zone_on(primary, prefix="waited")
+    store.create_zone(zone, "10.73.0.0/16")
+    replica = cluster.replica_of(primary)
+
+    async def register() -> float:
+        client = await simagent.open_client(primary.port)
+        session = TowerSession(client, zone, generate_private_key(), sharded=True)
+        try:
+            await session.open()
+            started = time.monotonic()
+            reply = await session.request("register", {"endpoint": "198.51.100.9:51820",
+                                                       "listen_port": 51820}, timeout=10)
+            assert reply["ok"]
+            return time.monotonic() - started
+        finally:
+            await session.close()
+            await client.aclose()
+
+    async def scenario():
+        await register()        # the tower learns of the new zone (within a second)
+        assert await register() < 1.0                    # replica up: no wait to speak of
+        sleeper = threading.Thread(target=lambda: replica.client(socket_timeout=10)
+                                   .execute_command("DEBUG", "SLEEP", "1.5"))
+        sleeper.start()
+        await asyncio.sleep(0.1)
+        waited = await register()
+        await asyncio.to_thread(sleeper.join)
+        assert 1.0 <= waited < 5.0, waited               # held until the replica woke
+        await asyncio.to_thread(cluster.kill, replica)
+        waited = await register()
+        assert 1.8 <= waited < 8.0, waited               # 4 x WAIT 500 ms, then anyway
+    try:
+        run(scenario)
+    finally:
+        cluster.restart(replica)
+        cluster.wait_ok()

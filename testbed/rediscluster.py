@@ -6,7 +6,7 @@
 and every replica's replication link is up (a replica that has not synced yet may not
 take over: a primary killed right after creation was never replaced). Every process is
 stopped and the data directory removed by ``stop``, also when ``start`` fails.
-Faults: ``kill`` (SIGKILL), ``restart``, ``wait_promoted``, ``reshard_lowest_slot``
+Faults: ``kill`` (SIGKILL), ``restart``, ``wait_promoted``, ``add_node``, ``reshard_lowest_slot``
 (``redis-cli --cluster reshard ... --cluster-slots 1`` moves a primary's lowest slot:
 ``zone_on(primary, first_slot=True)`` names a zone there)."""
 from __future__ import annotations
@@ -226,6 +226,20 @@ class LocalCluster:
     def restart(self, node: Node) -> None:
         self._spawn(node)
         self._wait_ping(node)
+
+    def add_node(self) -> Node:
+        """A new empty primary joined to the cluster (``redis-cli --cluster add-node``)."""
+        port = next(p for p in free_cluster_ports(8, self.host)
+                    if p not in {n.port for n in self.nodes})
+        node = Node(port, self.dir / str(port), host=self.host)
+        self.nodes.append(node)            # stopped with the others, whatever happens
+        self._spawn(node)
+        self._wait_ping(node)
+        existing = next(n for n in self.nodes if n.alive and n is not node)
+        subprocess.run(["redis-cli", "--cluster", "add-node", f"{self.host}:{node.port}",
+                        f"{self.host}:{existing.port}"],
+                       check=True, capture_output=True, timeout=60)
+        return node
 
     def wait_promoted(self, replica: Node, timeout: float = 30.0) -> float:
         t0 = time.monotonic()

@@ -257,15 +257,32 @@ def test_node_users_live_on_every_node_and_come_back_to_a_restarted_one(cluster,
             replica = cluster.replica_of(cluster.primaries()[0])
             await asyncio.to_thread(cluster.kill, replica)
             await asyncio.to_thread(cluster.restart, replica)
-            deadline = time.monotonic() + 15
-            while not all(replica.client().acl_getuser(u) for u in [join_user, *users]):
-                assert time.monotonic() < deadline, "users not re-applied on the restarted node"
-                await asyncio.sleep(0.2)
+            # and a node that joins the cluster gets them too
+            newcomer = await asyncio.to_thread(cluster.add_node)
+            for node, what in ((replica, "the restarted node"), (newcomer, "the new node")):
+                deadline = time.monotonic() + 15
+                while not all(node.client().acl_getuser(u) for u in [join_user, *users]):
+                    assert time.monotonic() < deadline, f"users not applied on {what}"
+                    await asyncio.sleep(0.2)
+            # the zone's primary dies: its replica, promoted, has the node users already,
+            # and the agents log in there with their own credentials and resync
+            resyncs = [s.agent.resyncs for s in sims]
+            zone_replica = cluster.replica_of(primary)
+            await asyncio.to_thread(cluster.kill, primary)
+            await asyncio.to_thread(cluster.wait_promoted, zone_replica)
+            await simagent.wait_in_sync(sims, store.redis, SYNC_WITHIN, zone=zone,
+                                        resynced_since=resyncs)
+            pubsub = simagent.pubsub_connections(zone_replica.client(), sims)
+            assert set(pubsub.values()) == {1}, pubsub
             assert not any(s.errors for s in sims)
         finally:
             await simagent.stop(sims)
-    run(scenario)
-    cluster.wait_ok()
+    try:
+        run(scenario)
+    finally:
+        if not primary.alive:
+            cluster.restart(primary)
+        cluster.wait_ok()
 
 
 def test_the_rest_api_on_a_cluster(cluster, tower, store, tmp_path):

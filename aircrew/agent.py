@@ -207,14 +207,21 @@ class Agent:
         CLUSTER rights for that)."""
         if not self.sharded:
             return client
-        try:
-            await client.get(self.keys.zone_tower(self.s.zone))
-            return client
-        except redis.exceptions.NoPermissionError:
-            return client          # a tombstone user: the session says why
-        except redis.exceptions.MovedError as exc:
-            self.home = (exc.host, int(exc.port))
-            log.info("zone %s is on the cluster node %s:%d", self.s.zone, *self.home)
+        # The tower key's copy; a removed node's user may read its tombstone only.
+        probes = (self.keys.zone_tower(self.s.zone),
+                  self.keys.gone(self.s.zone, node_id(self.public_key)))
+        for key in probes:
+            try:
+                await client.get(key)
+                return client
+            except redis.exceptions.NoPermissionError:
+                continue
+            except redis.exceptions.MovedError as exc:
+                self.home = (exc.host, int(exc.port))
+                log.info("zone %s is on the cluster node %s:%d", self.s.zone, *self.home)
+                break
+        else:
+            return client          # nothing of the zone readable: the session says why
         await client.aclose()
         client = self.client_factory(url)
         await client.ping()

@@ -120,7 +120,10 @@ class TowerSession:
         self._reader = asyncio.create_task(self._read(), name=f"pubsub-{self.zone}")
         # The copy in the zone's slot (a Redis Cluster: this shard), else the tower's own
         # (a tower older than the copy).
-        public = await self.client.get(self.keys.zone_tower(self.zone))
+        try:
+            public = await self.client.get(self.keys.zone_tower(self.zone))
+        except redis.exceptions.NoPermissionError:
+            public = None        # a tower older than the copy: its users may not read it
         if public is None:
             public = await self.client.get(self.keys.tower_public)
         if public is None:

@@ -16,6 +16,7 @@ from urllib.parse import quote as urlquote
 
 import pytest
 
+from aircrew.agent import AgentExit
 from aircrew.credential import CredentialFile
 from aircrew.session import TowerSession
 from controltower.acl import AgentCredentials
@@ -356,3 +357,36 @@ def test_replies_wait_until_a_replica_has_the_writes(cluster, store):
     finally:
         cluster.restart(replica)
         cluster.wait_ok()
+
+
+def test_a_node_removed_on_a_cluster_stops_with_the_reason(cluster, tower, store, tmp_path):
+    """Removal revokes the node's user on every node; its tombstone user finds the zone's
+    shard by the tombstone's key, reads why, tries its (reusable) join key once, is
+    refused as removed and stops (status 3) saying so."""
+    primary = cluster.primaries()[1]
+    zone = cluster.zone_on(primary, prefix="removed")
+    store.create_zone(zone, "10.74.0.0/16")
+    creds = AgentCredentials(store.redis, Keys())
+    key, record = creds.registry.create_join_key(zone, store.get_zone(zone).network,
+                                                 reusable=True)
+    creds.apply_join_key(zone, record.id, record.sha256)
+
+    async def scenario():
+        sim = simagent.make_agent(cluster.url, None, 500, zone=zone, join_key=str(key),
+                                  credentials=CredentialFile(tmp_path / "a", "wg0"),
+                                  heartbeat_interval=3600, endpoint_interval=3600)
+        try:
+            simagent.start(sim)
+            await simagent.wait_in_sync([sim], store.redis, SYNC_WITHIN, zone=zone)
+            status, _ = await asyncio.to_thread(
+                tower.request, "DELETE", f"/peers/{urlquote(sim.public_key, safe='')}?zone={zone}")
+            assert status in (200, 204)
+            await asyncio.wait_for(asyncio.shield(sim.task), 30)
+        except AgentExit:
+            pass
+        finally:
+            await simagent.stop([sim])
+        [error] = sim.errors
+        assert isinstance(error, AgentExit) and error.status == 3, error
+        assert f"removed from zone {zone}" in str(error)
+    run(scenario)

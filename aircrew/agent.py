@@ -155,6 +155,7 @@ class Agent:
         # MOVED its first key answers; a node's client goes there (``_home``).
         self.sharded = redisconn.is_cluster_url(settings.controller or self.urls[0])
         self.home: tuple[str, int] | None = None
+        self._directory: aioredis.Redis | None = None   # the cluster node of ct:relays
         self.client_factory = (lambda url: factory(self._node_url(url))) if self.sharded \
             else factory
         self.mirror = ZoneMirror()
@@ -337,6 +338,9 @@ class Agent:
         finally:
             await session.close()
             await client.aclose()
+            if self._directory is not None:
+                await self._directory.aclose()
+                self._directory = None
 
     # -- credentials -----------------------------------------------------------------------
 
@@ -753,7 +757,18 @@ class Agent:
         if self.paths is None or self.session is None:
             return
         try:
-            records = await self.session.client.hgetall(self.keys.relays)
+            try:
+                records = await (self._directory or self.session.client).hgetall(
+                    self.keys.relays)
+            except redis.exceptions.MovedError as exc:
+                # A Redis Cluster: the relay directory is no zone's, so it lives on the
+                # node its own slot names; this node's user may read it there (the
+                # users are on every node). One more connection, kept while connected.
+                pool = self.session.client.connection_pool
+                self._directory = aioredis.Redis(connection_pool=type(pool)(
+                    connection_class=pool.connection_class,
+                    **{**pool.connection_kwargs, "host": exc.host, "port": int(exc.port)}))
+                records = await self._directory.hgetall(self.keys.relays)
         except redis.exceptions.ResponseError as exc:     # an older tower's node user
             log.debug("cannot read the relays: %s", exc)
             return

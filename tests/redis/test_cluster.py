@@ -390,3 +390,37 @@ def test_a_node_removed_on_a_cluster_stops_with_the_reason(cluster, tower, store
         assert isinstance(error, AgentExit) and error.status == 3, error
         assert f"removed from zone {zone}" in str(error)
     run(scenario)
+
+
+def test_an_agent_reads_the_relay_directory_on_its_node(cluster, store):
+    """ct:relays belongs to no zone: on a cluster it is on the node of its own slot, and
+    the agent, connected to its zone's shard, follows the MOVED there to read it."""
+    keys = Keys()
+    directory = cluster.owner(key_slot(keys.relays))
+    primary = next(p for p in cluster.primaries() if p.port != directory.port)
+    zone = cluster.zone_on(primary, prefix="relayed")
+    store.create_zone(zone, "10.75.0.0/16")
+    store.redis.hset(keys.relays, "r-test", '{"region": "test"}')
+
+    class Paths:
+        relays = None
+
+        def set_relays(self, records):
+            self.relays = records
+
+    async def scenario():
+        sim = simagent.make_agent(cluster.url, None, 600, zone=zone,
+                                  heartbeat_interval=3600, endpoint_interval=3600)
+        try:
+            simagent.start(sim)
+            await simagent.wait_in_sync([sim], store.redis, SYNC_WITHIN, zone=zone)
+            sim.agent.paths = paths = Paths()
+            await sim.agent._read_relays()
+            assert paths.relays is not None and "r-test" in paths.relays
+        finally:
+            sim.agent.paths = None
+            await simagent.stop([sim])
+    try:
+        run(scenario)
+    finally:
+        store.redis.hdel(keys.relays, "r-test")

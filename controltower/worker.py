@@ -120,11 +120,12 @@ class RequestWorker:
 
     def _subscriber_client(self) -> redis.Redis:
         """The client of the gate's subscriber connections: the store's, or on a Redis
-        Cluster one node's, any one (classic pub/sub reaches every node; a node gone
-        makes the gate try again, maybe elsewhere)."""
+        Cluster one primary's, any one (classic pub/sub reaches every node; a primary
+        gone makes the gate subscribe again elsewhere; requests sent meanwhile are lost,
+        as on a single Redis restarting, and the agents send them again)."""
         if not self.sharded:
             return self.redis
-        return random.choice(self.redis.get_nodes()).redis_connection
+        return random.choice(self.redis.get_primaries()).redis_connection
 
     # -- loop -----------------------------------------------------------------------
 

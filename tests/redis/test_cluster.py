@@ -332,7 +332,8 @@ def test_replies_wait_until_a_replica_has_the_writes(cluster, store):
             await session.open()
             started = time.monotonic()
             reply = await session.request("register", {"endpoint": "198.51.100.9:51820",
-                                                       "listen_port": 51820}, timeout=10)
+                                                       "listen_port": 51820}, timeout=10,
+                                          attempts=3)      # as the agent sends it
             assert reply["ok"]
             return time.monotonic() - started
         finally:

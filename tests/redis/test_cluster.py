@@ -20,6 +20,7 @@ from aircrew.agent import AgentExit
 from aircrew.credential import CredentialFile
 from aircrew.session import TowerSession
 from controltower.acl import AgentCredentials
+from controltower.worker import UNREPLICATED_SKIP
 from ipam.store import ZoneStore
 from testbed import simagent
 from testbed.rediscluster import LocalCluster, key_slot
@@ -318,8 +319,9 @@ def test_the_rest_api_on_a_cluster(cluster, tower, store, tmp_path):
 
 def test_replies_wait_until_a_replica_has_the_writes(cluster, store):
     """The reply to a registration leaves only once a replica of the zone's shard has
-    the write (WAIT): with the replica asleep for 1.5 s (DEBUG SLEEP) the reply waits for
-    it; with the replica gone, the reply leaves after the 2 s the worker gives it."""
+    the write (WAIT), or after the 2 s the worker gives a replica that does not answer:
+    with the replica asleep for 3 s (DEBUG SLEEP) the reply is held about 2 s, then sent
+    anyway. (Without WAIT it would leave in milliseconds.)"""
     primary = cluster.primaries()[0]
     zone = cluster.zone_on(primary, prefix="waited")
     store.create_zone(zone, "10.73.0.0/16")
@@ -342,21 +344,21 @@ def test_replies_wait_until_a_replica_has_the_writes(cluster, store):
 
     async def scenario():
         await register()        # the tower learns of the new zone (within a second)
+        # a shard whose replica failed to confirm lately (an earlier test's fault) is not
+        # waited for during UNREPLICATED_SKIP seconds: let that pass
+        await asyncio.to_thread(cluster.wait_ok)
+        await asyncio.sleep(UNREPLICATED_SKIP + 0.5)
         assert await register() < 1.0                    # replica up: no wait to speak of
         sleeper = threading.Thread(target=lambda: replica.client(socket_timeout=10)
-                                   .execute_command("DEBUG", "SLEEP", "1.5"))
+                                   .execute_command("DEBUG", "SLEEP", "3"))
         sleeper.start()
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
         waited = await register()
         await asyncio.to_thread(sleeper.join)
-        assert 1.0 <= waited < 5.0, waited               # held until the replica woke
-        await asyncio.to_thread(cluster.kill, replica)
-        waited = await register()
-        assert 1.8 <= waited < 8.0, waited               # 4 x WAIT 500 ms, then anyway
+        assert 1.5 <= waited < 8.0, waited       # held through the WAITs, then sent
     try:
         run(scenario)
     finally:
-        cluster.restart(replica)
         cluster.wait_ok()
 
 

@@ -12,6 +12,7 @@ from wire import identity, proof
 from wire.clitypes import Checked
 from wire.errors import InvalidInput
 from wire.keys import Keys
+from wire.redisconn import check_url
 from wire.secretfile import read_secret
 
 from .wgfields import validate_ifname
@@ -165,7 +166,7 @@ def _given_or_read(value: str | None, path: Path | None, allow_insecure: bool,
 
 
 def _controller(text: str) -> str:
-    controller_url(text, None)          # checks the form; the URL is built later
+    check_url(controller_url(text, None))   # checks the form; the URL is built later
     return text
 
 

@@ -34,7 +34,8 @@ admin.register(main)
                    ":: for every address).")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
               envvar="CONTROLTOWER_PORT", help="TCP port of the REST API.")
-@click.option("--redis-url", default=None, envvar="CONTROLTOWER_REDIS_URL",
+@click.option("--redis-url", default=None, type=clitypes.REDIS_URL,
+              envvar="CONTROLTOWER_REDIS_URL",
               help="Redis to use (redis://[:password@]host:port/db, or a Sentinel-managed "
                    "primary: redis+sentinel://[user:password@]host:26379[,host:26379...]"
                    "/<master-name>[/db], or a Redis Cluster: redis+cluster://[user:password@]"
@@ -161,7 +162,8 @@ def serve(listen: str, port: int, redis_url: str | None, redis_wait: float, redi
 
 @main.command("relay")
 @click.option("--region", required=True, help="Name of this relay's region (e.g. eu-1).")
-@click.option("--redis-url", required=True, envvar="CONTROLTOWER_REDIS_URL",
+@click.option("--redis-url", required=True, type=clitypes.REDIS_URL,
+              envvar="CONTROLTOWER_REDIS_URL",
               help="The towers' Redis (the relay reads zone members and announces itself).")
 @click.option("--listen", default="0.0.0.0:3480", show_default=True,
               help="UDP address:port to relay on.")

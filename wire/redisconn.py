@@ -151,6 +151,27 @@ def parse_cluster_url(url: str) -> ClusterURL:
     return ClusterURL(nodes, unquote(user) or None, unquote(password) if has_password else None)
 
 
+def check_url(url: str) -> str:
+    """``url`` if it has the form of a URL ``connect`` takes (the command lines' check,
+    before anything connects); InvalidInput otherwise. "" passes (no URL given). Errors
+    never repeat the URL (it may hold a password)."""
+    if not url:
+        return url
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)
+    elif is_cluster_url(url):
+        parse_cluster_url(url)
+    else:
+        try:
+            scheme = urlsplit(url).scheme
+        except ValueError:
+            raise InvalidInput("malformed Redis URL") from None
+        if scheme not in ("redis", "rediss", "unix"):
+            raise InvalidInput("a Redis URL starts with redis://, rediss://, unix://, "
+                               f"{SENTINEL_SCHEME}:// or {CLUSTER_SCHEME}://")
+    return url
+
+
 def is_cluster(client: Any) -> bool:
     """A client of a Redis Cluster (redis-py's ``RedisCluster``)? The tower's messages
     to agents then travel on sharded pub/sub (``publish``)."""

@@ -45,3 +45,39 @@ def test_the_agent_takes_a_cluster_url_and_logs_in_with_its_own_user():
 
 def test_publish_command_by_mode():
     assert publish_command(True) == "SPUBLISH" and publish_command(False) == "PUBLISH"
+
+
+@pytest.mark.parametrize("command, flag", [
+    (("controltower", "serve"), "--redis-url"),
+    (("controltower", "relay", "--region", "r1"), "--redis-url"),
+    (("aircrew",), "--controller"),
+])
+@pytest.mark.parametrize("bad, says", [
+    ("redis+cluster://:secret@h:0", "1-65535"),
+    ("redis+cluster://:secret@h:1/2", "database 0 only"),
+    ("redis+sentinel://:secret@/mymaster", "at least one host"),
+])
+def test_a_bad_url_option_is_refused_before_anything_starts(command, flag, bad, says):
+    """The URL options (wire.clitypes.REDIS_URL, the agent's --controller) check the
+    cluster and Sentinel forms when parsed: a usage error naming the option, no secret."""
+    from click.testing import CliRunner
+
+    from aircrew.cli import main as aircrew
+    from controltower.cli import main as controltower
+
+    root = {"controltower": controltower, "aircrew": aircrew}[command[0]]
+    result = CliRunner().invoke(root, [*command[1:], flag, bad])
+    assert result.exit_code == 2, result.output
+    assert flag in result.output and says in result.output
+    assert "secret" not in result.output
+
+
+def test_good_url_options_pass_the_check():
+    from wire.clitypes import REDIS_URL
+
+    for url in ("redis+cluster://u:p@10.0.0.1:7001,[::1]:7002", "redis://:p@h:6379/0",
+                "rediss://h:6380", "unix:///run/redis.sock", "redis+sentinel://h1,h2:26380/m",
+                ""):
+        assert REDIS_URL.convert(url, None, None) == url
+    with pytest.raises(Exception, match="starts with redis://"):
+        REDIS_URL.convert("http://h:1", None, None)

@@ -19,12 +19,13 @@ import pytest
 from aircrew.agent import AgentExit
 from aircrew.credential import CredentialFile
 from aircrew.session import TowerSession
-from controltower.acl import AgentCredentials
+from controltower.acl import AgentCredentials, new_secret
 from controltower.worker import UNREPLICATED_SKIP
 from ipam.store import ZoneStore
 from testbed import simagent
 from testbed.rediscluster import LocalCluster, key_slot
 from testbed.tower import TowerProcess
+from wire.errors import NotFound
 from wire.keys import Keys
 from wire.proof import generate_private_key, public_key_of
 from wire.redisconn import connect
@@ -285,6 +286,49 @@ def test_node_users_live_on_every_node_and_come_back_to_a_restarted_one(cluster,
         if not primary.alive:
             cluster.restart(primary)
         cluster.wait_ok()
+
+
+def test_acl_clean_ups_reach_every_node(cluster, store):
+    """The ACL reconciliation of issue 15 on a cluster: a user applied after its record
+    went is deleted again on every node; a zone's deletion removes its users from every
+    node (one only a single node has included: it missed a deletion while down); sync
+    removes users of zones that no longer exist from every node."""
+    keys = Keys()
+    creds = AgentCredentials(store.redis, keys)
+    zone = cluster.zone_on(cluster.primaries()[1], prefix="cleanup")
+    store.create_zone(zone, "10.74.0.0/16", auth=creds.secret_fields(new_secret()))
+    creds.apply_zone(zone)
+    _, record = creds.registry.create_join_key(zone, store.get_zone(zone).network,
+                                               reusable=True)
+    creds.apply_join_key(zone, record.id, record.sha256)
+    live = [n for n in cluster.nodes if n.alive]
+    stray = keys.node_user(zone, "f" * 16)
+    live[-1].client().execute_command("ACL", "SETUSER", stray, "off")
+    zone_users = [keys.agent_user(zone), keys.join_user(zone, record.id), stray]
+    for user in zone_users:
+        assert any(users_on(cluster, user).values()), user
+    for user in zone_users[:2]:
+        assert all(users_on(cluster, user).values()), user
+
+    unbacked = keys.join_user(zone, "0" * 16)
+    with pytest.raises(NotFound):
+        creds.apply_join_key(zone, "0" * 16, record.sha256)
+    assert not any(users_on(cluster, unbacked).values())
+
+    store.delete_zone(zone, force=True)
+    creds.delete(zone)
+    for user in zone_users:
+        on = users_on(cluster, user)
+        assert len(on) == len(live) and not any(on.values()), (user, on)
+
+    gone = f"gone-{zone}"
+    orphans = [(live[0], keys.node_user(gone, "a" * 16)),
+               (live[3], keys.join_user(gone, "b" * 16)), (live[4], keys.agent_user(gone))]
+    for node, user in orphans:
+        node.client().execute_command("ACL", "SETUSER", user, "off")
+    creds.sync(store.zone_names())
+    for _, user in orphans:
+        assert not any(users_on(cluster, user).values()), user
 
 
 def test_the_rest_api_on_a_cluster(cluster, tower, store, tmp_path):

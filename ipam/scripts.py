@@ -11,7 +11,7 @@ from wire.redisconn import is_cluster
 
 NAMES = ("candidate", "register", "replace_peer", "remove_peer", "heartbeat", "pending",
          "publish", "create_zone", "delete_zone", "enroll", "remove_node", "admit",
-         "zone_hset", "set_policy")
+         "zone_hset", "set_policy", "copy_tower")
 
 
 @cache
@@ -58,3 +58,4 @@ class Scripts:
     admit: Script
     zone_hset: Script
     set_policy: Script
+    copy_tower: Script

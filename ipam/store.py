@@ -133,8 +133,11 @@ class ZoneStore:
         k = self.keys
         zone_keys = [k.zone(name), k.requests(name), k.auth(name), k.joinkeys(name),
                      k.nodes(name), k.names(name), k.ephemeral(name), k.expiring(name),
-                     k.paths(name)]
+                     k.paths(name), k.fwstate(name), k.policy(name), k.zone_tower(name)]
+        # The tower key's copy is written with the zone: an agent on a Redis Cluster
+        # reads it in the zone's slot, and a deletion racing the creation takes it too.
         args = [name, description, zone.cidr, zone.created, REQUEST_GROUP,
+                self.redis.get(k.tower_public) or "",
                 *(x for pair in (auth or {}).items() for x in pair)]
         if self.sharded:
             # The index and the zone are in two slots: the index first. A name in the
@@ -148,22 +151,23 @@ class ZoneStore:
                 created, _ = pipe.execute()
         if created[0] != "ok":
             raise refusal(created[0], zone=name)
-        self.copy_tower_key([name])
         log.info("zone %s created with CIDR %s", name, zone.cidr)
         return zone
 
     def copy_tower_key(self, zones: list[str], public: str | None = None) -> None:
         """Copy the tower's public key into each zone's slot (``Keys.zone_tower``): an
-        agent on a Redis Cluster reads every key of its zone from one shard. No key
-        yet (no tower has started): the tower copies it into every zone when it does."""
+        agent on a Redis Cluster reads every key of its zone from one shard. Only into
+        zones that exist (``copy_tower.lua``: a zone deleted meanwhile keeps no copy). No
+        key yet (no tower has started): the tower copies it into every zone when it does."""
         public = public or self.redis.get(self.keys.tower_public)
         if not public:
             return
+        script = self.scripts.copy_tower
         for start in range(0, len(zones), 1000):
-            with self.redis.pipeline(transaction=False) as pipe:
-                for zone in zones[start:start + 1000]:
-                    pipe.set(self.keys.zone_tower(zone), public)
-                pipe.execute()
+            self.run(Call(tuple(("EVALSHA", script.sha, 2, self.keys.zone(zone),
+                                 self.keys.zone_tower(zone), public)
+                                for zone in zones[start:start + 1000]),
+                          lambda replies: None, (script,)))
 
     def ensure_default_zone(self) -> None:
         try:

@@ -21,6 +21,7 @@ from aircrew.credential import CredentialFile
 from aircrew.session import TowerSession
 from controltower.acl import AgentCredentials, new_secret
 from controltower.worker import UNREPLICATED_SKIP
+from ipam.policies import Policies
 from ipam.store import ZoneStore
 from testbed import simagent
 from testbed.rediscluster import LocalCluster, key_slot
@@ -33,6 +34,7 @@ from wire.redisconn import connect
 pytestmark = pytest.mark.slow
 
 SYNC_WITHIN = 10.0
+POLICY = {"rules": [{"from": ["tag:ops"], "to": ["*"], "ports": ["tcp/22"]}]}
 
 
 @pytest.fixture(scope="module")
@@ -471,3 +473,72 @@ def test_an_agent_reads_the_relay_directory_on_its_node(cluster, store):
         run(scenario)
     finally:
         store.redis.hdel(keys.relays, "r-test")
+
+
+def test_a_zone_policy_on_a_cluster(cluster, tower, store, tmp_path):
+    """Issue 16 on a cluster: the policy and the nodes' rule states are keys of the zone's
+    slot. An enrolled agent, logged in as its own node user (read access to the policy on
+    every node), loads the policy's table and its heartbeat's state lands in the zone's
+    fwstate hash; the zone's deletion takes both, and a zone created again under the
+    name starts without a policy or rule state left by a write that raced the deletion."""
+    keys = Keys()
+    primary = cluster.primaries()[1]
+    zone = cluster.zone_on(primary, prefix="policed")
+    store.create_zone(zone, "10.76.0.0/16")
+    owner = cluster.owner(key_slot(keys.zone(zone)))
+    creds = AgentCredentials(store.redis, keys)
+    key, record = creds.registry.create_join_key(zone, store.get_zone(zone).network,
+                                                 reusable=True)
+    creds.apply_join_key(zone, record.id, record.sha256)
+    ops = public_key_of(generate_private_key())
+    store.register(zone, ops, listen_port=51820, session="ops", tags=("ops",),
+                   endpoint="203.0.113.9:51820", request_ip="10.76.1.2")
+    store.flush(zone)
+    nft = simagent.RecordingNft()
+    policies = Policies(store)
+
+    async def until(predicate, what: str, timeout: float = SYNC_WITHIN) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    async def scenario():
+        sim = simagent.make_agent(cluster.url, None, 700, zone=zone, join_key=str(key),
+                                  credentials=CredentialFile(tmp_path / "p", "wg0"), nft=nft,
+                                  heartbeat_interval=3600, endpoint_interval=3600)
+        try:
+            simagent.start(sim)
+            await simagent.wait_in_sync([sim], store.redis, SYNC_WITHIN, zone=zone)
+            user = sim.agent.s.credentials.load().user
+            rules = {n.port: str(n.client().acl_getuser(user)) for n in cluster.nodes if n.alive}
+            assert len(rules) == 6, rules
+            assert all(f"%R~{keys.policy(zone)}" in r for r in rules.values()), rules
+            status, body = tower.request("PUT", f"/zones/{zone}/policy", POLICY)
+            assert status == 200, body
+            await until(lambda: any(kind == "table" for _, kind, _ in nft.log), "the table")
+            text = next(t for _, kind, t in nft.log if kind == "table")
+            assert "elements = { 10.76.1.2 }" in text
+            rev = policies.get(zone).rev
+            await until(lambda: (policies.node_state(zone, sim.public_key) or {}).get("rev")
+                        == rev, "the state reported")
+            assert policies.node_state(zone, sim.public_key)["state"] == "applied"
+            assert owner.client().exists(keys.policy(zone), keys.fwstate(zone)) == 2
+            assert not sim.errors
+        finally:
+            await simagent.stop([sim])
+    run(scenario)
+    user = CredentialFile(tmp_path / "p", "wg0").load().user
+    status, body = tower.request("DELETE", f"/zones/{zone}?force=true")
+    assert status in (200, 204), body
+    assert owner.client().exists(keys.policy(zone), keys.fwstate(zone)) == 0
+    assert not any(users_on(cluster, user).values())
+    # a heartbeat's state and a policy written as the zone went: gone when it comes back
+    owner.client().hset(keys.fwstate(zone), ops, '{"rev": 1, "state": "applied"}')
+    owner.client().set(keys.policy(zone), '{"rev": 1, "policy": {"rules": []}}')
+    store.create_zone(zone, "10.76.0.0/16")
+    try:
+        assert owner.client().exists(keys.policy(zone), keys.fwstate(zone)) == 0
+        assert policies.get(zone) is None
+    finally:
+        store.delete_zone(zone, force=True)

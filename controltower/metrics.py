@@ -64,6 +64,9 @@ class WorkerMetrics:
         self.publish_latency = Histogram(
             "controltower_publish_latency_seconds", "From a zone change being logged to "
             "its publication on the zone channel", buckets=LATENCY_BUCKETS)
+        self.unreplicated = Counter(
+            "controltower_unreplicated_replies", "Redis Cluster: chunks of replies sent "
+            "although no replica confirmed their writes (WAIT) within 2 s")
 
 
 class GateMetrics:

@@ -9,7 +9,7 @@ APT_PACKAGES := redis-server redis-sentinel wireguard-go wireguard-tools iproute
                 openssl chromium chromium-driver fonts-dejavu-core
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench deps apt venv bench-deps agent-dist agent-pyz install-tower clean
+.PHONY: test demo bench screenshots deps apt venv bench-deps agent-dist agent-pyz install-tower clean
 
 deps: apt venv
 
@@ -45,6 +45,11 @@ test: deps
 
 demo: deps
 	$(PY) -m deploy.demo $(DEMO_ARGS)
+
+# The dashboard's images in docs/ (README, docs/dashboard.md), taken by its browser tests.
+screenshots: deps
+	SCREENSHOT_DIR=$(CURDIR)/docs/images $(PY) -m pytest -q tests/redis/test_dashboard_browser.py \
+	  tests/netns/test_dashboard_lab.py
 
 # The plot of `make bench` needs matplotlib; py-spy is for the profiles in bench/results/profiles.
 bench-deps: .stamp-bench

@@ -3,8 +3,9 @@
 #
 # The password (REDIS_PASSWORD, from the env file) becomes the `default` user's in an ACL
 # file on the data volume, stored as its SHA-256 only, so it is neither on a command line
-# nor in clear text on disk. The ACL file also keeps the zone agent users the tower adds,
-# so they survive a Redis restart. AOF is on: an acknowledged write survives a crash.
+# nor in clear text on disk. The agents' users (one per node, join key and zone secret)
+# are not saved there: the tower applies them again from the digests it keeps in Redis
+# after a Redis restart. AOF is on: an acknowledged write survives a crash.
 set -eu
 
 : "${REDIS_PASSWORD:?set REDIS_PASSWORD in the env file (see deploy/compose.env.example)}"

@@ -4,6 +4,7 @@ its screenshots and ``bench dashboard``. Nothing is downloaded: the driver and b
 are the system's."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -12,6 +13,13 @@ from typing import Any, Callable
 
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 DRIVER = "/usr/bin/chromedriver"
+
+
+def screenshot_dir() -> Path:
+    """Where the tests' screenshots go: ``$SCREENSHOT_DIR`` (``make screenshots`` sets it
+    to docs/images), else a directory under the system's temp dir, so a test run leaves
+    the tree as it was."""
+    return Path(os.environ.get("SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "ct-screenshots")
 
 
 def missing() -> str | None:

@@ -7,7 +7,6 @@ from every other agent's wg0."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.slow
 if browser.missing():
     pytestmark = [pytestmark, pytest.mark.skip(reason=browser.missing())]
 
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+IMAGES = browser.screenshot_dir()
 SHOWN_WITHIN = 8.0           # target 2 s; headroom for a busy machine
 OFFLINE_AFTER = 4            # seconds (agents heartbeat every 2 s)
 

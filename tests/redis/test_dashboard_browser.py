@@ -2,14 +2,14 @@
 the token): the login, the picture of a zone (every node, edge colours by path: direct,
 relayed, down, from the nodes' path reports), a node
 joining shows within 2 s without a reload, a write without the CSRF token is refused,
-keyboard use and contrast. Screenshots go to docs/images/ (README, docs/dashboard.md).
+keyboard use and contrast. Screenshots go to ``browser.screenshot_dir()`` (``make
+screenshots``: docs/images/, shown in README and docs/dashboard.md).
 
 The nodes are written into the zone store as the request worker would; real agents
 in the lab are tests/netns/test_dashboard_lab.py."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 if browser.missing():
     pytestmark = [pytestmark, pytest.mark.skip(reason=browser.missing())]
 
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+IMAGES = browser.screenshot_dir()
 COLOURS = {"direct": "rgb(26, 127, 55)", "down": "rgb(207, 34, 46)",
            "relayed": "rgb(154, 103, 0)"}
 JOIN_WITHIN = 8.0

@@ -59,8 +59,12 @@ T = TypeVar("T")
 
 # NoPermissionError: the tower suspended this node's publish right (it flooded the tower)
 # or is re-applying users: keep the tunnels, try again.
+# On a Redis Cluster: MOVED/ASK (AskError is MovedError's base), TRYAGAIN and CLUSTERDOWN
+# (a slot migrating, a failover under way): reconnect to the zone's shard and resync.
 CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                     redis.exceptions.NoPermissionError, OSError, Unavailable, NoReply)
+                     redis.exceptions.NoPermissionError, OSError, Unavailable, NoReply,
+                     redis.exceptions.AskError, redis.exceptions.TryAgainError,
+                     redis.exceptions.ClusterDownError)
 
 
 class AgentExit(MeshError):
@@ -145,9 +149,15 @@ class Agent:
         self.links = links
         self.endpoints = endpoints
         self.keys = Keys(settings.key_prefix)
-        self.client_factory = client_factory or (
-            lambda url: controller_client(url, settings.controller_tls))
         self.urls = list(settings.controller_urls)
+        factory = client_factory or (lambda url: controller_client(url, settings.controller_tls))
+        # A Redis Cluster: every key and channel of the zone is on one shard, found by the
+        # MOVED its first key answers; a node's client goes there (``_home``).
+        self.sharded = redisconn.is_cluster_url(settings.controller or self.urls[0])
+        self.home: tuple[str, int] | None = None
+        self._directory: aioredis.Redis | None = None   # the cluster node of ct:relays
+        self.client_factory = (lambda url: factory(self._node_url(url))) if self.sharded \
+            else factory
         self.mirror = ZoneMirror()
         self.applied = Applied()
         self._touched: set[str] = set()     # peers changed since the last reconcile
@@ -156,6 +166,7 @@ class Agent:
         self._reported: dict | None = None  # the policy state the last heartbeat carried
         self._behind: int | None = None     # a published revision missing at the last check
         self._command_failures = 0          # periodic commands failed in a row (``_command``)
+        self._ahead: int | None = None      # a published revision below ours at the last check
         self.assignment: dict[str, Any] | None = None
         self.endpoint: str | None = None
         self.nat_type: str | None = None
@@ -182,6 +193,40 @@ class Agent:
         self._paths_saved = float("-inf")
         self._paths_shown: dict = {}
         self._synced = False
+
+    def _node_url(self, url: str) -> str:
+        """A redis+cluster:// URL as a redis:// URL of the zone's shard (once known) or
+        of one of its seeds, at random (any node answers MOVED for the zone's keys)."""
+        if not redisconn.is_cluster_url(url):
+            return url
+        cluster = redisconn.parse_cluster_url(url)
+        return cluster.node_url(*(self.home or random.choice(cluster.nodes)))
+
+    async def _to_shard(self, client: aioredis.Redis, url: str) -> aioredis.Redis:
+        """On a Redis Cluster, the client of the node that holds the zone's slot: the
+        first read of a zone key answers MOVED elsewhere (the node's Redis user needs no
+        CLUSTER rights for that)."""
+        if not self.sharded:
+            return client
+        # The tower key's copy; a removed node's user may read its tombstone only.
+        probes = (self.keys.zone_tower(self.s.zone),
+                  self.keys.gone(self.s.zone, node_id(self.public_key)))
+        for key in probes:
+            try:
+                await client.get(key)
+                return client
+            except redis.exceptions.NoPermissionError:
+                continue
+            except redis.exceptions.MovedError as exc:
+                self.home = (exc.host, int(exc.port))
+                log.info("zone %s is on the cluster node %s:%d", self.s.zone, *self.home)
+                break
+        else:
+            return client          # nothing of the zone readable: the session says why
+        await client.aclose()
+        client = self.client_factory(url)
+        await client.ping()
+        return client
 
     @property
     def state(self) -> StateFiles:
@@ -236,6 +281,8 @@ class Agent:
             try:
                 await self._connected()
             except CONNECTION_ERRORS as exc:
+                if self.sharded:
+                    self._rehome(exc)
                 if self.mirror.loaded:
                     log.warning("controller unreachable (%s); tunnels stay up, retrying in %.0fs",
                                 exc, backoff)
@@ -246,6 +293,15 @@ class Agent:
                 backoff = RETRY_MIN
             await self._sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, RETRY_MAX)
+
+    def _rehome(self, exc: BaseException) -> None:
+        """Where to reconnect on a Redis Cluster: the node a MOVED names; after a lost
+        connection a seed (the shard's primary may be gone: any node knows the new one)."""
+        if isinstance(exc, redis.exceptions.MovedError):
+            self.home = (exc.host, int(exc.port))
+        elif isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                              OSError, Unavailable, redis.exceptions.ClusterDownError)):
+            self.home = None
 
     async def _on_device(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._device_thread, fn, *args)
@@ -265,7 +321,8 @@ class Agent:
                             "--controller the tower's Redis port (6379), not its HTTP port "
                             "(8080)?") from None
         session = TowerSession(client, self.s.zone, self.s.private_key, keys=self.keys,
-                               session_id=self.session.session_id if self.session else None)
+                               session_id=self.session.session_id if self.session else None,
+                               sharded=self.sharded)
         self.session = session
         try:
             try:
@@ -281,6 +338,9 @@ class Agent:
         finally:
             await session.close()
             await client.aclose()
+            if self._directory is not None:
+                await self._directory.aclose()
+                self._directory = None
 
     # -- credentials -----------------------------------------------------------------------
 
@@ -290,11 +350,12 @@ class Agent:
         stored = self._stored_credential()
         self._stored_refused = False
         if stored is not None:
-            client = self.client_factory(self._url(stored.user, stored.password))
+            url = self._url(stored.user, stored.password)
+            client = self.client_factory(url)
             try:
                 await client.ping()
                 self._authenticated = True
-                return client
+                return await self._to_shard(client, url)
             except redis.exceptions.AuthenticationError:
                 await client.aclose()
                 if self._authenticated:
@@ -346,10 +407,12 @@ class Agent:
         else:
             user, secret = self.keys.agent_user(self.s.zone), self.s.zone_secret or ""
             cred = identity.ZONE_SECRET_ID
-        client = self.client_factory(self._url(user, secret))
+        url = self._url(user, secret)
+        client = self.client_factory(url)
         try:
             try:
                 await client.ping()
+                client = await self._to_shard(client, url)
             except redis.exceptions.AuthenticationError:
                 if key is None:
                     return None
@@ -361,7 +424,7 @@ class Agent:
             try:
                 credential = await enroll(client, self.keys, self.s.zone, cred,
                                           self.s.private_key, name, self.s.hostname,
-                                          timeout=self.s.request_timeout)
+                                          timeout=self.s.request_timeout, sharded=self.sharded)
             except EnrollRefused as exc:
                 status = ENDED if exc.code == code_of(Removed) else 1
                 raise AgentExit(f"the tower refused to enroll this node: {exc}", status) from None
@@ -370,15 +433,17 @@ class Agent:
         if self.s.credentials is not None:
             self.s.credentials.save(credential)
             log.info("this node's credential is in %s", self.s.credentials.path)
-        node = self.client_factory(self._url(credential.user, credential.password))
+        url = self._url(credential.user, credential.password)
+        node = self.client_factory(url)
         await node.ping()
         self._authenticated = True
-        return node
+        return await self._to_shard(node, url)
 
     async def _plain_login(self) -> aioredis.Redis:
         client = self.client_factory(self.urls[0])
         try:
             await client.ping()
+            client = await self._to_shard(client, self.urls[0])
         except redis.exceptions.AuthenticationError:
             await client.aclose()
             if self._authenticated:
@@ -611,6 +676,20 @@ class Agent:
         """Resync when the tower published a revision that never reached us; returns the
         seconds until the next check (sooner while one is suspected missing)."""
         published = await self.session.revision()
+        if published < self.mirror.rev and self.session.updates.empty():
+            # Below ours: a snapshot read a revision not published yet (it will be within
+            # a publish window), or a failover lost changes we had (Redis replication is
+            # asynchronous): then no update up to our revision would ever be applied.
+            if self._ahead is not None and published <= self._ahead:
+                log.warning("the zone's published revision %d is below ours (%d): changes "
+                            "were lost by the controller (a failover?): resyncing",
+                            published, self.mirror.rev)
+                self._ahead = None
+                await self._resync()
+                return self.s.revision_interval
+            self._ahead = published
+            return REVISION_RECHECK
+        self._ahead = None
         if published <= self.mirror.rev or not self.session.updates.empty():
             self._behind = None
         elif self._behind is not None and self.mirror.rev < self._behind:
@@ -678,7 +757,18 @@ class Agent:
         if self.paths is None or self.session is None:
             return
         try:
-            records = await self.session.client.hgetall(self.keys.relays)
+            try:
+                records = await (self._directory or self.session.client).hgetall(
+                    self.keys.relays)
+            except redis.exceptions.MovedError as exc:
+                # A Redis Cluster: the relay directory is no zone's, so it lives on the
+                # node its own slot names; this node's user may read it there (the
+                # users are on every node). One more connection, kept while connected.
+                pool = self.session.client.connection_pool
+                self._directory = aioredis.Redis(connection_pool=type(pool)(
+                    connection_class=pool.connection_class,
+                    **{**pool.connection_kwargs, "host": exc.host, "port": int(exc.port)}))
+                records = await self._directory.hgetall(self.keys.relays)
         except redis.exceptions.ResponseError as exc:     # an older tower's node user
             log.debug("cannot read the relays: %s", exc)
             return
@@ -775,8 +865,8 @@ class Agent:
         if self.paths is not None:           # decide new peers' paths before adding them
             async with self._paths_lock:
                 self.paths.decide(time.monotonic(), self._own_view(), self.mirror.peers)
-        endpoints = self._path_endpoints()
-        ops = self.applied.diff(self.public_key, keys, self._device_peers(), endpoints)
+        endpoints, zone = self._path_endpoints(), self._device_peers()
+        ops = self.applied.diff(self.public_key, keys, zone, endpoints)
         if ops:
             try:
                 await self._on_device(apply_ops, self.device, self.links, ops)
@@ -787,7 +877,7 @@ class Agent:
                 self._state_changed()
                 return
             log.info("zone revision %d applied with %d operations", self.mirror.rev, len(ops))
-        self.applied.record(self.public_key, keys, self._device_peers(), endpoints)
+        self.applied.record(self.public_key, keys, zone, endpoints)
         self._state_changed()
 
     async def _reconcile_all(self) -> int:

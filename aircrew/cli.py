@@ -37,7 +37,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 @click.option("--allow-insecure-key-file", is_flag=True,
               help="Accept a private key or password file that other users can read.")
 @click.option("--controller", type=config.CONTROLLER,
-              help="The controller's Redis: host, host:port or redis(s):// URL.")
+              help="The controller's Redis: host, host:port or a redis(s)://, "
+                   "redis+sentinel:// or redis+cluster://host:port[,host:port...] URL.")
 @click.option("--controller-password", cls=clitypes.SecretOption,
               help="The zone's agent secret: enrolls this node once where the zone accepts it "
                    "(prefer --join-key). Shows in ps as a flag: prefer "

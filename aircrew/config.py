@@ -12,6 +12,7 @@ from wire import identity, proof
 from wire.clitypes import Checked
 from wire.errors import InvalidInput
 from wire.keys import Keys
+from wire.redisconn import check_url
 from wire.secretfile import read_secret
 
 from .wgfields import validate_ifname
@@ -44,12 +45,12 @@ def login_url(controller: str, user: str, password: str) -> str:
 
 def controller_url(controller: str, password: str | None) -> str:
     """A Redis URL from ``host``, ``host:port``, ``[v6]:port`` or a full redis(s)://,
-    unix:// or redis+sentinel:// URL."""
+    unix://, redis+sentinel:// or redis+cluster:// URL."""
     if "://" in controller:
         parts = urlsplit(controller)
-        if parts.scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
-            raise InvalidInput(f"controller URL scheme must be redis, rediss, unix or "
-                               f"redis+sentinel, not {parts.scheme!r}")
+        if parts.scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
+            raise InvalidInput(f"controller URL scheme must be redis, rediss, unix, "
+                               f"redis+sentinel or redis+cluster, not {parts.scheme!r}")
         if password and not parts.password:
             hosts = parts.netloc.rpartition("@")[2]   # host:port, [v6]:port or a list
             parts = parts._replace(netloc=f":{quote(password, safe='')}@{hosts}")
@@ -165,7 +166,7 @@ def _given_or_read(value: str | None, path: Path | None, allow_insecure: bool,
 
 
 def _controller(text: str) -> str:
-    controller_url(text, None)          # checks the form; the URL is built later
+    check_url(controller_url(text, None))   # checks the form; the URL is built later
     return text
 
 

@@ -33,11 +33,11 @@ class EnrollRefused(MeshError):
 
 async def enroll(client: aioredis.Redis, keys: Keys, zone: str, cred_id: str,
                  private_key: str, name: str | None, hostname: str,
-                 timeout: float = 5.0) -> NodeCredential:
+                 timeout: float = 5.0, sharded: bool = False) -> NodeCredential:
     """Enroll over ``client`` (logged in as the enrollment user of ``cred_id``)."""
     password = secrets.token_urlsafe(32)
     session = TowerSession(client, zone, private_key, keys=keys)
-    session.route = Route.enroll(keys, zone, cred_id, session.public_key)
+    session.route = Route.enroll(keys, zone, cred_id, session.public_key, sharded)
     try:
         await session.open()
         reply = await session.request(

@@ -123,14 +123,7 @@ class Firewall:
             self._replan(policy, rev, me, changed)
             return
         self.rev = rev
-        delta = self.contents.update(changed)
-        if not delta:
-            return
-        try:
-            self._run("delta", nftext.delta(self.interface, delta), delta.size())
-        except NftError as exc:
-            log.warning("a set-element change failed (%s): reloading the whole table", exc)
-            self._load()
+        self._delta(changed)
 
     def _replan(self, policy: Policy, rev: int | None, me: Member | None,
                 changed: list[tuple[str, Member | None]]) -> None:
@@ -143,14 +136,10 @@ class Firewall:
             self.sync(policy, rev, me, self._groups.members)
             return
         self.policy, self.rev, self.me = policy, rev, me
-        delta = self.contents.update(changed)
         if plan == self.plan:
-            if delta:
-                try:
-                    self._run("delta", nftext.delta(self.interface, delta), delta.size())
-                except NftError:
-                    self._load()
+            self._delta(changed)
             return
+        self.contents.update(changed)
         self.plan = self.contents.plan = plan
         self._load()
         self.sync_seconds = time.perf_counter() - started
@@ -165,6 +154,18 @@ class Firewall:
         self._remove()
 
     # -- transactions -------------------------------------------------------------------
+
+    def _delta(self, changed: list[tuple[str, Member | None]]) -> None:
+        """The set elements ``changed`` makes differ, in one transaction; a full reload
+        when it fails."""
+        delta = self.contents.update(changed)
+        if not delta:
+            return
+        try:
+            self._run("delta", nftext.delta(self.interface, delta), delta.size())
+        except NftError as exc:
+            log.warning("a set-element change failed (%s): reloading the whole table", exc)
+            self._load()
 
     def _load(self) -> None:
         if self.plan is None or self.contents is None:

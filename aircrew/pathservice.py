@@ -165,8 +165,7 @@ class PathService:
             decision = machine.step(now, Env(own, peer, relays, link.stats_age,
                                              link.device_endpoint, links_at))
             if decision.relay in self.restarted:
-                decision = Decision(decision.mode, decision.relay, decision.endpoint, True,
-                                    decision.report, decision.probe_to, decision.claim)
+                decision = replace(decision, fresh=True)
             previous = self.decisions.get(key)
             self.decisions[key] = decision
             if decision.fresh or (decision.endpoint is not None and (

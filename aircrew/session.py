@@ -7,6 +7,14 @@ subscribed before any request is sent, so no reply and no update can be missed.
 A request is published on the node's own request channel (``Route``), where the tower's
 gate hears it; the node's Redis user may publish there and nowhere else, and writes no
 key. ``PUBLISH`` answers how many listened: none means no tower is running.
+
+On a Redis Cluster (``sharded``) the agent talks to its zone's shard only (every key and
+channel of its zone is in one slot): the tower's replies and updates come on sharded
+pub/sub (``SSUBSCRIBE``), requests still go on classic pub/sub (the tower hears them on
+any node; the count ``PUBLISH`` answers is that node's listeners only, so a zero proves
+nothing there). A ``sunsubscribe`` the session did not ask for (the slot moved to
+another shard, or its primary was demoted) is a lost connection: the agent reconnects
+to the zone's shard and resyncs.
 """
 from __future__ import annotations
 
@@ -53,18 +61,21 @@ class Route:
     request: str
     reply: str
     updates: str | None = None
+    sharded: bool = False        # replies and updates on sharded pub/sub (Redis Cluster)
 
     @classmethod
-    def node(cls, keys: Keys, zone: str, public_key: str) -> Route:
+    def node(cls, keys: Keys, zone: str, public_key: str, sharded: bool = False) -> Route:
         nid = node_id(public_key)
         return cls(keys.request_channel(zone, nid), keys.reply(zone, node=nid),
-                   keys.updates(zone))
+                   keys.updates(zone), sharded)
 
     @classmethod
-    def enroll(cls, keys: Keys, zone: str, cred: str, public_key: str) -> Route:
+    def enroll(cls, keys: Keys, zone: str, cred: str, public_key: str,
+               sharded: bool = False) -> Route:
         """Enrollment with a join key (``cred`` its id) or the zone secret (``zone``)."""
         nid = node_id(public_key)
-        return cls(keys.enroll_channel(zone, cred, nid), keys.enrolled_channel(zone, cred, nid))
+        return cls(keys.enroll_channel(zone, cred, nid), keys.enrolled_channel(zone, cred, nid),
+                   None, sharded)
 
 
 @dataclass(frozen=True)
@@ -78,14 +89,14 @@ class ZoneSnapshot:
 class TowerSession:
     def __init__(self, client: aioredis.Redis, zone: str, private_key: str, *,
                  keys: Keys | None = None, session_id: str | None = None,
-                 route: Route | None = None) -> None:
+                 route: Route | None = None, sharded: bool = False) -> None:
         self.client = client
         self.zone = messages.zone_name(zone)
         self.private_key = private_key
         self.policies = True        # read the zone's policy with the snapshot
         self.public_key = proof.public_key_of(private_key)
         self.keys = keys or Keys()
-        self.route = route or Route.node(self.keys, self.zone, self.public_key)
+        self.route = route or Route.node(self.keys, self.zone, self.public_key, sharded)
         self.session_id = session_id or uuid.uuid4().hex
         self.updates: Inbox[ZoneUpdate] = Inbox()
         self.bytes_received = 0
@@ -98,11 +109,23 @@ class TowerSession:
     async def open(self) -> None:
         """Subscribe to the reply and update channels (before any request)."""
         self.lost.clear()
-        self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(
-            *(c for c in (self.route.reply, self.route.updates) if c is not None))
+        channels = [c for c in (self.route.reply, self.route.updates) if c is not None]
+        if self.route.sharded:
+            # Subscription messages kept: a sunsubscribe pushed by the server must be seen.
+            self._pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+            await self._pubsub.ssubscribe(*channels)
+        else:
+            self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            await self._pubsub.subscribe(*channels)
         self._reader = asyncio.create_task(self._read(), name=f"pubsub-{self.zone}")
-        public = await self.client.get(self.keys.tower_public)
+        # The copy in the zone's slot (a Redis Cluster: this shard), else the tower's own
+        # (a tower older than the copy).
+        try:
+            public = await self.client.get(self.keys.zone_tower(self.zone))
+        except redis.exceptions.NoPermissionError:
+            public = None        # a tower older than the copy: its users may not read it
+        if public is None:
+            public = await self.client.get(self.keys.tower_public)
         if public is None:
             raise Unavailable("no ControlTower has started on this Redis yet")
         self._tower_public = public if isinstance(public, str) else public.decode()
@@ -134,7 +157,13 @@ class TowerSession:
                 # Blocking (no per-read timer) costs ~40 % less CPU per message than a
                 # read with a timeout; a dead connection still ends the read with an error.
                 msg = await self._pubsub.get_message(timeout=None)
-                if msg is None or msg.get("type") != "message":
+                if msg is None:
+                    continue
+                kind = msg.get("type")
+                if kind == "sunsubscribe":
+                    # Not asked for (we never unsubscribe): the slot left this node.
+                    raise Unavailable("the zone's shard moved (slot migration or failover)")
+                if kind not in ("message", "smessage"):
                     continue
                 data = msg["data"]
                 self.bytes_received += len(data)
@@ -214,6 +243,9 @@ class TowerSession:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         delay = 0.05
+        if self.route.sharded:        # the count is this node's listeners only
+            await self.client.publish(self.route.request, packed)
+            return
         while not await self.client.publish(self.route.request, packed):
             if loop.time() + delay > deadline:
                 raise Unavailable("no ControlTower is listening for requests")

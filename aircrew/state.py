@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -52,6 +53,12 @@ class Cache:
         return policies.stored(self.policy)
 
     def peer_map(self) -> dict[str, Peer]:
+        """The peers parsed, by key (a copy; parsed once: ``StateFiles.load`` checks them
+        and the agent then loads them)."""
+        return dict(self._parsed_peers)
+
+    @cached_property
+    def _parsed_peers(self) -> dict[str, Peer]:
         out = {}
         for record in self.peers:
             peer = messages.parse_peer(record)

@@ -8,7 +8,6 @@ pair state, besides the bindings), kernel slab bytes per pair, handshake rates.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -16,6 +15,7 @@ import time
 
 from controltower.relay.kernel import KernelPath
 from controltower.relay.table import AddRoute, Limits, RelayTable
+from testbed.wgfake import initiation, response
 from wire import relaymsg as rm, x25519
 
 
@@ -25,18 +25,6 @@ class _AllMembers:
 
     def is_member(self, zone: str, key: bytes) -> bool:
         return True
-
-
-def _initiation(sender: bytes, responder: bytes) -> bytes:
-    body = bytes([1, 0, 0, 0]) + sender + os.urandom(108)
-    mac = hashlib.blake2s(body, key=rm.mac1_key(responder), digest_size=16).digest()
-    return body + mac + bytes(16)
-
-
-def _response(sender: bytes, receiver: bytes, initiator: bytes) -> bytes:
-    body = bytes([2, 0, 0, 0]) + sender + receiver + os.urandom(48)
-    mac = hashlib.blake2s(body, key=rm.mac1_key(initiator), digest_size=16).digest()
-    return body + mac + bytes(16)
 
 
 def _rss() -> int:
@@ -75,8 +63,8 @@ def measure(pairs: int) -> dict:
     for i in range(pairs):
         (ka, aa), (kb, ab) = nodes[2 * i], nodes[2 * i + 1]
         ia, ib = os.urandom(4), os.urandom(4)
-        table.handle(_initiation(ia, kb), aa, now)
-        routes += [a for a in table.handle(_response(ib, ia, ka), ab, now)
+        table.handle(initiation(ia, kb), aa, now)
+        routes += [a for a in table.handle(response(ib, ia, ka), ab, now)
                    if isinstance(a, AddRoute)]
     new_pairs_s = time.perf_counter() - started
     python_per_pair = (_rss() - before) / pairs
@@ -84,8 +72,8 @@ def measure(pairs: int) -> dict:
     for i in range(pairs):
         (ka, aa), (kb, ab) = nodes[2 * i], nodes[2 * i + 1]
         ia, ib = os.urandom(4), os.urandom(4)
-        table.handle(_initiation(ia, kb), aa, now)
-        table.handle(_response(ib, ia, ka), ab, now)
+        table.handle(initiation(ia, kb), aa, now)
+        table.handle(response(ib, ia, ka), ab, now)
     rekeys_s = time.perf_counter() - started
     kernel = KernelPath("203.0.113.10", 3480)
     kernel.start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import itertools
 import logging
 import os
 import resource
@@ -281,13 +282,24 @@ class Simulator:
         Returns one row per node: [public key, address or None, outcome, sent, answered],
         and the CPU seconds the process spent from ``start_at`` to the last reply.
         """
+        return await self.op_register_zones([[redis_url, zone, nodes]], concurrency, timeout,
+                                            start_at)
+
+    async def op_register_zones(self, groups: list[list[Any]], concurrency: int, timeout: float,
+                                start_at: float, sharded: bool = False) -> dict[str, Any]:
+        """``op_register_many`` for several zones: ``groups`` of [redis URL, zone, nodes]
+        (on a Redis Cluster, ``sharded``: the URL of the zone's shard)."""
         self._shared()      # the updates they receive meanwhile: parsed once
-        client = aioredis.Redis.from_url(   # the agent's client settings, room for many
-            redis_url, decode_responses=True, socket_connect_timeout=10, socket_keepalive=True,
+        clients = {url: aioredis.Redis.from_url(   # the agent's client settings, room for many
+            url, decode_responses=True, socket_connect_timeout=10, socket_keepalive=True,
             health_check_interval=15, max_connections=2 * concurrency + 64)
+            for url in {g[0] for g in groups}}
         gate = asyncio.Semaphore(concurrency)
         rows: list[list[Any]] = []
-        sessions = [(TowerSession(client, zone, private), body) for private, body in nodes]
+        per_zone = [[(TowerSession(clients[url], zone, private, sharded=sharded), body)
+                     for private, body in nodes] for url, zone, nodes in groups]
+        # interleaved: the zones (and a cluster's shards) take their turns
+        sessions = [pair for turn in itertools.zip_longest(*per_zone) for pair in turn if pair]
         gc.collect()
         gc.freeze()     # the sessions made up front: no cyclic GC pass scans them again
 
@@ -316,7 +328,8 @@ class Simulator:
             await asyncio.gather(*(one(s, b) for s, b in sessions))
             cpu_s = cpu_seconds() - cpu_before
         finally:
-            await client.aclose()
+            for client in clients.values():
+                await client.aclose()
             gc.unfreeze()
         return {"rows": rows, "cpu_s": cpu_s}
 

@@ -47,6 +47,12 @@ HEADLINE = ["nodes", "observers", "registrations_per_s", "converged_s", "duplica
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_stack_arguments(parser)
+    parser.add_argument("--redis", choices=("single", "cluster"), default="single",
+                        help="cluster: the storm over --zones zones on a single Redis and on "
+                             "a 6-process Redis Cluster, in one run (bench/clusterstorm.py)")
+    parser.add_argument("--zones", type=int, default=30, help="zones (--redis cluster)")
+    parser.add_argument("--observers-per-zone", type=int, default=10,
+                        help="subscribers of each zone's updates (--redis cluster)")
     parser.add_argument("--nodes", type=int, default=10000, help="nodes registering at once")
     parser.add_argument("--observers", type=int, default=1000, help="agents watching the zone")
     parser.add_argument("--concurrency", type=int, default=256,
@@ -72,6 +78,10 @@ def command_of(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.redis == "cluster":
+        from . import clusterstorm
+        args.registrars = args.registrars or 2
+        return clusterstorm.run(args)
     registrars = args.registrars or (1 if args.nodes <= 500 else 2)
     processes = args.processes or auto_processes(args.observers)
     observers = make_identities(args.observers, "obs")

@@ -34,6 +34,7 @@ from ipam.store import DEFAULT_ZONE
 from wire import identity
 from wire.errors import NotFound, Unavailable
 from wire.keys import Keys
+from wire.redisconn import ClusterNodes, is_cluster
 from wire.secretfile import write_secret
 
 from . import aclrules
@@ -76,6 +77,11 @@ class AgentCredentials:
         self.registry = registry or Registry(client, keys)
         self._extra: tuple[str, ...] | None = None
         self._unlock = client.register_script(_UNLOCK)
+        self.nodes = ClusterNodes(client) if is_cluster(client) else None
+
+    def servers(self) -> list[redis.Redis]:
+        """Where the users live: the one Redis, or every node of a Redis Cluster."""
+        return [self.redis] if self.nodes is None else self.nodes.clients()
 
     @property
     def extra(self) -> tuple[str, ...]:
@@ -83,7 +89,7 @@ class AgentCredentials:
         naming an unknown command in ACL SETUSER fails."""
         if self._extra is None:
             try:
-                version = str(self.redis.info("server").get("redis_version", "0"))
+                version = str(self.servers()[0].info("server").get("redis_version", "0"))
                 major, minor = (int(x) for x in (version.split(".") + ["0"])[:2])
                 self._extra = ("client|setinfo",) if (major, minor) >= (7, 2) else ()
             except (redis.exceptions.RedisError, ValueError):
@@ -134,7 +140,8 @@ class AgentCredentials:
 
     def delete(self, zone: str) -> None:
         """After a zone's deletion: every Redis user of it goes, unless a record backs it
-        (the zone was created again meanwhile and enrolled that node or made that key)."""
+        (the zone was created again meanwhile and enrolled that node or made that key).
+        On a Redis Cluster: the users of it on any node, deleted on every node."""
         with self._locked(zone):
             users = self._users_of(zone)
             if self.redis.hexists(self.keys.zone(zone), "cidr"):
@@ -151,15 +158,23 @@ class AgentCredentials:
         return [u for u in self._all_users()
                 if u.startswith(prefixes) or u == self.keys.agent_user(zone)]
 
-    def _all_users(self) -> list[str]:
-        return [u if isinstance(u, str) else u.decode()
-                for u in self.redis.execute_command("ACL", "USERS")]
+    def _all_users(self, servers: list[redis.Redis] | None = None) -> list[str]:
+        """The users on ``servers`` (by default all: on a cluster, a user on any node)."""
+        found: dict[str, None] = {}
+        for server in self.servers() if servers is None else servers:
+            for user in server.execute_command("ACL", "USERS"):
+                found[user if isinstance(user, str) else user.decode()] = None
+        return list(found)
 
-    def _delusers(self, users: list[str]) -> None:
-        with self.redis.pipeline(transaction=False) as pipe:
-            for user in users:
-                pipe.execute_command("ACL", "DELUSER", user)
-            pipe.execute(raise_on_error=False)
+    def _delusers(self, users: list[str], servers: list[redis.Redis] | None = None) -> None:
+        """Delete ``users`` on ``servers`` (by default all: every node of a cluster)."""
+        if not users:
+            return
+        for server in self.servers() if servers is None else servers:
+            with server.pipeline(transaction=False) as pipe:
+                for user in users:
+                    pipe.execute_command("ACL", "DELUSER", user)
+                pipe.execute(raise_on_error=False)
 
     def _still_backed(self, zone: str, key: str, field: str, user: str) -> None:
         """After applying ``user``: delete it again if its record (``field`` of ``key``)
@@ -194,35 +209,40 @@ class AgentCredentials:
 
     def revoke_node(self, zone: str, node: Node) -> None:
         """The node's user becomes its tombstone and every connection of it is cut, at once."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.execute_command("ACL", "SETUSER", node.user,
-                                 *aclrules.tombstone(self.keys, zone, node.id, self.extra),
-                                 f"#{node.cred}")
-            pipe.execute_command("CLIENT", "KILL", "USER", node.user)
-            try:
-                pipe.execute()
-            except redis.exceptions.ResponseError as exc:
-                raise Unavailable(f"cannot revoke the Redis user of node {node.name} ({exc})") from None
+        for server in self.servers():
+            with server.pipeline(transaction=True) as pipe:
+                pipe.execute_command("ACL", "SETUSER", node.user,
+                                     *aclrules.tombstone(self.keys, zone, node.id, self.extra),
+                                     f"#{node.cred}")
+                pipe.execute_command("CLIENT", "KILL", "USER", node.user)
+                try:
+                    pipe.execute()
+                except redis.exceptions.ResponseError as exc:
+                    raise Unavailable(f"cannot revoke the Redis user of node {node.name} "
+                                      f"({exc})") from None
 
     def suspend_node(self, zone: str, node_id: str, user: str) -> None:
         """A node that floods the tower loses its publish right; its connections are cut."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.execute_command("ACL", "SETUSER", user, "clearselectors")
-            pipe.execute_command("CLIENT", "KILL", "USER", user)
-            pipe.execute(raise_on_error=False)
+        for server in self.servers():
+            with server.pipeline(transaction=True) as pipe:
+                pipe.execute_command("ACL", "SETUSER", user, "clearselectors")
+                pipe.execute_command("CLIENT", "KILL", "USER", user)
+                pipe.execute(raise_on_error=False)
 
     def forget_node(self, node: Node) -> None:
         self._deluser(node.user)
 
     # -- all of them -----------------------------------------------------------------------
 
-    def sync(self, zones: list[str]) -> int:
+    def sync(self, zones: list[str], servers: list[redis.Redis] | None = None) -> int:
         """Re-apply every user of these zones from the stored digests (after a restart or
-        failover, and at start); one pipeline per zone. Users of zones that do not exist
-        (left by an old race) are deleted. Returns the users applied."""
+        failover, and at start); one pipeline per zone and server (``servers``: those
+        the users are missing on, by default all). Users of zones that do not exist
+        (left by an old race) are deleted there. Returns the users applied."""
         now = time.time()
+        servers = self.servers() if servers is None else servers
         applied = 0
-        self._delusers(self._orphans(zones))
+        self._delusers(self._orphans(zones, servers), servers)
         for zone in zones:
             self._migrate(zone)
             auth = self.redis.hget(self.keys.auth(zone), ZONE_SECRET_FIELD)
@@ -239,18 +259,19 @@ class AgentCredentials:
                 rules = (aclrules.tombstone(self.keys, zone, node.id, self.extra) if node.removed
                          else aclrules.node(self.keys, zone, node.id, self.extra))
                 commands.append((node.user, rules, node.cred))
-            for start in range(0, len(commands), 500):
-                with self.redis.pipeline(transaction=False) as pipe:
-                    for user, rules, sha in commands[start:start + 500]:
-                        pipe.execute_command("ACL", "SETUSER", user, *rules, f"#{sha}")
-                    self._check(pipe.execute(raise_on_error=False))
+            for server in servers:
+                for start in range(0, len(commands), 500):
+                    with server.pipeline(transaction=False) as pipe:
+                        for user, rules, sha in commands[start:start + 500]:
+                            pipe.execute_command("ACL", "SETUSER", user, *rules, f"#{sha}")
+                        self._check(pipe.execute(raise_on_error=False))
             applied += len(commands)
         return applied
 
-    def _orphans(self, zones: list[str]) -> list[str]:
-        """Agent users (zone secret, node, join key) of zones not in ``zones``."""
+    def _orphans(self, zones: list[str], servers: list[redis.Redis]) -> list[str]:
+        """Agent users (zone secret, node, join key) of zones not in ``zones`` on ``servers``."""
         known = set(zones)
-        return [user for user in self._all_users()
+        return [user for user in self._all_users(servers)
                 if self.keys.user_zone(user) not in (None, *known)]
 
     def _migrate(self, zone: str) -> None:
@@ -307,14 +328,16 @@ class AgentCredentials:
 
     def _setuser(self, user: str, rules: list[str], sha256: str) -> None:
         try:
-            self.redis.execute_command("ACL", "SETUSER", user, *rules, f"#{sha256}")
+            for server in self.servers():
+                server.execute_command("ACL", "SETUSER", user, *rules, f"#{sha256}")
         except redis.exceptions.ResponseError as exc:
             raise Unavailable(f"cannot manage Redis ACL users ({exc}); give the tower an "
                               "admin Redis user or turn off --agent-acl") from None
 
     def _deluser(self, user: str) -> None:
         try:
-            self.redis.execute_command("ACL", "DELUSER", user)
+            for server in self.servers():
+                server.execute_command("ACL", "DELUSER", user)
         except redis.exceptions.ResponseError as exc:
             raise Unavailable(f"cannot manage Redis ACL users ({exc})") from None
 

@@ -12,9 +12,11 @@ from wire.keys import Keys
 # What a client library sends on connect (``extra``: commands only newer servers know,
 # such as client|setinfo, added by the caller when the server has them).
 CONNECT = ("auth", "hello", "ping", "quit", "reset", "client|setname", "client|id")
-NODE_COMMANDS = (*CONNECT, "subscribe", "unsubscribe", "get", "hget", "hgetall", "multi",
-                 "exec", "discard")
-ENROLL_COMMANDS = (*CONNECT, "subscribe", "unsubscribe", "get")
+# ssubscribe/sunsubscribe: on a Redis Cluster the tower's messages to agents travel on
+# sharded pub/sub; channel rules (&...) cover shard channels exactly as classic ones.
+NODE_COMMANDS = (*CONNECT, "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "get",
+                 "hget", "hgetall", "multi", "exec", "discard")
+ENROLL_COMMANDS = (*CONNECT, "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "get")
 TOMBSTONE_COMMANDS = (*CONNECT, "get")
 RELAY_COMMANDS = (*CONNECT, "smembers", "hkeys", "hexists", "hset", "hdel", "zadd", "zrem",
                   "zrangebyscore")
@@ -36,15 +38,16 @@ def suspended_node(keys: Keys, zone: str, node_id: str, extra: tuple[str, ...] =
     return ["reset", "on", "resetchannels", *_commands(NODE_COMMANDS, extra),
             f"%R~{keys.zone(zone)}", f"%R~{keys.rev(zone)}", f"%R~{keys.published(zone)}",
             f"%R~{keys.peers(zone)}", f"%R~{keys.policy(zone)}", f"%R~{keys.tower_public}",
-            f"%R~{keys.relays}",
-            f"&{keys.updates(zone)}", f"&{keys.reply(zone, node=node_id)}"]
+            f"%R~{keys.relays}", f"%R~{keys.zone_tower(zone)}", f"&{keys.updates(zone)}",
+            f"&{keys.reply(zone, node=node_id)}"]
 
 
 def enroller(keys: Keys, zone: str, cred: str, extra: tuple[str, ...] = ()) -> list[str]:
     """A join key, or the zone secret (``cred`` = ``zone``): ask for enrollment and hear
     the answer; nothing else."""
     return ["reset", "on", "resetchannels", *_commands(ENROLL_COMMANDS, extra),
-            f"%R~{keys.tower_public}", f"&{keys.enrolled_pattern(zone, cred)}",
+            f"%R~{keys.tower_public}", f"%R~{keys.zone_tower(zone)}",
+            f"&{keys.enrolled_pattern(zone, cred)}",
             f"(+publish resetchannels &{keys.enroll_pattern(zone, cred)})"]
 
 

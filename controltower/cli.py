@@ -34,11 +34,13 @@ admin.register(main)
                    ":: for every address).")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
               envvar="CONTROLTOWER_PORT", help="TCP port of the REST API.")
-@click.option("--redis-url", default=None, envvar="CONTROLTOWER_REDIS_URL",
+@click.option("--redis-url", default=None, type=clitypes.REDIS_URL,
+              envvar="CONTROLTOWER_REDIS_URL",
               help="Redis to use (redis://[:password@]host:port/db, or a Sentinel-managed "
                    "primary: redis+sentinel://[user:password@]host:26379[,host:26379...]"
-                   "/<master-name>[/db]). Without it a private redis-server is started in the "
-                   "data directory.")
+                   "/<master-name>[/db], or a Redis Cluster: redis+cluster://[user:password@]"
+                   "host:port[,host:port...]). Without it a private redis-server is started in "
+                   "the data directory.")
 @click.option("--redis-wait", default=30.0, show_default=True,
               type=clitypes.FiniteFloat(0, 3600), envvar="CONTROLTOWER_REDIS_WAIT",
               help="Seconds to wait at start for the Redis of --redis-url to answer.")
@@ -83,6 +85,10 @@ admin.register(main)
               help="Longest publish window: while a zone keeps changing, its window "
                    "doubles up to this (fewer, larger updates); at or below "
                    "--publish-window the window stays fixed.")
+@click.option("--cluster-replica-acks", default=1, show_default=True, type=click.IntRange(0, 16),
+              envvar="CONTROLTOWER_CLUSTER_REPLICA_ACKS",
+              help="Redis Cluster: replicas that must have a chunk's writes (WAIT) before its "
+                   "replies leave; 0 for a cluster without replicas.")
 @click.option("--agent-acl/--no-agent-acl", default=True, show_default=True,
               envvar="CONTROLTOWER_AGENT_ACL",
               help="Give each zone its own least-privilege Redis user for its agents.")
@@ -120,7 +126,8 @@ def serve(listen: str, port: int, redis_url: str | None, redis_wait: float, redi
           data_dir: Path, stun_port: int, relay_port: int, relay_public_address: str | None,
           relay_region: str, relay_datapath: str, log_level: str, log_format: str,
           offline_after: float, expiry: float,
-          publish_window: float, publish_window_max: float, agent_acl: bool, read_auth: str,
+          publish_window: float, publish_window_max: float, cluster_replica_acks: int,
+          agent_acl: bool, read_auth: str,
           admin_token_file: Path | None, http_tls_cert: Path | None, http_tls_key: Path | None,
           http_tls_ca: Path | None, redis_tls_ca: str | None, redis_tls_cert: str | None,
           redis_tls_key: str | None, private_redis_tls_port: int,
@@ -138,7 +145,8 @@ def serve(listen: str, port: int, redis_url: str | None, redis_wait: float, redi
                              log_level=log_level.lower(), log_format=log_format.lower(),
                              offline_after=offline_after,
                              expiry=expiry, publish_window=publish_window,
-                             publish_window_max=publish_window_max, agent_acl=agent_acl,
+                             publish_window_max=publish_window_max,
+                             cluster_replica_acks=cluster_replica_acks, agent_acl=agent_acl,
                              read_auth=read_auth, admin_token_file=admin_token_file,
                              http_tls_cert=http_tls_cert, http_tls_key=http_tls_key,
                              http_tls_ca=http_tls_ca,
@@ -154,7 +162,8 @@ def serve(listen: str, port: int, redis_url: str | None, redis_wait: float, redi
 
 @main.command("relay")
 @click.option("--region", required=True, help="Name of this relay's region (e.g. eu-1).")
-@click.option("--redis-url", required=True, envvar="CONTROLTOWER_REDIS_URL",
+@click.option("--redis-url", required=True, type=clitypes.REDIS_URL,
+              envvar="CONTROLTOWER_REDIS_URL",
               help="The towers' Redis (the relay reads zone members and announces itself).")
 @click.option("--listen", default="0.0.0.0:3480", show_default=True,
               help="UDP address:port to relay on.")

@@ -14,6 +14,10 @@ only behind itself), and checks each message before anything is stored:
    all hear every message), then ``XADD`` into the zone's request stream, which only
    the tower writes. The request worker takes it from there.
 
+On a Redis Cluster the requests stay on classic pub/sub (Redis has no sharded pattern
+subscription; a classic message reaches every node, so each subscriber connection goes
+to any one node), and the answers go out on sharded pub/sub, as the worker's replies.
+
 Enrollment requests (``ct:{zone}:enroll:<credential>:<node id>``) pass the same checks
 and are handled here (``Enrollment``): they need ACL commands, which no script may run.
 
@@ -41,6 +45,7 @@ from wire.errors import (Forbidden, InvalidInput, MeshError, Unavailable, code_o
                          protocol_code)
 from wire.keys import Keys, node_id
 from wire.logs import Throttle
+from wire.redisconn import publish
 
 from . import metrics
 from .acl import AgentCredentials
@@ -173,6 +178,8 @@ class Gate:
         self._lock = threading.Lock()
         self.admitted = 0
         self.running = threading.Event()
+        self.arrived = threading.Event()    # set when a request was admitted (the worker)
+        self.sharded = store.sharded
         self._subscribed = 0
 
     # -- threads ---------------------------------------------------------------------------
@@ -325,7 +332,7 @@ class Gate:
             for call in calls:
                 queue(pipe, call)
             for channel, text in answers:
-                pipe.publish(channel, text)
+                publish(pipe, channel, text, self.sharded)
             replies = pipe.execute(raise_on_error=False)
         outcomes = settle_all(calls, replies)
         late: list[tuple[str, str]] = []
@@ -349,8 +356,9 @@ class Gate:
             elif outcome:
                 self.admitted += 1
                 self.metrics.admitted.inc()
+                self.arrived.set()
         for channel, text in late:
-            self.redis.publish(channel, text)
+            publish(self.redis, channel, text, self.sharded)
 
     # -- enrollment ------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter,
@@ -34,13 +35,14 @@ log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 REGISTRATION_RESULTS = ("ok", "invalid", "not-found", "conflict", "forbidden", "error")
+_M = TypeVar("_M")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def use_directory(path: Path) -> None:
     """Write this process's metrics to ``path`` (prometheus-client multiprocess mode);
     children started afterwards inherit it. Call before the first metric is created."""
-    if _worker is not None or _api is not None or _relay is not None:
+    if _created:
         raise RuntimeError("metrics were created before the multiprocess directory was set")
     os.environ[MULTIPROC_ENV] = str(path)
     values.ValueClass = values.get_value_class()
@@ -62,6 +64,9 @@ class WorkerMetrics:
         self.publish_latency = Histogram(
             "controltower_publish_latency_seconds", "From a zone change being logged to "
             "its publication on the zone channel", buckets=LATENCY_BUCKETS)
+        self.unreplicated = Counter(
+            "controltower_unreplicated_replies", "Redis Cluster: chunks of replies sent "
+            "although no replica confirmed their writes (WAIT) within 2 s")
 
 
 class GateMetrics:
@@ -111,40 +116,30 @@ class RelayMetrics:
             self.bytes.labels(path)
 
 
-_relay: RelayMetrics | None = None
+_created: dict[type, object] = {}
+
+
+def _once(cls: type[_M]) -> _M:
+    """The process's one instance of a metrics group (created at first use)."""
+    if cls not in _created:
+        _created[cls] = cls()
+    return _created[cls]  # type: ignore[return-value]
 
 
 def relay() -> RelayMetrics:
-    global _relay
-    if _relay is None:
-        _relay = RelayMetrics()
-    return _relay
-
-
-_worker: WorkerMetrics | None = None
-_api: ApiMetrics | None = None
-_gate: GateMetrics | None = None
+    return _once(RelayMetrics)
 
 
 def gate() -> GateMetrics:
-    global _gate
-    if _gate is None:
-        _gate = GateMetrics()
-    return _gate
+    return _once(GateMetrics)
 
 
 def worker() -> WorkerMetrics:
-    global _worker
-    if _worker is None:
-        _worker = WorkerMetrics()
-    return _worker
+    return _once(WorkerMetrics)
 
 
 def api() -> ApiMetrics:
-    global _api
-    if _api is None:
-        _api = ApiMetrics()
-    return _api
+    return _once(ApiMetrics)
 
 
 class ZoneCollector(Collector):

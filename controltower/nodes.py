@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass
 
 from ipam import cidr as cidrs
-from ipam.registry import MAX_ROUTES, Node, Registry, check_routes, check_tags
-from ipam.store import AUTO_APPROVE, KEY_EXPIRY, ZoneStore
+from ipam.registry import MAX_ROUTES, Node, Registry, check_routes, check_tags, parse_node
+from ipam.store import AUTO_APPROVE, KEY_EXPIRY, Zone, ZoneStore
 from wire import identity, messages
 from wire.errors import Conflict, InvalidInput, NotFound
 from wire.keys import node_id
@@ -50,9 +50,15 @@ class Nodes:
         except InvalidInput:
             return self._by_name(ref, zone)
         zones = [zone] if zone else self.store.zone_names()
-        for name in zones:
-            record = self.store.redis.hget(self.store.keys.peers(name), key)
-            node = self.registry.node(name, node_id(key))
+        nid = node_id(key)
+        with self.store.redis.pipeline(transaction=False) as pipe:   # one round trip
+            for name in zones:
+                pipe.hget(self.store.keys.peers(name), key)
+                pipe.hget(self.store.keys.nodes(name), nid)
+            replies = pipe.execute()
+        for i, name in enumerate(zones):
+            record, raw = replies[2 * i], replies[2 * i + 1]
+            node = parse_node(nid, raw) if raw is not None else None
             if record is not None or (node is not None and not node.removed):
                 return Found(name, key, messages.parse_peer(record) if record else None, node)
         raise NotFound(f"peer {key} does not exist")
@@ -108,42 +114,41 @@ class Nodes:
         approved = sorted((set(found.node.approved) | set(approve)) - set(revoke))
         if len(approved) > MAX_ROUTES:
             raise InvalidInput(f"a node has at most {MAX_ROUTES} approved prefixes")
-        node = self.registry.update_node(found.zone, found.node, approved=tuple(approved))
-        if found.peer is not None:
-            try:
-                self.reregister(zone.name, found.peer)
-            except Exception:
-                # Refused (a prefix another node holds): the approval is not kept either.
-                self.registry.update_node(found.zone, node, approved=found.node.approved)
-                raise
-        return node
+        return self._change(found, found.node, zone, approved=tuple(approved))
 
     def set_tags(self, found: Found, tags: list[object]) -> Node:
         """Replace a node's tags; a registered node's record is registered again, so its
         zone hears one upsert (policy sets are derived from it)."""
         if found.node is None:
             raise Conflict("this node was not enrolled: the tower does not manage its tags")
-        node = self.registry.update_node(found.zone, found.node, tags=check_tags(tags))
-        if found.peer is not None:
-            try:
-                self.reregister(found.zone, found.peer)
-            except Exception:
-                # Refused or Redis gone: the record keeps the tags its zone was told.
-                self.registry.update_node(found.zone, node, tags=found.node.tags)
-                raise
+        node = self._change(found, found.node, tags=check_tags(tags))
         log.info("node %s of zone %s: tags %s", node.name, found.zone, ", ".join(node.tags) or "none")
         return node
 
-    def reregister(self, zone_name: str, peer: Peer) -> None:
+    def _change(self, found: Found, old: Node, zone: Zone | None = None,
+                **changes: object) -> Node:
+        """Change an enrolled node's record; a registered node is registered again, so its
+        zone hears it. Refused (a prefix another node holds) or Redis gone: the record is
+        changed back, it keeps what its zone was told."""
+        node = self.registry.update_node(found.zone, old, **changes)
+        if found.peer is not None:
+            try:
+                self.reregister(zone or self.store.get_zone(found.zone), found.peer)
+            except Exception:
+                self.registry.update_node(found.zone, node,
+                                          **{k: getattr(old, k) for k in changes})
+                raise
+        return node
+
+    def reregister(self, zone: Zone, peer: Peer) -> None:
         """Run a registered node's record through the register script again (its
         approvals or the zone's auto-approve ranges changed)."""
-        zone = self.store.get_zone(zone_name)
         wanted = sorted({*peer.child_prefixes, *peer.pending_prefixes})
         self.store.run(self.store.enrolled_register_call(
             zone, peer.key, listen_port=peer.listen_port, session=peer.session,
             endpoint=peer.endpoint, request_ip=peer.address, child_prefixes=wanted,
             nat_type=peer.nat_type, hostname=peer.hostname))
-        self.store.flush(zone_name)
+        self.store.flush(zone.name)
 
     def renew(self, found: Found, now: float | None = None) -> Node:
         if found.node is None:
@@ -155,7 +160,8 @@ class Nodes:
         node = self.registry.update_node(found.zone, found.node, expires=now + float(days))
         self.store.redis.zadd(self.store.keys.expiring(found.zone), {node.key: node.expires})
         if found.peer is not None:
-            self.reregister(found.zone, found.peer)      # listings show the new expiry
+            # listings show the new expiry
+            self.reregister(self.store.get_zone(found.zone), found.peer)
         return node
 
     # -- zone settings -----------------------------------------------------------------------
@@ -175,12 +181,13 @@ class Nodes:
         return list(check_routes(network, ranges, "AutoApprove"))
 
     def set_auto_approve(self, zone: str, ranges: list[str]) -> None:
-        checked = self.auto_approve_ranges(self.store.get_zone(zone).network, ranges)
+        z = self.store.get_zone(zone)
+        checked = self.auto_approve_ranges(z.network, ranges)
         self.registry.zone_hset(zone, self.store.keys.zone(zone), {AUTO_APPROVE: json.dumps(checked)})
         for peer in self.store.peers(zone):          # pending ones now in range
             if peer.pending_prefixes:
                 try:
-                    self.reregister(zone, peer)
+                    self.reregister(z, peer)
                 except Conflict as exc:              # held by another node: stays pending
                     log.info("node %s keeps its pending prefixes: %s", peer.name or peer.key, exc)
 

@@ -32,6 +32,11 @@ def _json(schema: dict[str, Any], description: str, example: Any = None) -> dict
     return {"description": description, "content": {JSON: content}}
 
 
+def _body(schema: str, example: Any) -> dict[str, Any]:
+    """A required JSON request body of a schema, with an example."""
+    return {"required": True, "content": {JSON: {"schema": _ref(schema), "example": example}}}
+
+
 def _errors(*codes: str, auth: bool = True) -> dict[str, Any]:
     """References to the shared error responses (503 is possible on every route)."""
     if auth:
@@ -447,6 +452,7 @@ KEY_PARAM = {"name": "key", "in": "path", "required": True, "schema": {"type": "
              "description": "The node's name, name.zone, or public key. A key may be written "
                             "as it is ('/' and '+' "
                             "included) or percent-encoded."}
+NODE_PARAM = {**KEY_PARAM, "example": "laptop"}
 FORCE_PARAM = {"name": "force", "in": "query", "required": False,
                "schema": {"type": "string", "enum": ["true", "false", "1", "0"],
                           "default": "false"},
@@ -462,9 +468,8 @@ def _create_zone(operation_id: str, summary: str, name: str, cidr: str) -> dict[
     return {
         "tags": ["zones"], "operationId": operation_id, "summary": summary,
         "security": WRITE_SECURITY,
-        "requestBody": {"required": True, "content": {JSON: {
-            "schema": _ref("NewZone"),
-            "example": {"Name": name, "Description": f"Tenant - {name}", "CIDR": cidr}}}},
+        "requestBody": _body("NewZone", {"Name": name, "Description": f"Tenant - {name}",
+                                         "CIDR": cidr}),
         "responses": {"201": {**_json(_ref("NewZoneCreated"), "The zone was created.",
                                       {"Name": name, "Description": f"Tenant - {name}",
                                        "IpCidr": cidr, "AgentSecret": "q4Bm2x...shown-once"}),
@@ -529,10 +534,8 @@ PATHS: dict[str, Any] = {
             "tags": ["policy"], "operationId": "setPolicy", "security": WRITE_SECURITY,
             "summary": "Replace the zone's policy; an invalid one is refused whole (400, "
                        "every problem with rule index and field) and the old one stays",
-            "requestBody": {"required": True, "content": {JSON: {
-                "schema": _ref("PolicyDocument"),
-                "example": {"rules": [{"from": ["tag:ops"], "to": ["tag:servers"],
-                                       "ports": ["tcp/22", "icmp"]}]}}}},
+            "requestBody": _body("PolicyDocument", {"rules": [
+                {"from": ["tag:ops"], "to": ["tag:servers"], "ports": ["tcp/22", "icmp"]}]}),
             "responses": {"200": _json(_ref("Policy"), "Stored and sent to the zone's agents."),
                           **_errors("400", "404", "413")},
         },
@@ -564,9 +567,8 @@ PATHS: dict[str, Any] = {
         "post": {
             "tags": ["join keys"], "operationId": "createJoinKey", "security": WRITE_SECURITY,
             "summary": "Create a join key (shown once, as Key)",
-            "requestBody": {"required": True, "content": {JSON: {
-                "schema": _ref("NewJoinKey"),
-                "example": {"ExpiresIn": 3600, "Uses": 1, "Tags": ["servers"]}}}},
+            "requestBody": _body("NewJoinKey",
+                                 {"ExpiresIn": 3600, "Uses": 1, "Tags": ["servers"]}),
             "responses": {"201": _json(_ref("JoinKey"), "The key, shown this once."),
                           **_errors("400", "404", "409")},
         },
@@ -627,8 +629,7 @@ PATHS: dict[str, Any] = {
         "patch": {
             "tags": ["zones"], "operationId": "updateZone", "security": WRITE_SECURITY,
             "summary": "Change a zone's identity settings (zone secret, auto-approve, key expiry)",
-            "requestBody": {"required": True, "content": {JSON: {
-                "schema": _ref("ZoneSettingsChange"), "example": {"ZoneSecret": False}}}},
+            "requestBody": _body("ZoneSettingsChange", {"ZoneSecret": False}),
             "responses": {"200": _json(_ref("ZoneSettings"), "The settings now."),
                           **_errors("400", "404", "409")},
         },
@@ -673,29 +674,27 @@ PATHS: dict[str, Any] = {
         },
     },
     "/peers/{key}/routes": {
-        "parameters": [{**KEY_PARAM, "example": "laptop"}],
+        "parameters": [NODE_PARAM],
         "post": {
             "tags": ["routes"], "operationId": "approveRoutes", "security": WRITE_SECURITY,
             "summary": "Approve a node's child prefixes (or take approvals back)",
-            "requestBody": {"required": True, "content": {JSON: {
-                "schema": _ref("RouteChange"), "example": {"Approve": ["172.24.0.0/24"]}}}},
+            "requestBody": _body("RouteChange", {"Approve": ["172.24.0.0/24"]}),
             "responses": {"200": _json(_ref("RoutesOfNode"), "Its prefixes now."),
                           **_errors("400", "404", "409")},
         },
     },
     "/peers/{key}/tags": {
-        "parameters": [{**KEY_PARAM, "example": "laptop"}],
+        "parameters": [NODE_PARAM],
         "put": {
             "tags": ["policy"], "operationId": "setTags", "security": WRITE_SECURITY,
             "summary": "Replace a node's tags (the zone's agents hear one peer upsert)",
-            "requestBody": {"required": True, "content": {JSON: {
-                "schema": _ref("TagsChange"), "example": {"Tags": ["ops"]}}}},
+            "requestBody": _body("TagsChange", {"Tags": ["ops"]}),
             "responses": {"200": _json(_ref("TagsOfNode"), "Its tags now."),
                           **_errors("400", "404", "409")},
         },
     },
     "/peers/{key}/renew": {
-        "parameters": [{**KEY_PARAM, "example": "laptop"}],
+        "parameters": [NODE_PARAM],
         "post": {
             "tags": ["peers"], "operationId": "renewCredential", "security": WRITE_SECURITY,
             "summary": "Renew a node's credential for another key-expiry period",

@@ -33,7 +33,7 @@ from ipam.store import DEFAULT_ZONE, ZoneStore
 from wire import logs
 from wire.errors import MeshError, Unavailable
 from wire.keys import Keys
-from wire.redisconn import RedisTLS, connect, never_evicted
+from wire.redisconn import ClusterNodes, RedisTLS, connect, never_evicted
 from wire.secretfile import read_or_create_secret, read_secret, write_secret
 
 from . import children, metrics
@@ -66,6 +66,7 @@ class ServeSettings:
     expiry: float = 86400.0
     publish_window: float = 0.02
     publish_window_max: float = 0.25     # a busy zone's window grows up to this
+    cluster_replica_acks: int = 1        # Redis Cluster: WAIT for this many replicas
     agent_acl: bool = True
     read_auth: str = "auto"          # auto: open on a loopback bind, token otherwise
     admin_token_file: Path | None = None
@@ -185,13 +186,14 @@ class Tower:
         store.ensure_default_zone()
         creds = None
         if s.agent_acl:
-            server_id = self._server_id(store)     # before the users are applied
+            server_ids = self._server_ids(store)     # before the users are applied
             creds = self._agent_credentials(store)
-            self._thread(lambda stop: self._follow_redis(store, server_id, stop),
+            self._thread(lambda stop: self._follow_redis(store, server_ids, stop),
                          "redis-watch")
         self.token_file = self._admin_token_file()
         worker = RequestWorker(store, publish_window=s.publish_window,
-                               publish_window_max=s.publish_window_max, credentials=creds)
+                               publish_window_max=s.publish_window_max, credentials=creds,
+                               replica_acks=s.cluster_replica_acks)
         self._thread(worker.run, "request-worker")      # and its gate
         if s.stun_port:
             # Two ports, so an agent asking both can tell a symmetric NAT (a new
@@ -327,24 +329,44 @@ class Tower:
         return creds
 
     @staticmethod
-    def _server_id(store: ZoneStore) -> str:
-        return store.redis.info("server")["run_id"]
+    def _server_ids(store: ZoneStore) -> dict[str, str]:
+        """The run id of each Redis server the agent users live on: the one Redis, or
+        every node of a Redis Cluster (by address; a node that does not answer is left
+        out, and gets the users when it answers again)."""
+        if not store.sharded:
+            return {"": store.redis.info("server")["run_id"]}
+        nodes = ClusterNodes(store.redis)
+        ids = {}
+        for address in nodes.ids():
+            try:
+                ids[address] = nodes.client(address).info("server")["run_id"]
+            except redis.exceptions.RedisError:
+                pass
+        return ids
 
-    def _follow_redis(self, store: ZoneStore, applied_on: str, stop: threading.Event,
-                      interval: float = 1.0) -> None:
-        """Re-apply the agent users when the Redis server changes under us.
+    def _follow_redis(self, store: ZoneStore, applied_on: dict[str, str],
+                      stop: threading.Event, interval: float = 1.0) -> None:
+        """Re-apply the agent users where a Redis server changed under us.
 
         ACL users are not replicated and not in the AOF: after a Sentinel failover (the
-        URL now leads to a promoted replica) or a restart without an ACL file, agents
-        could not log in until the users are set again from their stored digests.
-        ``applied_on`` is the server (run id) they were last applied on, read before."""
+        URL now leads to a promoted replica), a restart without an ACL file, or on a
+        Redis Cluster a node that joined or restarted, agents could not log in there
+        until the users are set again from their stored digests. ``applied_on``: the
+        servers (address -> run id) they were last applied on, read before. (On a
+        cluster every replica has the users already: a promotion changes nothing.)"""
         while not stop.wait(interval):
             try:
-                now = self._server_id(store)
-                if now != applied_on:
-                    AgentCredentials(store.redis, store.keys).sync(store.zone_names())
-                    log.warning("the Redis server changed (failover or restart): re-applied "
-                                "the agent users of every zone")
+                now = self._server_ids(store)
+                changed = [address for address, run_id in now.items()
+                           if applied_on.get(address) != run_id]
+                if changed:
+                    creds = AgentCredentials(store.redis, store.keys)
+                    servers = None if creds.nodes is None else [
+                        creds.nodes.client(address) for address in changed]
+                    creds.sync(store.zone_names(), servers)
+                    log.warning("Redis server(s) changed (failover, restart or a new cluster "
+                                "node%s): re-applied the agent users of every zone there",
+                                f": {', '.join(changed)}" if creds.nodes is not None else "")
                     applied_on = now
             except (redis.exceptions.RedisError, MeshError) as exc:
                 log.debug("cannot check the Redis server: %s", exc)

@@ -30,6 +30,7 @@ elapsed (``PublishWindow``, adaptive), also between the chunks of one large batc
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import threading
 import time
@@ -46,6 +47,7 @@ from wire.errors import Forbidden, MeshError, NotFound, protocol_code
 from wire.keys import REQUEST_GROUP
 from wire.logs import Throttle
 from wire.messages import Request
+from wire.redisconn import publish
 
 from . import metrics, towerkey
 from .acl import AgentCredentials
@@ -55,6 +57,10 @@ from .publisher import Publisher
 
 log = logging.getLogger(__name__)
 
+# How long a chunk's writes wait for a replica on a Redis Cluster (``WAIT``), in ms.
+WAIT_MS = 500
+WAIT_ATTEMPTS = 4            # a lagging replica gets up to 2 s before the replies leave
+UNREPLICATED_SKIP = 10.0     # seconds without WAIT on a shard whose replicas did not answer
 # Request orders are kept this many clock-skew windows (see RequestWorker._reap).
 ORDER_MEMORY = 10
 
@@ -67,7 +73,8 @@ class RequestWorker:
                  zone_refresh: float = 1.0, reap_interval: float = 5.0,
                  heartbeat_ttl: float = 10.0,
                  clock: Callable[[], float] = time.monotonic,
-                 credentials: "AgentCredentials | None" = None) -> None:
+                 credentials: "AgentCredentials | None" = None,
+                 replica_acks: int = 1) -> None:
         self.store = store
         self.redis = store.redis
         self.keys = store.keys
@@ -82,9 +89,16 @@ class RequestWorker:
         self.heartbeat_ttl = heartbeat_ttl
         self.credentials = credentials   # the node users' manager: ephemeral/expired nodes
         self.tower_private, self.tower_public = towerkey.load_or_create(self.redis, self.keys)
+        store.copy_tower_key(store.zone_names(), self.tower_public)
+        # A Redis Cluster (docs/operations.md): replies on sharded pub/sub, streams read
+        # zone by zone, every write replicated before its reply (``replica_acks``).
+        self.sharded = store.sharded
+        self.replica_acks = replica_acks if self.sharded else 0
+        self._unreplicated: dict[str, float] = {}       # cluster node -> skip WAIT until
+        self._unreplicated_warned: dict[str, float] = {}
         # Requests reach the stream through the gate only (controltower/gate.py); its
         # subscriber connections come from the store's connection pool.
-        self.gate = Gate(store, lambda: self.redis, self.tower_private, credentials,
+        self.gate = Gate(store, self._subscriber_client, self.tower_private, credentials,
                          clock_skew=clock_skew)
         store.scripts.load()
         self.metrics = metrics.worker()
@@ -103,6 +117,15 @@ class RequestWorker:
         self._beat_at = 0.0
         self.handled = 0
         self.running = threading.Event()
+
+    def _subscriber_client(self) -> redis.Redis:
+        """The client of the gate's subscriber connections: the store's, or on a Redis
+        Cluster one primary's, any one (classic pub/sub reaches every node; a primary
+        gone makes the gate subscribe again elsewhere; requests sent meanwhile are lost,
+        as on a single Redis restarting, and the agents send them again)."""
+        if not self.sharded:
+            return self.redis
+        return random.choice(self.redis.get_primaries()).redis_connection
 
     # -- loop -----------------------------------------------------------------------
 
@@ -151,8 +174,11 @@ class RequestWorker:
         if streams:
             block = self._block_ms()
             try:
-                batches = self.redis.xreadgroup(REQUEST_GROUP, self.consumer, streams,
-                                                count=self.batch, block=block)
+                if self.sharded:
+                    batches = self._read_each(streams, block)
+                else:
+                    batches = self.redis.xreadgroup(REQUEST_GROUP, self.consumer, streams,
+                                                    count=self.batch, block=block)
             except redis.exceptions.ResponseError as exc:
                 # A zone deleted under us: its group is gone (NOGROUP), or Redis 7 ends
                 # the blocked read of its stream (UNBLOCKED ... no longer exists).
@@ -167,6 +193,75 @@ class RequestWorker:
             time.sleep(min(self.zone_refresh, 0.2))
         self._publish()
         self.throttle.tick()
+
+    def _read_each(self, streams: dict[str, str], block: int) -> list[Any]:
+        """A Redis Cluster: one XREADGROUP reads streams of one slot only. So one
+        non-blocking XREADGROUP per zone, in one pipeline (redis-py writes every node's
+        commands before reading any reply); when none had anything, wait until the gate
+        admits a request (in this process) or ``block`` ms pass. A request another
+        replica's gate admitted is read at the latest ``block`` ms later."""
+        for attempt in range(2):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for stream in streams:
+                    pipe.xreadgroup(REQUEST_GROUP, self.consumer, {stream: ">"},
+                                    count=self.batch)
+                replies = pipe.execute(raise_on_error=False)
+            batches: list[Any] = []
+            for reply in replies:
+                if isinstance(reply, redis.exceptions.ResponseError):
+                    if "NOGROUP" not in str(reply):
+                        raise reply
+                    self._zones_at = 0.0     # a zone was deleted under us: refresh
+                elif isinstance(reply, Exception):
+                    raise reply
+                elif isinstance(reply, dict):        # RESP3
+                    batches += [(stream, entries[0]) for stream, entries in reply.items()]
+                else:
+                    batches += reply or []
+            if batches or attempt:
+                return batches
+            self.gate.arrived.wait(block / 1000)
+            self.gate.arrived.clear()
+        return []
+
+    def _wait_replicas(self, zone: str, pipe: Any = None) -> bool:
+        """On a Redis Cluster, ``WAIT`` until a replica of the zone's shard has the writes
+        just made (queued on ``pipe``, whose last reply the caller hands to
+        ``_check_replicated``; or sent now): a primary lost after a reply then loses no
+        write the reply acknowledged (docs/operations.md). False: nothing to wait for."""
+        if not self.replica_acks:
+            return False
+        node = self.redis.get_node_from_key(self.keys.requests(zone))
+        if self._unreplicated.get(node.name, 0.0) > self.clock():
+            return False        # its replicas did not answer lately: do not stall on them
+        if pipe is not None:
+            pipe.execute_command("WAIT", self.replica_acks, WAIT_MS, target_nodes=node)
+        else:
+            self._check_replicated(zone, self.redis.execute_command(
+                "WAIT", self.replica_acks, WAIT_MS, target_nodes=node))
+        return True
+
+    def _check_replicated(self, zone: str, acks: Any) -> None:
+        """A replica lagging (``WAIT`` answered fewer acks): wait again, up to
+        ``WAIT_ATTEMPTS`` in all, before the replies leave; then reply anyway, warn, and
+        skip ``WAIT`` on that shard for ``UNREPLICATED_SKIP`` seconds (a replica down must
+        not stall every chunk by ``WAIT_MS``)."""
+        node = self.redis.get_node_from_key(self.keys.requests(zone))
+        for _ in range(WAIT_ATTEMPTS - 1):
+            if isinstance(acks, int) and acks >= self.replica_acks:
+                return
+            acks = self.redis.execute_command("WAIT", self.replica_acks, WAIT_MS,
+                                              target_nodes=node)
+        if isinstance(acks, int) and acks >= self.replica_acks:
+            return
+        now = self.clock()
+        self._unreplicated[node.name] = now + UNREPLICATED_SKIP
+        self.metrics.unreplicated.inc()
+        if now - self._unreplicated_warned.get(node.name, -1e9) >= 60:
+            self._unreplicated_warned[node.name] = now
+            log.warning("no replica of the Redis Cluster node %s (zone %s) confirmed the "
+                        "writes within %.1f s: replying anyway; a failover now could lose "
+                        "them", node.name, zone, WAIT_MS * WAIT_ATTEMPTS / 1000)
 
     def _beat(self, now: float) -> None:
         """Tell the API (``/ready``) this worker is alive: a key that expires unless renewed."""
@@ -353,11 +448,15 @@ class RequestWorker:
                 queue(pipe, call)
             for job in outbox:
                 if job.channel is not None and job.reply is not None:
-                    pipe.publish(job.channel, job.reply)
+                    publish(pipe, job.channel, job.reply, self.sharded)
             if ids:
                 pipe.xack(stream, REQUEST_GROUP, *ids)
                 pipe.xdel(stream, *ids)
-            outcomes = settle_all(calls, pipe.execute(raise_on_error=False))
+            waited = bool(called) and self._wait_replicas(zone, pipe)   # before the replies
+            replies = pipe.execute(raise_on_error=False)
+            outcomes = settle_all(calls, replies)
+        if waited:
+            self._check_replicated(zone, replies[-1])
         self.publisher.settled(steps, outcomes[len(called):])
         self._publish(start=False)    # the updates just read go out now, before the replies
         more = [(job, outcome) for (job, _), outcome in zip(called, outcomes)
@@ -368,6 +467,7 @@ class RequestWorker:
         if more:
             for (job, _), outcome in zip(more, self._run([call for _, call in more])):
                 self._answer(job, outcome)
+            self._wait_replicas(zone)
             self.publisher.changed(zone, len(more))   # changed after this pipeline's read
 
     def _call(self, zone: str, job: Job) -> Call:

@@ -16,8 +16,15 @@ touch "$acl"
 digest=$(printf '%s' "$REDIS_PASSWORD" | sha256sum | cut -d' ' -f1)
 { grep -v '^user default ' "$acl" || true; echo "user default on #$digest ~* &* +@all"; } > "$acl.new"
 mv "$acl.new" "$acl"
+# A Redis Cluster node (docker-compose.cluster.yml): its port, and the password its
+# replica side logs in to its primary with, in a config file of mode 0600.
+if [ "${REDIS_CLUSTER:-no}" = yes ]; then
+    printf 'port %s\nmasteruser default\nmasterauth %s\n' "${REDIS_PORT:-6379}" \
+        "$REDIS_PASSWORD" > "$data/cluster.conf"
+    set -- "$data/cluster.conf" "$@"
+fi
 unset REDIS_PASSWORD digest
 
 # The image's own entrypoint hands /data to the redis user and drops root.
-exec docker-entrypoint.sh redis-server --dir "$data" --aclfile "$acl" \
+exec docker-entrypoint.sh redis-server "$@" --dir "$data" --aclfile "$acl" \
     --appendonly yes --appendfsync always --loglevel notice

@@ -34,7 +34,7 @@ class Call:
     commands: tuple[tuple[Any, ...], ...]
     decode: Callable[[list[Any]], Any]
     scripts: tuple[Script, ...] = ()     # the scripts ``commands`` run (EVALSHA)
-    reload: bool = False                 # load ``scripts`` first: Redis lost them
+    reload: bool = False                 # send ``scripts`` as EVAL: Redis lost them
 
     @classmethod
     def script(cls, script: Script, keys: list[str], args: list[Any],
@@ -46,15 +46,19 @@ class Call:
     @property
     def size(self) -> int:
         """How many replies the call's commands produce in a pipeline."""
-        return len(self.commands) + (len(self.scripts) if self.reload else 0)
+        return len(self.commands)
 
 
 def queue(pipe: Pipeline, call: Call) -> None:
-    """Add a call's commands to a pipeline (executed with raise_on_error=False)."""
-    if call.reload:
-        for script in call.scripts:
-            pipe.execute_command("SCRIPT LOAD", script.script)
+    """Add a call's commands to a pipeline (executed with raise_on_error=False).
+
+    A call whose scripts Redis lost runs them with ``EVAL`` and their source, which also
+    caches them again. (Not ``SCRIPT LOAD`` first: it names no key, so a Redis Cluster
+    pipeline cannot route it to the node that lost them, a promoted replica say.)"""
+    sources = {script.sha: script.script for script in call.scripts} if call.reload else {}
     for command in call.commands:
+        if sources and command and command[0] == "EVALSHA" and command[1] in sources:
+            command = ("EVAL", sources[command[1]], *command[2:])
         if command and isinstance(command[-1], dict):
             pipe.execute_command(*command[:-1], **command[-1])
         else:
@@ -65,8 +69,6 @@ def settle(call: Call, replies: list[Any]) -> Any:
     """What a call's replies come to: the result, the next Call, or an exception
     (returned). Connection errors never get here: the pipeline raises them, and the
     calls may then have run or not."""
-    if call.reload:
-        replies = replies[len(call.scripts):]
     if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
         # Redis lost its scripts (restart, SCRIPT FLUSH): nothing of this call ran.
         return replace(call, reload=True)

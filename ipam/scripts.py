@@ -7,9 +7,11 @@ from importlib import resources
 from redis import Redis
 from redis.commands.core import Script
 
+from wire.redisconn import is_cluster
+
 NAMES = ("candidate", "register", "replace_peer", "remove_peer", "heartbeat", "pending",
          "publish", "create_zone", "delete_zone", "enroll", "remove_node", "admit",
-         "zone_hset", "set_policy")
+         "zone_hset", "set_policy", "copy_tower")
 
 
 @cache
@@ -31,7 +33,12 @@ class Scripts:
         """Load every script into Redis now (one round trip), so that the first
         pipeline of EVALSHA calls finds them. (A call whose script Redis lost later,
         after a restart or SCRIPT FLUSH, is sent again with its script: see
-        ipam/calls.py settle.)"""
+        ipam/calls.py settle.) On a Redis Cluster, into every primary (``SCRIPT LOAD``
+        names no key: redis-py sends it to all of them, one at a time)."""
+        if is_cluster(self.client):
+            for name in NAMES:
+                self.client.script_load(getattr(self, name).script)
+            return
         with self.client.pipeline(transaction=False) as pipe:
             for name in NAMES:
                 pipe.script_load(getattr(self, name).script)
@@ -51,3 +58,4 @@ class Scripts:
     admit: Script
     zone_hset: Script
     set_policy: Script
+    copy_tower: Script

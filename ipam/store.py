@@ -33,6 +33,7 @@ from wire import snapshot as snapshots
 from wire.errors import Conflict, InvalidInput, NotFound
 from wire.keys import REQUEST_GROUP, Keys, node_id
 from wire.messages import Peer
+from wire.redisconn import is_cluster, publish_command
 
 from . import cidr as cidrs
 from .calls import MAX_STEPS, Call, queue, settle
@@ -113,6 +114,9 @@ class ZoneStore:
         self.expiry = expiry
         self.change_log_length = change_log_length
         self.scripts = Scripts(client)
+        # On a Redis Cluster the zone updates travel on sharded pub/sub (SPUBLISH).
+        self.sharded = is_cluster(client)
+        self.publish_command = publish_command(self.sharded)
         self._zone_cache: dict[str, Zone] = {}
 
     # -- zones ---------------------------------------------------------------------
@@ -127,20 +131,43 @@ class ZoneStore:
             raise InvalidInput(f"description must be a string of at most {MAX_DESCRIPTION} characters")
         zone = Zone(name, description, str(network), time.time())
         k = self.keys
-        with self.redis.pipeline(transaction=True) as pipe:
-            self.scripts.create_zone(
-                keys=[k.zone(name), k.requests(name), k.auth(name), k.joinkeys(name),
-                      k.nodes(name), k.names(name), k.ephemeral(name), k.expiring(name),
-                      k.paths(name)],
-                args=[name, description, zone.cidr, zone.created, REQUEST_GROUP,
-                      *(x for pair in (auth or {}).items() for x in pair)],
-                client=pipe)
-            pipe.sadd(k.zones, name)
-            created, _ = pipe.execute()
+        zone_keys = [k.zone(name), k.requests(name), k.auth(name), k.joinkeys(name),
+                     k.nodes(name), k.names(name), k.ephemeral(name), k.expiring(name),
+                     k.paths(name), k.fwstate(name), k.policy(name), k.zone_tower(name)]
+        # The tower key's copy is written with the zone: an agent on a Redis Cluster
+        # reads it in the zone's slot, and a deletion racing the creation takes it too.
+        args = [name, description, zone.cidr, zone.created, REQUEST_GROUP,
+                self.redis.get(k.tower_public) or "",
+                *(x for pair in (auth or {}).items() for x in pair)]
+        if self.sharded:
+            # The index and the zone are in two slots: the index first. A name in the
+            # index without its zone hash is skipped by list_zones (docs/operations.md).
+            self.redis.sadd(k.zones, name)
+            created = self.scripts.create_zone(keys=zone_keys, args=args)
+        else:
+            with self.redis.pipeline(transaction=True) as pipe:
+                self.scripts.create_zone(keys=zone_keys, args=args, client=pipe)
+                pipe.sadd(k.zones, name)
+                created, _ = pipe.execute()
         if created[0] != "ok":
             raise refusal(created[0], zone=name)
         log.info("zone %s created with CIDR %s", name, zone.cidr)
         return zone
+
+    def copy_tower_key(self, zones: list[str], public: str | None = None) -> None:
+        """Copy the tower's public key into each zone's slot (``Keys.zone_tower``): an
+        agent on a Redis Cluster reads every key of its zone from one shard. Only into
+        zones that exist (``copy_tower.lua``: a zone deleted meanwhile keeps no copy). No
+        key yet (no tower has started): the tower copies it into every zone when it does."""
+        public = public or self.redis.get(self.keys.tower_public)
+        if not public:
+            return
+        script = self.scripts.copy_tower
+        for start in range(0, len(zones), 1000):
+            self.run(Call(tuple(("EVALSHA", script.sha, 2, self.keys.zone(zone),
+                                 self.keys.zone_tower(zone), public)
+                                for zone in zones[start:start + 1000]),
+                          lambda replies: None, (script,)))
 
     def ensure_default_zone(self) -> None:
         try:
@@ -190,7 +217,8 @@ class ZoneStore:
                      k.free(name), k.cursor(name), k.published(name), k.changes(name),
                      k.seen(name), k.applied(name), k.requests(name), k.auth(name),
                      k.nodes(name), k.names(name), k.joinkeys(name), k.ephemeral(name),
-                     k.expiring(name), k.paths(name), k.policy(name), k.fwstate(name)]
+                     k.expiring(name), k.paths(name), k.policy(name), k.fwstate(name),
+                     k.zone_tower(name)]
 
         def deleted(reply: list[Any]) -> Call | None:
             if reply[0] == "ok":
@@ -204,7 +232,8 @@ class ZoneStore:
             rev = int(replies[0] or 0)
             return Call.script(self.scripts.delete_zone, zone_keys,
                                [int(force), k.updates(name), rev,
-                                messages.zone_deleted(name, rev + 1)], deleted)
+                                messages.zone_deleted(name, rev + 1), self.publish_command],
+                               deleted)
         return Call((("GET", k.rev(name)),), read)
 
     # -- registration ------------------------------------------------------------------
@@ -520,7 +549,7 @@ class ZoneStore:
                 return self.flush_call(zone, max_changes, published, attempt + 1)
             raise refusal("contended" if reply[0] == "moved" else reply[0],
                           what=f"the published revision of zone {zone}")
-        args: list[Any] = [self.keys.updates(zone), since]
+        args: list[Any] = [self.keys.updates(zone), since, self.publish_command]
         for rev, message in updates(zone, entries, max_changes):
             args += [rev, message]
         return Call.script(self.scripts.publish, [self.keys.published(zone)], args, sent)

@@ -12,9 +12,10 @@ import json
 import re
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from .errors import MeshFailure
 from .host import Host, HostProcess
@@ -231,6 +232,16 @@ class Mesh:
             if src.ping(address, count=1, timeout=0.3):
                 return time.monotonic() - start
         return None
+
+
+@contextmanager
+def towered_lab() -> Iterator[tuple[Lab, Mesh]]:
+    """A lab with a public host "tower" running ``controltower serve``: (lab, mesh); the
+    lab and everything in it removed on exit, even on failure."""
+    with Lab() as lab:
+        mesh = Mesh(lab, lab.add_public_host("tower"))
+        mesh.start_tower()
+        yield lab, mesh
 
 
 def _raise(exc: Exception):

@@ -114,3 +114,17 @@ def store(redis_client: redis.Redis) -> Any:
     zones = ZoneStore(redis_client, expiry=60)
     zones.ensure_default_zone()
     return zones
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The options ``aircrew`` would start its agent with: filled in by a stand-in for the
+    agent's run (no network), empty if the command never got that far."""
+    from aircrew import cli
+    seen: dict[str, Any] = {}
+
+    def fake_run(opts: dict[str, Any]) -> int:
+        seen.update(opts)
+        return 0
+    monkeypatch.setattr(cli, "_run_agent", fake_run)
+    return seen

@@ -1,5 +1,5 @@
 """What a refused request must leave alone in Redis: every key's value and every Redis
-user (tests of bad REST input compare it before and after)."""
+user (tests of bad REST input compare it before and after), and the check itself."""
 from __future__ import annotations
 
 import json
@@ -24,3 +24,15 @@ def _value(text: str):
     except ValueError:
         return text
     return {k: ([] if v == {} else v) for k, v in data.items()} if isinstance(data, dict) else data
+
+
+def refused_unchanged(client, client_redis, method: str, path: str, body: str, words: str):
+    """Send ``body`` (surrogates kept) to ``path``: a 4xx whose error says ``words``, and
+    Redis exactly as it was. The answer, for further checks."""
+    before = state(client_redis)
+    answer = client.open(path, method=method, data=body.encode("utf-8", "surrogatepass"),
+                         content_type="application/json")
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.get_data(as_text=True))
+    assert words in answer.get_json()["error"]
+    assert state(client_redis) == before
+    return answer

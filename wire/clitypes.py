@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from . import addresses, identity, messages, policy, proof
+from . import addresses, identity, messages, policy, proof, redisconn
 from .errors import InvalidInput, MeshError
 
 
@@ -115,6 +115,7 @@ PUBLIC_KEY = Checked("key", lambda text: messages.public_key(text.strip()))
 PRIVATE_KEY = Checked("key", _private_key)
 TAG = Checked("tag", _tag)
 PACKET = Checked("port", _packet)
+REDIS_URL = Checked("url", redisconn.check_url)     # redis(s)://, unix://, +sentinel, +cluster
 
 
 class SecretOption(click.Option):

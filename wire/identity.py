@@ -91,11 +91,3 @@ def name_from_host(host: str) -> str:
     label = host.strip().split(".")[0].lower()
     label = re.sub(r"[^a-z0-9]+", "-", label).strip("-")
     return label[:NAME_MAX - 4].strip("-") or "node"
-
-
-def numbered(name: str, n: int) -> str:
-    """The n-th candidate for a name taken already: name, name-2, name-3..."""
-    if n <= 1:
-        return name
-    suffix = f"-{n}"
-    return name[:NAME_MAX - len(suffix)].rstrip("-") + suffix

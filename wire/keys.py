@@ -129,6 +129,11 @@ class Keys:
         """Replay guard, expires after the clock-skew window."""
         return self._z(zone, f"nonce:{node_id(public_key)}:{nonce}")
 
+    def zone_tower(self, zone: str) -> str:
+        """The tower's X25519 public key, copied into the zone's slot: on a Redis
+        Cluster an agent reads every key of its zone from one shard (docs/operations.md)."""
+        return self._z(zone, "tower")
+
     def updates(self, zone: str) -> str:
         """Pub/sub channel: zone updates (revision + changes)."""
         return self._z(zone, "updates")

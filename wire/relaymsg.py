@@ -131,10 +131,6 @@ class ProbeAck:
 Message = Union[Bind, BindOk, BindRefused, Probe, ProbeAck]
 
 
-def is_ours(data: bytes) -> bool:
-    return data[:4] == MAGIC
-
-
 def message_type(data: bytes) -> int | None:
     return data[4] if len(data) > 4 and data[:4] == MAGIC else None
 

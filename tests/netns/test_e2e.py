@@ -10,18 +10,14 @@ import time
 
 import pytest
 
-from testbed.lab import Lab
-from testbed.mesh import BIN, Mesh, in_network, wait_for
+from testbed.mesh import BIN, in_network, towered_lab, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def world():
-    with Lab() as lab:
-        tower = lab.add_public_host("tower")
-        mesh = Mesh(lab, tower)
-        mesh.start_tower()
+    with towered_lab() as (lab, mesh):
         hosts = {name: lab.add_public_host(name) for name in ("p1", "p2")}
         for nat_name, spoke in (("n1", "l1"), ("n2", "l2")):
             hosts[spoke] = lab.add_private_host(spoke, lab.add_nat(nat_name))

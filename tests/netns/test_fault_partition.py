@@ -19,8 +19,7 @@ import time
 
 import pytest
 
-from testbed.lab import Lab
-from testbed.mesh import BIN, Mesh, wait_for
+from testbed.mesh import BIN, Mesh, towered_lab, wait_for
 
 TOOLS = ("ip", "nft", "unshare", "ping", "wireguard-go", "wg", "curl", "redis-server")
 CUT_FOR = 60.0
@@ -49,10 +48,7 @@ def device_view(mesh: Mesh, host) -> dict[str, tuple[str, ...]]:
 
 def test_agent_cut_off_for_60s_converges_within_5s_of_link_up(monkeypatch):
     measure = float(os.environ.get("FAULT_CUTOFF_MEASURE", "0"))
-    with Lab() as lab:
-        tower = lab.add_public_host("tower")
-        mesh = Mesh(lab, tower)
-        mesh.start_tower()
+    with towered_lab() as (lab, mesh):
         cut = lab.add_public_host("cut")
         others = {name: lab.add_public_host(name) for name in ("p1", "p2")}
         agents = {"cut": mesh.start_agent(cut)}
@@ -70,7 +66,7 @@ def test_agent_cut_off_for_60s_converges_within_5s_of_link_up(monkeypatch):
         agents["p2"].proc.stop()
         monkeypatch.setenv("AIRCREW_CONTROLLER_PASSWORD", mesh.secrets["default"])  # not argv
         out = others["p2"].run([str(BIN / "aircrew"), "down",
-                                f"--controller={tower.address}"]).stdout
+                                f"--controller={mesh.tower.address}"]).stdout
         monkeypatch.delenv("AIRCREW_CONTROLLER_PASSWORD")
         assert "left zone default" in out, out
         j2 = mesh.start_agent(lab.add_public_host("j2"))

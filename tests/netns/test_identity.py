@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from testbed.lab import Lab
-from testbed.mesh import BIN, Mesh, wait_for
+from testbed.mesh import BIN, Mesh, towered_lab, wait_for
 from wire import identity
 
 pytestmark = pytest.mark.slow
@@ -21,10 +20,7 @@ HOSTS_FILE = "/etc/hosts"      # each lab host has its own (testbed.netns.enter 
 
 @pytest.fixture(scope="module")
 def world():
-    with Lab() as lab:
-        tower = lab.add_public_host("tower")
-        mesh = Mesh(lab, tower)
-        mesh.start_tower()
+    with towered_lab() as (lab, mesh):
         yield lab, mesh
 
 

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from testbed.lab import Lab
-from testbed.mesh import BIN, Mesh, wait_for
+from testbed.mesh import BIN, Mesh, towered_lab, wait_for
 from testbed.probe import OPEN, REFUSED
 
 pytestmark = pytest.mark.slow
@@ -43,10 +42,7 @@ def table(host) -> str:
 
 @pytest.fixture(scope="module")
 def world():
-    with Lab() as lab:
-        tower = lab.add_public_host("tower")
-        mesh = Mesh(lab, tower)
-        mesh.start_tower()
+    with towered_lab() as (lab, mesh):
         keys = {tag: mesh.curl("POST", "/zones/default/join-keys",
                                {"Tags": [tag]} if tag else {})[1]["Key"]
                 for tag in ("ops", "servers", "")}

@@ -116,7 +116,8 @@ def test_a_node_can_run_exactly_the_commands_it_needs(zones, redis_client):
                k.reply("zone-blue", node=node.id), k.zone("zone-red")]
     assert _allowed(redis_client, node.user, targets) == {
         "auth", "client|id", "client|setname", "discard", "exec", "get", "hello", "hget",
-        "hgetall", "multi", "ping", "publish", "quit", "reset", "subscribe", "unsubscribe"}
+        "hgetall", "multi", "ping", "publish", "quit", "reset", "subscribe", "unsubscribe",
+        "ssubscribe", "sunsubscribe"}      # sharded pub/sub: the tower on a Redis Cluster
 
 
 def test_a_relay_can_run_exactly_the_commands_it_needs(zones, redis_client):

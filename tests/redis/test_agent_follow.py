@@ -221,3 +221,31 @@ def test_state_files_are_written_at_most_once_a_second_and_on_exit(world, tmp_pa
         assert set(cache.peer_map()) == set(sim.agent.mirror.peers)
         assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files.all())
     run(scenario)
+
+
+def test_a_published_revision_below_ours_resyncs(world, tmp_path):
+    """A failover that lost the last change (Redis replication is asynchronous): the
+    zone's published revision goes below the agent's. Updates up to the agent's revision
+    would be dropped as stale, so two looks below it take a snapshot."""
+    redis_proc, store = world
+    k = store.keys
+
+    async def scenario():
+        sim = agent_with(redis_proc, tmp_path, 3, revision_interval=0.2, drift_interval=3600)
+        try:
+            await started(sim, store.redis)
+            key = join(store, 102)
+            store.flush(ZONE)
+            await until(lambda: key in sim.device.state.peers, 5, "the join")
+            resyncs, rev = sim.agent.resyncs, int(store.redis.get(k.published(ZONE)))
+            # the change is lost: as if the primary that had it died unreplicated
+            store.redis.hdel(k.peers(ZONE), key)
+            store.redis.set(k.rev(ZONE), rev - 1)
+            store.redis.set(k.published(ZONE), rev - 1)
+            await until(lambda: sim.agent.resyncs > resyncs and key not in sim.device.state.peers,
+                        REVISION_RECHECK * 3 + 2, "the resync")
+            assert sim.agent.mirror.rev == rev - 1
+            assert simagent.in_sync(sim, simagent.zone_view(store.redis)) and not sim.errors
+        finally:
+            await simagent.stop([sim])
+    run(scenario)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from controltower.acl import AgentCredentials
-from tests.redisstate import state
+from tests.redisstate import refused_unchanged, state
 from ipam.store import ZoneStore
 from wire.keys import Keys
 from wire.proof import generate_private_key, public_key_of
@@ -79,12 +79,7 @@ BAD = [
 @pytest.mark.parametrize("method, path, body, words", BAD, ids=[f"{m} {p} {b[:40]}" for m, p, b, _ in BAD])
 def test_bad_input_is_a_clear_4xx_and_changes_nothing(world, client, redis_client,
                                                       method, path, body, words):
-    before = state(redis_client)
-    answer = client.open(path, method=method, data=body.encode("utf-8", "surrogatepass"),
-                         content_type="application/json")
-    assert 400 <= answer.status_code < 500, (answer.status_code, answer.get_data(as_text=True))
-    assert words in answer.get_json()["error"]
-    assert state(redis_client) == before
+    refused_unchanged(client, redis_client, method, path, body, words)
 
 
 def test_an_approval_another_node_holds_is_refused_and_not_kept(world, client, redis_client):

@@ -7,7 +7,7 @@ import pytest
 
 from controltower.acl import AgentCredentials
 from ipam.store import ZoneStore
-from tests.redisstate import state
+from tests.redisstate import refused_unchanged, state
 from wire.keys import Keys
 from wire.proof import generate_private_key, public_key_of
 
@@ -70,12 +70,7 @@ def with_policy(app, client, redis_client):
                          ids=[f"{m} {p} {b[:40]}" for m, p, b, _ in BAD])
 def test_bad_policy_input_is_a_clear_4xx_and_changes_nothing(with_policy, client, redis_client,
                                                              method, path, body, words):
-    before = state(redis_client)
-    answer = client.open(path, method=method, data=body.encode("utf-8", "surrogatepass"),
-                         content_type="application/json")
-    assert 400 <= answer.status_code < 500, (answer.status_code, answer.get_data(as_text=True))
-    assert words in answer.get_json()["error"]
-    assert state(redis_client) == before
+    refused_unchanged(client, redis_client, method, path, body, words)
     assert client.get("/zones/default/policy").get_json()["Policy"] == GOOD
 
 

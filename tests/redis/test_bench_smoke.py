@@ -70,6 +70,19 @@ def test_storm():
     assert result["observer_errors"] == 0 and result["observer_resyncs"] == 0
 
 
+def test_storm_on_a_cluster_and_a_single_redis():
+    result = bench("storm", "--redis", "cluster", "--nodes", "60", "--zones", "6",
+                   "--observers-per-zone", "2", "--timeout", "30", timeout=150)
+    assert result["unanswered"] == 0
+    assert result["single_registrations_per_s"] > 0 and result["cluster_registrations_per_s"] > 0
+    shards = result["cluster"]["shards"]
+    assert len(shards) == 3 and sum(s["registrations"] for s in shards) == 60
+    assert sum(s["publish_calls"] for s in shards) >= 60          # a reply each, at least
+    # a shard publish reaches the shard's replica only; a classic one every other node
+    assert result["bus_messages_per_spublish"] <= 1.1
+    assert result["bus_messages_per_classic_publish"] >= 4.9
+
+
 def test_api():
     result = bench("api", "--peers", "50", "--duration", "2", "--warmup", "0.5")
     assert set(result) >= {"rps", "p99_ms"}

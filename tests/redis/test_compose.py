@@ -26,6 +26,7 @@ from redis.retry import Retry
 import yaml
 
 from tests.clicheck import envvars_of, parse_command, roots
+from tests.composecheck import as_env, as_list, env_file, interpolate, variable_uses
 from testbed.redisserver import free_port
 from testbed.tower import TowerProcess
 
@@ -46,52 +47,8 @@ DOCKERFILE_INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD"
 OTHER_VARIABLES = {"REDIS_PASSWORD", "REDISCLI_AUTH", "CONTROLLER_PASSWORD_FILE",
                    "WG_QUICK_USERSPACE_IMPLEMENTATION"}
 
-VAR_RE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}"
-                    r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*)|(?P<dollar>\$))")
-
 
 # -- helpers ---------------------------------------------------------------------------
-
-def env_file(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, sep, value = line.partition("=")
-            assert sep, f"{path}: not KEY=VALUE: {line!r}"
-            out[key.strip()] = value.strip()
-    return out
-
-
-def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's ${VAR}, ${VAR:-default}, ${VAR:?error}, $VAR and $$."""
-    def sub(m: re.Match) -> str:
-        if m["dollar"]:
-            return "$"
-        name = m["braced"] or m["plain"]
-        value, op, arg = env.get(name), m["op"] or "", m["arg"]
-        if op in (":-", "-"):
-            return value if value or (op == "-" and value is not None) else arg
-        if op in (":?", "?") and not value:
-            raise ValueError(f"{name}: {arg}")
-        return value or ""
-    return VAR_RE.sub(sub, text)
-
-
-def strings(node) -> list[str]:
-    """Every string value of a YAML document (where compose interpolates)."""
-    if isinstance(node, str):
-        return [node]
-    if isinstance(node, list):
-        return [s for v in node for s in strings(v)]
-    if isinstance(node, dict):
-        return [s for v in node.values() for s in strings(v)]
-    return []
-
-
-def variable_uses(doc) -> list[re.Match]:
-    return [m for text in strings(doc) for m in VAR_RE.finditer(text) if not m["dollar"]]
-
 
 def rendered(env: dict[str, str] | None = None) -> dict:
     """The compose file with variables filled from the example env file."""
@@ -105,16 +62,6 @@ def rendered(env: dict[str, str] | None = None) -> dict:
         return node
     env = env if env is not None else env_file(ENV_EXAMPLE)
     return walk(yaml.safe_load(COMPOSE.read_text()))
-
-
-def as_list(value) -> list[str]:
-    return shlex.split(value) if isinstance(value, str) else list(value)
-
-
-def as_env(value) -> dict[str, str]:
-    if isinstance(value, dict):
-        return {k: "" if v is None else str(v) for k, v in value.items()}
-    return dict(item.partition("=")[::2] for item in value)
 
 
 def port_spec(spec: str) -> tuple[int, int, str]:

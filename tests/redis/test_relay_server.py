@@ -17,7 +17,7 @@ from controltower.acl import AgentCredentials, new_secret
 from controltower.nodes import Nodes
 from controltower.relay.server import make_relay
 from ipam.store import ZoneStore
-from tests import wgfake
+from testbed import wgfake
 from wire import identity, relaymsg as rm, x25519
 from wire.keys import Keys
 

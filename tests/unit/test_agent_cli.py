@@ -12,17 +12,6 @@ from wire.errors import InvalidInput
 from wire.proof import generate_private_key, public_key_of
 
 
-@pytest.fixture
-def captured(monkeypatch):
-    seen = {}
-
-    def fake_run(opts):
-        seen.update(opts)
-        return 0
-    monkeypatch.setattr(cli, "_run_agent", fake_run)
-    return seen
-
-
 def test_keygen_writes_a_0600_private_key(tmp_path):
     path = tmp_path / "private.key"
     result = CliRunner().invoke(cli.main, ["keygen", "--private-key-file", str(path)])

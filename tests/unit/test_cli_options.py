@@ -15,17 +15,6 @@ from controltower.cli import main as controltower
 from wire.proof import generate_private_key
 
 
-@pytest.fixture
-def captured(monkeypatch):
-    seen = {}
-
-    def fake_run(opts):
-        seen.update(opts)
-        return 0
-    monkeypatch.setattr(cli, "_run_agent", fake_run)
-    return seen
-
-
 AGENT_BAD = [
     ('zone = "bad zone"', "zone", "zone name"),
     ('request-ip = "10.999.0.1"', "request-ip", "not an IP address"),

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from aircrew.inbox import Inbox
+from tests.looptimers import timers_armed
 
 
 def run(coro):
@@ -67,13 +68,7 @@ def test_many_waits_for_one_deadline_arm_one_timer():
         inbox: Inbox[int] = Inbox()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
-        armed = []
-        real_call_at = loop.call_at
-
-        def counting_call_at(when, callback, *args, **kwargs):
-            armed.append(when)
-            return real_call_at(when, callback, *args, **kwargs)
-        loop.call_at = counting_call_at
+        armed = timers_armed(loop)
         for n in range(50):
             loop.call_soon(inbox.put_nowait, n)
             await inbox.wait(deadline)

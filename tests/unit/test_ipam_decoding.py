@@ -232,8 +232,8 @@ def test_flush_reads_then_publishes_what_python_built(store):
     assert decode(read, [4, []]) == 0                 # nothing unpublished
     publish = decode(read, [4, [upsert_entry(5, peer), remove_entry(6, OTHER)]])
     assert isinstance(publish, Call)
-    channel, since, rev, message = argv(publish)
-    assert (channel, since, rev) == (store.keys.updates("z4"), 4, 6)
+    channel, since, command, rev, message = argv(publish)
+    assert (channel, since, command, rev) == (store.keys.updates("z4"), 4, "PUBLISH", 6)
     update = messages.parse_update(message)
     assert (update.zone, update.since, update.rev) == ("z4", 4, 6)
     assert update.changes == (messages.Change(5, "upsert", peer=peer),
@@ -271,6 +271,7 @@ def test_delete_zone_reads_the_revision_then_publishes_its_last_update(store):
     delete = decode(read, "41")
     args = argv(delete)
     assert args[:3] == [0, store.keys.updates("z4"), 41]
+    assert args[4] == "PUBLISH"          # SPUBLISH on a Redis Cluster
     update = messages.parse_update(args[3])
     assert (update.since, update.rev, update.changes) == (41, 42, (messages.Change(42, "zone-deleted"),))
     assert decode(delete, ["ok"]) is None
@@ -293,12 +294,12 @@ class Recorder:
 def test_a_call_whose_script_redis_lost_is_sent_again_with_the_script(store):
     call = store.heartbeat_call("z4", KEY, "s1", now=1.0)
     again = settle(call, [redis.exceptions.NoScriptError("NOSCRIPT")])
-    assert isinstance(again, Call) and again.reload and again.size == 2
+    assert isinstance(again, Call) and again.reload and again.size == 1
     pipe = Recorder()
     queue(pipe, again)
-    assert pipe.commands[0] == ("SCRIPT LOAD", store.scripts.heartbeat.script)
-    assert pipe.commands[1] == call.commands[0]
-    assert settle(again, [store.scripts.heartbeat.sha, ["ok"]]) is None
+    # EVAL with the source (a key routes it, on a Redis Cluster too), not SCRIPT LOAD
+    assert pipe.commands == [("EVAL", store.scripts.heartbeat.script, *call.commands[0][2:])]
+    assert settle(again, [["ok"]]) is None
 
 
 def test_each_call_settles_on_its_own(store):

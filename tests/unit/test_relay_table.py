@@ -7,7 +7,7 @@ import pytest
 
 from wire import relaymsg as rm, x25519
 from controltower.relay.table import RelayTable, Limits, Send, AddRoute, RemoveRoute
-from tests import wgfake
+from testbed import wgfake
 
 RELAY_PRIV = x25519.generate_private_key()
 RELAY_PUB = x25519.public_key(RELAY_PRIV)

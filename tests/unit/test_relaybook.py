@@ -12,7 +12,10 @@ def test_home_is_nearest_with_hysteresis():
     assert b.home == "b-1"
     for t in range(1, 20):
         answer(b, "a-1", t, 0.004)       # only a little nearer now: stay
-    assert b.home == "b-1" or b.relays["a-1"].rtt < 0.7 * b.relays["b-1"].rtt
+    assert b.home == "b-1", (b.relays["a-1"].rtt, b.relays["b-1"].rtt)
+    for t in range(20, 40):
+        answer(b, "a-1", t, 0.001)       # far nearer (under 0.7 of home's RTT): move
+    assert b.home == "a-1", (b.relays["a-1"].rtt, b.relays["b-1"].rtt)
 
 def test_dead_after_three_misses_and_failover():
     b = RelayBook(); b.update([R1, R2])

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from tests import wgfake
+from testbed import wgfake
 from wire import relaymsg as rm
 from wire.errors import InvalidInput
 

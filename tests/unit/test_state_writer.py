@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from aircrew.statewriter import StateWriter
+from tests.looptimers import timers_armed
 
 
 class Files:
@@ -111,13 +112,7 @@ def test_a_burst_of_changes_arms_one_timer():
         writer.changed()
         await asyncio.sleep(0.05)                   # written at once; the next is 30 s away
         loop = asyncio.get_running_loop()
-        armed = []
-        real_call_at = loop.call_at
-
-        def counting_call_at(when, callback, *args, **kwargs):
-            armed.append(when)
-            return real_call_at(when, callback, *args, **kwargs)
-        loop.call_at = counting_call_at
+        armed = timers_armed(loop)
         for n in range(100):
             source.version = n
             writer.changed()

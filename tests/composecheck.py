@@ -6,6 +6,8 @@ import re
 import shlex
 from pathlib import Path
 
+import yaml
+
 VAR_RE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}"
                     r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*)|(?P<dollar>\$))")
 
@@ -34,6 +36,19 @@ def interpolate(text: str, env: dict[str, str]) -> str:
             raise ValueError(f"{name}: {arg}")
         return value or ""
     return VAR_RE.sub(sub, text)
+
+
+def rendered(compose: Path, env: dict[str, str]) -> dict:
+    """A compose file with its variables filled from ``env``."""
+    def walk(node):
+        if isinstance(node, str):
+            return interpolate(node, env)
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        return node
+    return walk(yaml.safe_load(compose.read_text()))
 
 
 def strings(node) -> list[str]:

@@ -26,7 +26,8 @@ from redis.retry import Retry
 import yaml
 
 from tests.clicheck import envvars_of, parse_command, roots
-from tests.composecheck import as_env, as_list, env_file, interpolate, variable_uses
+from tests import composecheck
+from tests.composecheck import as_env, as_list, env_file, variable_uses
 from testbed.redisserver import free_port
 from testbed.tower import TowerProcess
 
@@ -52,16 +53,7 @@ OTHER_VARIABLES = {"REDIS_PASSWORD", "REDISCLI_AUTH", "CONTROLLER_PASSWORD_FILE"
 
 def rendered(env: dict[str, str] | None = None) -> dict:
     """The compose file with variables filled from the example env file."""
-    def walk(node):
-        if isinstance(node, str):
-            return interpolate(node, env)
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items()}
-        return node
-    env = env if env is not None else env_file(ENV_EXAMPLE)
-    return walk(yaml.safe_load(COMPOSE.read_text()))
+    return composecheck.rendered(COMPOSE, env if env is not None else env_file(ENV_EXAMPLE))
 
 
 def port_spec(spec: str) -> tuple[int, int, str]:

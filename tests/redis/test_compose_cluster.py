@@ -18,7 +18,8 @@ import redis
 import yaml
 
 from tests.clicheck import envvars_of, parse_command
-from tests.composecheck import as_env, as_list, env_file, interpolate, variable_uses
+from tests import composecheck
+from tests.composecheck import as_env, as_list, env_file, variable_uses
 from testbed.rediscluster import free_cluster_ports
 from testbed.tower import TowerProcess
 from wire.redisconn import parse_cluster_url
@@ -30,17 +31,8 @@ NODES = [f"redis-{i}" for i in range(1, 7)]
 
 
 def rendered(env: dict[str, str] | None = None) -> dict:
-    env = env if env is not None else env_file(ENV_EXAMPLE)
-
-    def walk(node):
-        if isinstance(node, str):
-            return interpolate(node, env)
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items()}
-        return node
-    return walk(yaml.safe_load(COMPOSE.read_text()))
+    """The cluster compose file with variables filled from its example env file."""
+    return composecheck.rendered(COMPOSE, env if env is not None else env_file(ENV_EXAMPLE))
 
 
 def test_cluster_compose_structure_and_variables():

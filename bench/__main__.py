@@ -7,8 +7,8 @@ import signal
 import sys
 from types import ModuleType
 
-from . import (api, dashboard, footprint, identity, join, policy, reconcile, relay, storm,
-               throughput, updatecost)
+from . import (api, dashboard, footprint, identity, join, policy, reconcile, redismemory,
+               relay, storm, throughput, updatecost)
 from .report import emit
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -23,6 +23,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "dashboard": dashboard,
     "update-cost": updatecost,
     "policy": policy,
+    "redis-cost": redismemory,
 }
 
 

@@ -108,11 +108,19 @@ def _row(scenario: str, run: dict[str, Any]) -> tuple[str, str]:
                     f"{_n(run.get('nft_change_ms_p50'), ' ms', 2)}, full reload "
                     f"{_n(run.get('nft_reload_ms_p50'), ' ms', 1)}")
         return f"policy, {_n(run.get('observers'))} agents enforcing", figures
+    if scenario == "redis-cost":
+        return (f"Redis cost, {_n(run.get('nodes'))} nodes (docs/scaling.md)",
+                f"{_n(run.get('node_bytes_total'))} B of Redis per heartbeating node "
+                f"({_n(run.get('acl_user_bytes'))} B its ACL user), "
+                f"{_n(run.get('zone_bytes'))} B per empty zone; Redis CPU "
+                f"{_n(run.get('redis_cpu_us_per_registration'), ' us', 0)}/registration, "
+                f"{_n(run.get('redis_cpu_us_per_heartbeat'), ' us', 0)}/heartbeat; tower CPU "
+                f"{_n(run.get('tower_cpu_us_per_heartbeat'), ' us', 0)}/heartbeat")
     return scenario, json.dumps(run)[:80]
 
 
 ORDER = ["join", "storm", "api", "reconcile", "agent-footprint", "identity", "dashboard",
-         "policy"]
+         "policy", "redis-cost"]
 
 
 def table(results: dict[str, list[dict[str, Any]]], env: dict[str, Any] | None = None) -> str:

@@ -40,6 +40,7 @@ FULL: list[tuple[str, list[str], float]] = [
     ("identity", ["--nodes", "10000", "--revoke", "200"], 900),
     ("dashboard", ["--nodes", "1000"], 300),
     ("policy", ["--nodes", "1000,10000"], 900),
+    ("redis-cost", ["--nodes", "10000", "--zones", "1000"], 900),
 ]
 QUICK: list[tuple[str, list[str], float]] = [
     ("join", ["--agents", "20", "--joins", "5"], 120),
@@ -52,6 +53,7 @@ QUICK: list[tuple[str, list[str], float]] = [
     ("identity", ["--nodes", "300", "--revoke", "20"], 180),
     ("dashboard", ["--nodes", "100", "--rounds", "2", "--polls", "20"], 120),
     ("policy", ["--nodes", "300", "--observers", "20", "--changes", "4"], 180),
+    ("redis-cost", ["--nodes", "200", "--zones", "20", "--heartbeats", "1"], 180),
 ]
 
 

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import threading
 import time
@@ -27,7 +28,7 @@ from aircrew.agent import CONNECTION_ERRORS, controller_client
 from aircrew.session import NoReply, TowerSession
 from wire.keys import Keys
 
-from . import fulllist
+from . import fulllist, setupcost
 from .fleet import Fleet, FleetError, split
 from .harness import (Stack, add_stack_arguments, make_identities, make_identity, stack_for,
                       stack_options)
@@ -43,6 +44,8 @@ TARGETS = [
     Target("bytes_per_agent", "<=", 1024, lambda r: r.get("mode") == "delta"),
     Target("bytes_ratio", ">=", 100, lambda r: r.get("mode") == "full-list" and r["agents"] >= 1000),
 ]
+# From this size on, --state full is estimated before it starts (bench/setupcost.py).
+FULL_STATE_CHECKED = 2000
 HEADLINE = ["agents", "mode", "p50_ms", "p99_ms", "bytes_per_agent"]
 
 
@@ -68,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds to wait for all agents to apply one join (a join that "
                              "takes longer ends the run as not run, saying why)")
+    parser.add_argument("--setup-limit", type=float, default=600.0,
+                        help="--state full: seconds of set-up allowed; the set-up is estimated "
+                             "first (bench/setupcost.py) and a size that would take longer, or "
+                             "need more memory than is available, is refused at once")
     parser.add_argument("--spread", type=float, default=None,
                         help="seconds over which the agents start following the zone, so "
                              "that their heartbeats and checks are out of step as on "
@@ -92,6 +99,8 @@ def command_of(args: argparse.Namespace) -> str:
         parts.append(f"--heartbeat {args.heartbeat:g}")
     if args.spread is not None:
         parts.append(f"--spread {args.spread:g}")
+    if getattr(args, "setup_limit", 600.0) != 600.0:
+        parts.append(f"--setup-limit {args.setup_limit:g}")
     return " ".join(parts) + stack_options(args)
 
 
@@ -172,6 +181,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.mode == "full-list" and args.state != "full":
         raise SystemExit("--mode full-list needs --state full (an agent fed whole lists keeps them)")
     processes = args.processes or auto_processes(args.agents)
+    estimate, load_timeout = None, 0.0
+    if args.state == "full" and args.agents >= FULL_STATE_CHECKED:
+        load = os.getloadavg()[0]       # other work on the machine, before ours starts
+        estimate = setupcost.estimate(args.agents)
+        cores = setupcost.cpu_share(os.cpu_count() or 1, processes, load)
+        reason = setupcost.refusal(estimate, args.setup_limit, cores,
+                                   setupcost.available_memory_gb())
+        if reason is not None:
+            return {**_not_run(args, reason, []), **estimate.as_dict()}
+        load_timeout = args.setup_limit
     identities = make_identities(args.agents)
     with stack_for(args) as stack:
         prereg_s = stack.preregister(identities)
@@ -180,11 +199,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "agents": [(i.private_key, i.session, i.body) for i in part],
                      "mode": args.mode, "keep_peers": args.state == "full",
                      "parse_shared": args.parse == "shared", "heartbeat": args.heartbeat,
-                     "spread": args.spread}
+                     "spread": args.spread, "load_timeout": load_timeout}
                     for part in split(identities, processes)]
             started = time.monotonic()
             try:
-                setup = fleet.call("setup", jobs, timeout=180 + args.agents * 0.05)
+                setup = fleet.call("setup", jobs,
+                                   timeout=180 + args.agents * 0.05 + load_timeout)
             except FleetError as exc:
                 lines = str(exc).strip().splitlines()
                 reason = f"{lines[0]} {lines[-1]}" if len(lines) > 1 else str(exc)
@@ -249,6 +269,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sim_cpu_s": round(sum(a["cpu_s"] for a in after), 1),
         "sim_rss_mb": round(sum(a["rss_mb"] for a in after)),
         "latencies_ms": [round(x, 2) for x in latencies],
+        **(estimate.as_dict() if estimate is not None else {}),
         "command": command_of(args),
     })
     for reply in after:

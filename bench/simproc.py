@@ -102,11 +102,14 @@ class Simulator:
     async def op_setup(self, redis_url: str, zone: str, agents: list[tuple[str, str, dict]],
                        mode: str = "delta", keep_peers: bool = True, parse_shared: bool = True,
                        heartbeat: float = 10.0, concurrency: int = 200,
-                       spread: float | None = None, policy: bool = False) -> dict[str, Any]:
+                       spread: float | None = None, policy: bool = False,
+                       load_timeout: float = 0.0) -> dict[str, Any]:
         """Start the agents: each subscribes and registers (proof of possession), then
         one snapshot is read for all of them; their start is spread over ``spread``
         seconds (default: the heartbeat interval, at most 10 s). ``policy``: each
-        enforces the zone policy through a recording nft (``op_nft``)."""
+        enforces the zone policy through a recording nft (``op_nft``). ``load_timeout``:
+        seconds the agents may take to load the snapshot, when more than the default
+        (``--state full``: each agent's whole-zone pass, ``bench.setupcost``)."""
         started = time.monotonic()
         full = mode == "full-list"
         lists = fulllist.ListSnapshots() if full else None
@@ -154,7 +157,7 @@ class Simulator:
         snapshot = await shared.release_gate(spread)
         if snapshot is None:
             raise RuntimeError(f"no agent reached the snapshot: {self._problems()}")
-        deadline = time.monotonic() + spread + 60 + len(self.sims) * 0.01
+        deadline = time.monotonic() + max(spread + 60 + len(self.sims) * 0.01, load_timeout)
         while not all(s.agent.mirror.rev >= snapshot.rev for s in self.sims):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"agents did not load the snapshot: {self._problems()}")

@@ -11,6 +11,8 @@ Against a real redis-server and ``controltower serve``, through the real paths:
    user.
 3. The same nodes register through the tower (a signed register request each, as the
    agent sends it): peer record, lease, change-log entry, applied entry, replay guard.
+   Then the request worker's idle sweep over them (one ``XREADGROUP`` per zone in one
+   pipeline, as the worker on a cluster): CPU of this process per zone.
 4. Every node sends ``--heartbeats`` signed heartbeats (``--concurrency`` requests in
    flight): the ``seen`` entry and the replay guards they leave (each lives twice the
    clock-skew window, 120 s), and Redis's and the tower's CPU per heartbeat.
@@ -24,7 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,8 +42,7 @@ from aircrew.config import login_url
 from aircrew.enroll import enroll
 from aircrew.session import TowerSession
 from controltower.acl import AgentCredentials, new_secret
-from wire import proof
-from wire.keys import Keys
+from wire.keys import REQUEST_GROUP, Keys
 
 from .harness import add_stack_arguments, make_identity, stack_for, stack_options
 from .report import Target
@@ -50,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zones", type=int, default=1000, help="empty zones created")
     parser.add_argument("--heartbeats", type=int, default=3, help="heartbeats per node")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument("--profile-tower", action="store_true",
+                        help="sample the tower with py-spy during the heartbeats (the bench "
+                             "extra) and split its CPU per thread: gate, request worker, ...")
 
 
 def command_of(args: argparse.Namespace) -> str:
@@ -128,6 +139,28 @@ def _zone_key_bytes(admin, keys: Keys, zone: str) -> dict[str, int]:
     return {n: int(admin.memory_usage(k, samples=0) or 0) for n, k in names.items()}
 
 
+def _sweep_us(admin, keys: Keys, zones: list[str]) -> float | None:
+    """The worker's idle look at every zone on a cluster (controltower/worker.py): one
+    non-blocking XREADGROUP per zone in one pipeline; this process's CPU per zone
+    (median of 5), with redis-py as the tower uses it."""
+    if not zones:
+        return None
+    runs = []
+    for _ in range(5):
+        started = _process_cpu()
+        pipe = admin.pipeline(transaction=False)
+        for zone in zones:
+            pipe.xreadgroup(REQUEST_GROUP, "cost-sweep", {keys.requests(zone): ">"}, count=64)
+        pipe.execute()
+        runs.append((_process_cpu() - started) * 1e6 / len(zones))
+    return round(sorted(runs)[2], 1)
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _nonces(admin, keys: Keys, zone: str) -> tuple[int, int]:
     """(replay guards alive, bytes of the first 200 of them on average)."""
     pattern = keys.nonce(zone, "", "").rsplit(":", 2)[0] + ":*"
@@ -135,6 +168,30 @@ def _nonces(admin, keys: Keys, zone: str) -> tuple[int, int]:
     sample = found[:200]
     sizes = [int(admin.memory_usage(k, samples=0) or 0) for k in sample]
     return len(found), round(sum(sizes) / len(sizes)) if sizes else 0
+
+
+def _py_spy(pid: int) -> tuple[subprocess.Popen, Path]:
+    out = Path(tempfile.mkdtemp(prefix="cost-spy-")) / "tower.txt"
+    proc = subprocess.Popen(["py-spy", "record", "--threads", "--nonblocking", "--format",
+                             "raw", "--rate", "200", "-o", str(out), "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return proc, out
+
+
+def _thread_shares(proc: subprocess.Popen, out: Path) -> dict[str, float]:
+    """The share of the tower's non-idle samples per thread (py-spy drops idle ones)."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    counts: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        name = re.sub(r"^thread \(\w+\): ", "", stack.split(";", 1)[0])
+        name = re.sub(r"-\d+$", "", name)          # gate-0, gate-1, ...: the gate
+        counts[name] = counts.get(name, 0) + int(n)
+    shutil.rmtree(out.parent, ignore_errors=True)
+    total = sum(counts.values()) or 1
+    return {k: round(v / total, 3) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -155,6 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             store.create_zone(name, f"10.{z // 256 % 64 + 128}.{z % 256}.0/24")
             AgentCredentials(admin, keys).set(name, new_secret())
         zone_bytes = (used() - before) / args.zones if args.zones else None
+        sweep_us = _sweep_us(admin, keys, [f"empty-{z}" for z in range(args.zones)])
         zone_users = len(admin.execute_command("ACL", "USERS")) - users_before
 
         # 2. enrollment: registry record + the node's own Redis user
@@ -186,9 +244,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peer_record_bytes = sum(len(r) for r in peer_records) / len(peer_records)
 
         # 4. heartbeats
+        spy = _py_spy(stack.tower.proc.pid) if args.profile_tower else None
         asyncio.run(_requests(stack.redis_url, stack.zone, idents, "heartbeat",
                               args.heartbeats, args.concurrency, wire, replies["heartbeat"]))
         cpu2, t2 = cpu(), time.monotonic()
+        threads = _thread_shares(*spy) if spy else None
         beaten = used()
         keys_beaten = _zone_key_bytes(admin, keys, stack.zone)
         nonces_hb, nonce_bytes_hb = _nonces(admin, keys, stack.zone)
@@ -212,7 +272,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "nodes": n, "zones": args.zones, "heartbeats_per_node": args.heartbeats,
         "zone_bytes": round(zone_bytes) if zone_bytes is not None else None,
-        "zone_users_made": zone_users, "node_users_made": node_users,
+        "zone_users_made": zone_users,
+        "sweep_client_us_per_zone": sweep_us, "node_users_made": node_users,
         "enroll_bytes_per_node": round(enroll_bytes),
         "registry_bytes_per_node": round(registry / n),
         "acl_user_bytes": round(acl_bytes),
@@ -238,5 +299,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "redis_commands_usec_per_call": {c: v["usec_per_call"] for c, v in stats.items()
                                          if c in ("evalsha", "publish", "xadd", "xreadgroup",
                                                   "zadd", "hget", "exists")},
+        **({"tower_thread_shares_during_heartbeats": threads} if threads else {}),
         "command": command_of(args),
     }

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,30 @@ def test_policy():
         assert 0 < result[f"membership_ms_p99_{n}"] and 0 < result[f"policy_ms_p99_{n}"]
     assert 0 < result["bytes_per_agent_membership"] < 1000   # one record, not the zone
     assert result["nft_change_ms_p50"] > 0 and result["nft_reload_ms_p50"] > 0
+
+
+def test_redis_cost():
+    result = bench("redis-cost", "--nodes", "60", "--zones", "10", "--heartbeats", "2",
+                   timeout=120)
+    assert result["node_users_made"] == 60 and result["zone_users_made"] == 10
+    # every request left its replay guard (register + 2 heartbeats per node), none expired
+    assert result["replay_guards_alive_after_heartbeats"] == 60 * 3
+    per_node = result["key_bytes_per_node"]
+    assert 150 < per_node["peers"] < 1500 and per_node["seen"] > 0 and per_node["leases"] > 0
+    assert result["acl_user_bytes"] > 0 and result["zone_bytes"] > 0
+    assert 200 < result["heartbeat_request_bytes"] < result["register_request_bytes"] < 2000
+    assert result["redis_cpu_us_per_heartbeat"] > 0 and result["tower_cpu_us_per_heartbeat"] > 0
+    assert result["sweep_client_us_per_zone"] > 0
+
+
+def test_join_refuses_a_full_state_it_cannot_set_up_at_once():
+    """The estimate runs first (seconds); no stack, no simulators, the reason and figures."""
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "bench", "join", "--agents", "3000",
+                           "--setup-limit", "0.01", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "whole-zone passes" in result["not_run"] and "--setup-limit" in result["not_run"]
+    assert result["estimate_pass_ms"] > 0 and result["estimate_bytes_per_agent"] > 0
+    assert time.monotonic() - started < 60

@@ -33,6 +33,7 @@ from .fleet import Fleet, FleetError, split
 from .harness import (Stack, add_stack_arguments, make_identities, make_identity, stack_for,
                       stack_options)
 from .report import Target, percentile
+from .simproc import MAX_SPREAD
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ TARGETS = [
 ]
 # From this size on, --state full is estimated before it starts (bench/setupcost.py).
 FULL_STATE_CHECKED = 2000
+PACING = 1.25           # the snapshot handed out over 1.25x the passes' estimated time
 HEADLINE = ["agents", "mode", "p50_ms", "p99_ms", "bytes_per_agent"]
 
 
@@ -181,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.mode == "full-list" and args.state != "full":
         raise SystemExit("--mode full-list needs --state full (an agent fed whole lists keeps them)")
     processes = args.processes or auto_processes(args.agents)
-    estimate, load_timeout = None, 0.0
+    estimate, load_timeout, spread = None, 0.0, args.spread
     if args.state == "full" and args.agents >= FULL_STATE_CHECKED:
         load = os.getloadavg()[0]       # other work on the machine, before ours starts
         estimate = setupcost.estimate(args.agents)
@@ -191,6 +193,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if reason is not None:
             return {**_not_run(args, reason, []), **estimate.as_dict()}
         load_timeout = args.setup_limit
+        if args.spread is None:
+            # Hand the snapshot out over the time the passes take, so that each
+            # simulator's loop still serves the agents already following (heartbeats,
+            # checks) between two passes instead of running them all back to back.
+            default = min(args.heartbeat, MAX_SPREAD) if args.heartbeat > 0 else MAX_SPREAD
+            spread = max(default, PACING * estimate.cpu_s / cores)
     identities = make_identities(args.agents)
     with stack_for(args) as stack:
         prereg_s = stack.preregister(identities)
@@ -199,12 +207,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "agents": [(i.private_key, i.session, i.body) for i in part],
                      "mode": args.mode, "keep_peers": args.state == "full",
                      "parse_shared": args.parse == "shared", "heartbeat": args.heartbeat,
-                     "spread": args.spread, "load_timeout": load_timeout}
+                     "spread": spread, "load_timeout": load_timeout}
                     for part in split(identities, processes)]
             started = time.monotonic()
             try:
                 setup = fleet.call("setup", jobs,
-                                   timeout=180 + args.agents * 0.05 + load_timeout)
+                                   timeout=180 + args.agents * 0.05 + load_timeout
+                                   + (spread or 0))
             except FleetError as exc:
                 lines = str(exc).strip().splitlines()
                 reason = f"{lines[0]} {lines[-1]}" if len(lines) > 1 else str(exc)
@@ -270,6 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sim_rss_mb": round(sum(a["rss_mb"] for a in after)),
         "latencies_ms": [round(x, 2) for x in latencies],
         **(estimate.as_dict() if estimate is not None else {}),
+        **({"spread_s": round(spread, 1)} if spread is not None else {}),
         "command": command_of(args),
     })
     for reply in after:

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import re
 import resource
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +48,8 @@ from wire.keys import REQUEST_GROUP, Keys
 
 from .harness import add_stack_arguments, make_identity, stack_for, stack_options
 from .report import Target
+
+log = logging.getLogger(__name__)
 
 TARGETS: list[Target] = []
 HEADLINE = ["nodes", "zone_bytes", "node_bytes_total", "redis_cpu_us_per_heartbeat",
@@ -66,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command_of(args: argparse.Namespace) -> str:
     return (f"python -m bench redis-cost --nodes {args.nodes} --zones {args.zones} "
             f"--heartbeats {args.heartbeats} --concurrency {args.concurrency}"
-            + stack_options(args))
+            + (" --profile-tower" if args.profile_tower else "") + stack_options(args))
 
 
 class Wire:
@@ -170,9 +174,15 @@ def _nonces(admin, keys: Keys, zone: str) -> tuple[int, int]:
     return len(found), round(sum(sizes) / len(sizes)) if sizes else 0
 
 
-def _py_spy(pid: int) -> tuple[subprocess.Popen, Path]:
+def _py_spy(pid: int) -> tuple[subprocess.Popen, Path] | None:
+    """py-spy sampling the tower (None, with a warning, when py-spy is not installed:
+    ``make bench`` installs it)."""
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if found is None:
+        log.warning("py-spy is not installed (make bench): no CPU per thread")
+        return None
     out = Path(tempfile.mkdtemp(prefix="cost-spy-")) / "tower.txt"
-    proc = subprocess.Popen(["py-spy", "record", "--threads", "--nonblocking", "--format",
+    proc = subprocess.Popen([found, "record", "--threads", "--nonblocking", "--format",
                              "raw", "--rate", "200", "-o", str(out), "-p", str(pid)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
@@ -244,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peer_record_bytes = sum(len(r) for r in peer_records) / len(peer_records)
 
         # 4. heartbeats
-        spy = _py_spy(stack.tower.proc.pid) if args.profile_tower else None
+        spy = _py_spy(stack.tower.proc.pid) if args.profile_tower else None  # type: ignore[union-attr]
         asyncio.run(_requests(stack.redis_url, stack.zone, idents, "heartbeat",
                               args.heartbeats, args.concurrency, wire, replies["heartbeat"]))
         cpu2, t2 = cpu(), time.monotonic()

@@ -41,6 +41,8 @@ FULL: list[tuple[str, list[str], float]] = [
     ("dashboard", ["--nodes", "1000"], 300),
     ("policy", ["--nodes", "1000,10000"], 900),
     ("redis-cost", ["--nodes", "10000", "--zones", "1000"], 900),
+    ("redis-cost", ["--nodes", "3000", "--zones", "1000", "--heartbeats", "10",
+                    "--profile-tower"], 900),
 ]
 QUICK: list[tuple[str, list[str], float]] = [
     ("join", ["--agents", "20", "--joins", "5"], 120),

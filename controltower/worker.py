@@ -22,7 +22,8 @@ Every Redis round trip of the worker is a step of this module:
    and the register that takes it, an endpoint update's compare-and-set, a call sent
    again with its script after Redis lost it; each such pipeline carries the reads of
    the changes due after its calls (the change of a step is read in its pipeline),
-   and what they found is published at once, as in 3;
+   and what they found is published at once, as in 3 (on a Redis Cluster the changes
+   are read after the WAIT for a replica, as the replies leave);
 5. one last pipeline with the last chunk's replies and acknowledgements (``_round_trip``
    again), then the publications due since (``_publish``).
 

@@ -17,14 +17,20 @@ Every Redis round trip of the worker is a step of this module:
 3. when such a read found changes: one pipeline that publishes the updates built from
    them (``_publish``);
 4. only for the requests of the chunk that need more: their next steps, one pipeline
-   per step for all of them (``_run``): an IPv6 zone's candidate address and the
-   register that takes it, an endpoint update's compare-and-set, a call sent again
-   with its script after Redis lost it;
+   per step for all of them (``_run``): the register of a tower that manages
+   identities (after the read of the node's record), an IPv6 zone's candidate address
+   and the register that takes it, an endpoint update's compare-and-set, a call sent
+   again with its script after Redis lost it; each such pipeline carries the reads of
+   the changes due after its calls (the change of a step is read in its pipeline),
+   and what they found is published at once, as in 3 (on a Redis Cluster the changes
+   are read after the WAIT for a replica, as the replies leave);
 5. one last pipeline with the last chunk's replies and acknowledgements (``_round_trip``
    again), then the publications due since (``_publish``).
 
 About 1 + n/64 + 1 round trips for n requests, plus one per publication (at most one
-per publish window). Zone changes are published when the zone's publish window has
+per publish window) and one per further step. A lone join of a tower that manages
+identities: XREADGROUP; the node's record; the register with the read of its change;
+the update; the reply. Zone changes are published when the zone's publish window has
 elapsed (``PublishWindow``, adaptive), also between the chunks of one large batch.
 """
 from __future__ import annotations
@@ -365,15 +371,29 @@ class RequestWorker:
                 queue(pipe, call)
             return settle_all(calls, pipe.execute(raise_on_error=False))
 
-    def _run(self, calls: list[Call]) -> list[Any]:
+    def _run(self, calls: list[Call], zone: str | None = None) -> list[Any]:
         """Run calls to their end: one pipeline per step, with the next step of every
-        call that needs one. Returns each call's result or exception."""
+        call that needs one. Returns each call's result or exception.
+
+        With ``zone`` (the calls may change it), each pipeline also carries the
+        publication steps due, after the calls: the read of the zone's changes rides on
+        the step that made them, and what it found is published at once, in a pipeline
+        of its own, before the replies of the requests it carries."""
         outcomes: list[Any] = list(calls)
         for _ in range(MAX_STEPS):
             todo = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, Call)]
             if not todo:
                 return outcomes
-            for i, outcome in zip(todo, self._send([outcomes[i] for i in todo])):
+            steps = []
+            if zone is not None:
+                if zone not in self.publisher.dirty:    # an earlier read took its mark
+                    self.publisher.changed(zone, len(todo))
+                steps = self.publisher.calls()
+            sent = self._send([outcomes[i] for i in todo] + [step.call for step in steps])
+            self.publisher.settled(steps, sent[len(todo):])
+            if steps:
+                self._publish(start=False)
+            for i, outcome in zip(todo, sent):
                 outcomes[i] = outcome
         return [RuntimeError(f"more than {MAX_STEPS} steps") if isinstance(o, Call) else o
                 for o in outcomes]
@@ -465,10 +485,15 @@ class RequestWorker:
             if not isinstance(outcome, Call):
                 self._answer(job, outcome)
         if more:
-            for (job, _), outcome in zip(more, self._run([call for _, call in more])):
+            # Their changes are read in the pipeline of the step that makes them and
+            # published at once; on a Redis Cluster only after the WAIT for a replica
+            # (read after it, as the replies).
+            ride = None if self.replica_acks else zone
+            for (job, _), outcome in zip(more, self._run([call for _, call in more], ride)):
                 self._answer(job, outcome)
             self._wait_replicas(zone)
-            self.publisher.changed(zone, len(more))   # changed after this pipeline's read
+            if ride is None:
+                self.publisher.changed(zone, len(more))
 
     def _call(self, zone: str, job: Job) -> Call:
         """The request's first store call, with its replay guard: the script that acts

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from controltower.acl import AgentCredentials
 from controltower.worker import RequestWorker
 from ipam.store import ZoneStore
 from wire.keys import REQUEST_GROUP
@@ -275,6 +276,29 @@ def test_a_batch_takes_a_pipeline_per_chunk_and_per_publication_and_one_more(red
     # Each update leaves before the replies of the requests it carries.
     kinds = [kind for kind, _ in received]
     assert kinds[0] == "update" and kinds.index("reply") > 0
+    assert not worker.publisher.unpublished()
+    listener.close()
+
+
+def test_a_register_in_two_steps_is_published_before_its_reply(redis_client):
+    """A tower that manages identities reads the node's record first: the register's
+    change is read in the pipeline of the step that makes it and published at once,
+    before the reply (the read of the node's record with the chunk's reads, the
+    register with the read of its change, the publication, the reply)."""
+    store = ZoneStore(redis_client, expiry=3600)
+    store.ensure_default_zone()
+    worker = RequestWorker(store, publish_window=0.02,
+                           credentials=AgentCredentials(redis_client, store.keys))
+    worker._refresh_zones()
+    listener = redis_client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(store.keys.updates("default"))
+    listener.psubscribe(store.keys.reply_pattern("default"))
+    node = Node()
+    assert one_batch(store, worker, "default", [(node, node.request("register", BODY))]) == 4
+    received = messages(listener)
+    assert [kind for kind, _ in received] == ["update", "reply"]
+    assert received[0][1]["changes"][0]["peer"]["key"] == node.key
+    assert received[1][1]["ok"] and received[1][1]["rev"] == received[0][1]["rev"]
     assert not worker.publisher.unpublished()
     listener.close()
 

@@ -208,9 +208,11 @@ def test_tunnel_works_and_unrelated_changes_keep_the_session():
 def ping(host: Host, address: str) -> None:
     # A lost first handshake is retried after WireGuard's REKEY_TIMEOUT (5 s): wait for
     # several retries (a loaded run lost two).
-    for _ in range(25):
+    deadline = time.monotonic() + 25
+    while time.monotonic() < deadline:
         if host.run(["ping", "-c", "1", "-W", "1", address], check=False).returncode == 0:
             return
+        time.sleep(0.1)
     raise AssertionError(f"{host.name} cannot ping {address} over the tunnel")
 
 

@@ -29,8 +29,6 @@ import tracemalloc
 from dataclasses import dataclass
 from typing import Any
 
-NEVER = float("inf")
-ZONE = "bench"
 # A pass measured on a few agents is faster than the same pass among thousands of agents
 # whose dicts fill the heap (CPU cache misses): at 4,000 agents x 4,000 peers, 5.6 ms
 # per pass for 20 agents alone against 19.5 ms for all 4,000 (measured for this module).
@@ -89,11 +87,9 @@ def estimate(agents: int, sample: int = 20) -> SetupEstimate:
 
 async def _measure(agents: int, sample: int, shared: Any) -> SetupEstimate:
     from aircrew.session import ZoneSnapshot
-    from testbed import simagent
-    from testbed.sharing import SharedMirror
-    from testbed.simagent import NotingDevice
-    from testbed.standin import StandInSession
     from wire.messages import Peer
+
+    from .updatecost import stand_in_agents
     from wire.proof import generate_private_key, public_key_of
 
     privates = [generate_private_key() for _ in range(sample)]
@@ -102,20 +98,9 @@ async def _measure(agents: int, sample: int, shared: Any) -> SetupEstimate:
     peers = {k: Peer(key=k, address=f"10.64.{i // 250}.{i % 250 + 1}",
                      endpoint=f"198.51.100.{i % 250 + 1}:{10000 + i // 250}", session=f"s{i}")
              for i, k in enumerate(keys)}
-    snapshot = ZoneSnapshot("10.64.0.0/16", 1, peers)
-    shared.initial = peers
-    sims = []
-    for i, private in enumerate(privates):
-        sim = simagent.make_agent("redis://127.0.0.1:1/0", None, i, ZONE, private_key=private,
-                                  device=NotingDevice(shared.applied), inline_device=True,
-                                  heartbeat_interval=NEVER, drift_interval=NEVER)
-        agent = sim.agent
-        agent.mirror = SharedMirror(shared, agent.public_key)
-        agent.assignment = {"address": peers[agent.public_key].address, "prefix_len": 16,
-                            "cidr": snapshot.cidr}
-        agent.session = StandInSession(snapshot, f"s{i}")   # type: ignore[assignment]
-        await agent._on_device(agent._ensure_device)
-        sims.append(sim)
+    sims = stand_in_agents(privates, ZoneSnapshot("10.64.0.0/16", 1, peers), shared)
+    for sim in sims:
+        await sim.agent._on_device(sim.agent._ensure_device)
     half = max(1, sample // 2)
     timed, traced = sims[:half], sims[half:]
     gc.collect()

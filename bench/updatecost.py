@@ -87,12 +87,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def _measure(args: argparse.Namespace, shared: Any) -> dict[str, Any]:
-    from aircrew.session import ZoneSnapshot
+def stand_in_agents(privates: list[str], snapshot: Any, shared: Any) -> list[Any]:
+    """Real agents (one per private key, all in ``snapshot``) on stand-in sessions that
+    serve ``snapshot`` without Redis, their zone state shared per process (``shared``:
+    testbed.sharing.ProcessShared); their devices are not created yet."""
     from testbed import simagent
     from testbed.sharing import SharedMirror
     from testbed.simagent import NotingDevice
     from testbed.standin import StandInSession
+
+    shared.initial = snapshot.peers
+    sims = []
+    for i, private in enumerate(privates):
+        sim = simagent.make_agent("redis://127.0.0.1:1/0", None, i, ZONE, private_key=private,
+                                  device=NotingDevice(shared.applied), inline_device=True,
+                                  heartbeat_interval=NEVER, drift_interval=NEVER)
+        agent = sim.agent
+        agent.mirror = SharedMirror(shared, agent.public_key)
+        agent.assignment = {"address": snapshot.peers[agent.public_key].address,
+                            "prefix_len": 16, "cidr": snapshot.cidr}
+        agent.session = StandInSession(snapshot, f"s{i}")   # type: ignore[assignment]
+        sims.append(sim)
+    return sims
+
+
+async def _measure(args: argparse.Namespace, shared: Any) -> dict[str, Any]:
+    from aircrew.session import ZoneSnapshot
     from wire import messages
     from wire.messages import Peer
     from wire.proof import generate_private_key, public_key_of
@@ -105,18 +125,7 @@ async def _measure(args: argparse.Namespace, shared: Any) -> dict[str, Any]:
         peers[key] = Peer(key=key, address=f"10.64.{i // 250}.{i % 250 + 1}",
                           endpoint=f"198.51.100.{i % 250 + 1}:51820", session=f"s{i}")
     snapshot = ZoneSnapshot("10.64.0.0/16", 1, peers)
-    shared.initial = peers
-    sims = []
-    for i, private in enumerate(privates):
-        sim = simagent.make_agent("redis://127.0.0.1:1/0", None, i, ZONE, private_key=private,
-                                  device=NotingDevice(shared.applied), inline_device=True,
-                                  heartbeat_interval=NEVER, drift_interval=NEVER)
-        agent = sim.agent
-        agent.mirror = SharedMirror(shared, agent.public_key)
-        agent.assignment = {"address": peers[agent.public_key].address, "prefix_len": 16,
-                            "cidr": snapshot.cidr}
-        agent.session = StandInSession(snapshot, f"s{i}")   # type: ignore[assignment]
-        sims.append(sim)
+    sims = stand_in_agents(privates, snapshot, shared)
 
     async def follow(agent: Any) -> None:
         await agent._on_device(agent._ensure_device)

@@ -11,6 +11,7 @@ Faults: ``kill`` (SIGKILL), ``restart``, ``wait_promoted``, ``add_node``, ``resh
 ``zone_on(primary, first_slot=True)`` names a zone there)."""
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -41,16 +42,27 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def _ephemeral_start() -> int:
+    """Where the kernel's ephemeral ports (outgoing connections, binds to port 0) begin."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_cluster_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` ports whose bus ports (+10000) are free too."""
+    """``count`` ports whose bus ports (+10000) are free too, both below the kernel's
+    ephemeral range: any outgoing connection may take a port of that range between this
+    look and the node's start (a node of a loaded test run once exited so)."""
+    low, high = 11000, _ephemeral_start() - BUS_OFFSET
     out: list[int] = []
-    while len(out) < count:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port + BUS_OFFSET < 65536 and port not in out and _port_free(port + BUS_OFFSET, host):
+    for _ in range(5000):
+        if len(out) == count:
+            return out
+        port = random.randrange(low, high)
+        if port not in out and _port_free(port, host) and _port_free(port + BUS_OFFSET, host):
             out.append(port)
-    return out
+    raise RuntimeError(f"no {count} free port pairs in {low}-{high} (+{BUS_OFFSET})")
 
 
 @dataclass
@@ -98,14 +110,15 @@ class LocalCluster:
 
     def _spawn(self, node: Node) -> None:
         node.dir.mkdir(parents=True, exist_ok=True)
-        node.proc = subprocess.Popen(
-            ["redis-server", "--port", str(node.port), "--bind", self.host,
-             "--cluster-enabled", "yes", "--cluster-config-file", str(node.dir / "nodes.conf"),
-             "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(node.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-             "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning",
-             "--enable-debug-command", "local", *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with (node.dir / "redis.log").open("ab") as log:
+            node.proc = subprocess.Popen(
+                ["redis-server", "--port", str(node.port), "--bind", self.host,
+                 "--cluster-enabled", "yes", "--cluster-config-file", str(node.dir / "nodes.conf"),
+                 "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(node.dir),
+                 "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+                 "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning",
+                 "--enable-debug-command", "local", *self.extra],
+                stdout=log, stderr=subprocess.STDOUT)
 
     def _wait_ping(self, node: Node, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -117,7 +130,8 @@ class LocalCluster:
                 pass
             except redis.exceptions.ConnectionError:
                 if node.proc is not None and node.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server :{node.port} exited") from None
+                    log = (node.dir / "redis.log").read_text(errors="replace")[-500:]
+                    raise RuntimeError(f"redis-server :{node.port} exited: {log}") from None
             time.sleep(0.02)
         raise RuntimeError(f"redis-server :{node.port} did not answer")
 

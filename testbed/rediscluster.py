@@ -54,7 +54,8 @@ def free_cluster_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` ports whose bus ports (+10000) are free too, both below the kernel's
     ephemeral range: any outgoing connection may take a port of that range between this
     look and the node's start (a node of a loaded test run once exited so)."""
-    low, high = 11000, _ephemeral_start() - BUS_OFFSET
+    low = 11000
+    high = max(_ephemeral_start() - BUS_OFFSET, low + 2000)   # (an odd range: some room)
     out: list[int] = []
     for _ in range(5000):
         if len(out) == count:

@@ -11,7 +11,6 @@ Faults: ``kill`` (SIGKILL), ``restart``, ``wait_promoted``, ``add_node``, ``resh
 ``zone_on(primary, first_slot=True)`` names a zone there)."""
 from __future__ import annotations
 
-import random
 import shutil
 import signal
 import socket
@@ -42,28 +41,20 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def _ephemeral_start() -> int:
-    """Where the kernel's ephemeral ports (outgoing connections, binds to port 0) begin."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+class NodeExited(RuntimeError):
+    """A cluster node's redis-server exited (its output is in the message)."""
 
 
 def free_cluster_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` ports whose bus ports (+10000) are free too, both below the kernel's
-    ephemeral range: any outgoing connection may take a port of that range between this
-    look and the node's start (a node of a loaded test run once exited so)."""
-    low = 11000
-    high = max(_ephemeral_start() - BUS_OFFSET, low + 2000)   # (an odd range: some room)
+    """``count`` ports whose bus ports (+10000) are free too."""
     out: list[int] = []
-    for _ in range(5000):
-        if len(out) == count:
-            return out
-        port = random.randrange(low, high)
-        if port not in out and _port_free(port, host) and _port_free(port + BUS_OFFSET, host):
+    while len(out) < count:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port + BUS_OFFSET < 65536 and port not in out and _port_free(port + BUS_OFFSET, host):
             out.append(port)
-    raise RuntimeError(f"no {count} free port pairs in {low}-{high} (+{BUS_OFFSET})")
+    return out
 
 
 @dataclass
@@ -98,7 +89,7 @@ class LocalCluster:
             for node in self.nodes:
                 self._spawn(node)
             for node in self.nodes:
-                self._wait_ping(node)
+                self._wait_first_start(node)
             subprocess.run(["redis-cli", "--cluster", "create",
                             *(f"{self.host}:{n.port}" for n in self.nodes),
                             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
@@ -121,6 +112,20 @@ class LocalCluster:
                  "--enable-debug-command", "local", *self.extra],
                 stdout=log, stderr=subprocess.STDOUT)
 
+    def _wait_first_start(self, node: Node, attempts: int = 3) -> None:
+        """A new node up; one whose port (or bus port) was taken between the look and
+        its start, so that it exited, starts again on other ports."""
+        for attempt in range(attempts):
+            try:
+                return self._wait_ping(node)
+            except NodeExited:
+                if attempt == attempts - 1:
+                    raise
+                taken = {n.port for n in self.nodes}
+                node.port = next(p for p in free_cluster_ports(4, self.host) if p not in taken)
+                node.dir = self.dir / str(node.port)
+                self._spawn(node)
+
     def _wait_ping(self, node: Node, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -132,7 +137,7 @@ class LocalCluster:
             except redis.exceptions.ConnectionError:
                 if node.proc is not None and node.proc.poll() is not None:
                     log = (node.dir / "redis.log").read_text(errors="replace")[-500:]
-                    raise RuntimeError(f"redis-server :{node.port} exited: {log}") from None
+                    raise NodeExited(f"redis-server :{node.port} exited: {log}") from None
             time.sleep(0.02)
         raise RuntimeError(f"redis-server :{node.port} did not answer")
 

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-OPEN, REFUSED, FILTERED, SILENT = "open", "refused", "filtered", "silent"
+OPEN, REFUSED, RESET, FILTERED, SILENT = "open", "refused", "reset", "filtered", "silent"
 
 
 class Listeners:
@@ -40,12 +40,16 @@ class Listeners:
 
 
 def tcp(address: str, port: int, timeout: float = 1.0) -> str:
-    """open (connected), refused (a reset), filtered (an ICMP error), silent (no answer)."""
+    """open (connected), refused (a reset answered the SYN), reset (connected, then cut: the
+    SYN got in under rules that a change revoked before the ACK), filtered (an ICMP error),
+    silent (no answer)."""
     try:
         with socket.create_connection((address, port), timeout=timeout):
             return OPEN
     except ConnectionRefusedError:
         return REFUSED
+    except ConnectionResetError:
+        return RESET
     except socket.timeout:
         return SILENT
     except OSError as exc:

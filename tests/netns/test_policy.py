@@ -70,13 +70,21 @@ def timed_flip(mesh, probe, address, port, want, change) -> tuple[float, list[st
     """Start watching, make ``change`` (an API call), return the seconds from the call to
     the flip, and what the probe saw after it."""
     result = {}
-    watcher = threading.Thread(target=lambda: result.update(
-        probe.watch(address, port, want, timeout=10, settle=1.5)))
+
+    def watch():
+        try:
+            result.update(probe.watch(address, port, want, timeout=10, settle=1.5))
+        except Exception as exc:        # re-raised below, in the test's own thread
+            result["error"] = exc
+
+    watcher = threading.Thread(target=watch)
     watcher.start()
     time.sleep(0.3)
     started = time.monotonic()
     change()
     watcher.join(30)
+    if "error" in result:
+        raise result["error"]
     assert result.get("at") is not None, f"{address}:{port} never became {want}"
     return result["at"] - started, result["after"]
 

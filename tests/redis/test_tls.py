@@ -127,7 +127,8 @@ def test_aircrew_down_leaves_over_rediss_with_the_agents_tls_files(pki, tls_redi
         "--redis-tls-cert", tls["ssl_certfile"], "--redis-tls-key", tls["ssl_keyfile"]])
     tower.start()
     try:
-        assert tower.request("POST", "/zone", {"Name": "zone-blue", "CIDR": "10.140.0.0/20"})[0] == 201
+        zone = {"Name": "zone-blue", "CIDR": "10.140.0.0/20"}
+        assert tower.request("POST", "/zone", zone)[0] == 201
         private = generate_private_key()
 
         async def register():

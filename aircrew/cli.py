@@ -69,8 +69,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
               help="Zone to join.")
 @click.option("--local-endpoint-ip", type=clitypes.ENDPOINT_IP,
               help="Advertise this IP (with the listen port) as the endpoint.")
-@click.option("--internal-network", is_flag=True,
-              help="Advertise the host's own primary address instead of the STUN-discovered one.")
+@click.option("--internal-network", "--network-internal", "internal_network", is_flag=True,
+              help="Advertise the host's own primary address instead of the STUN-discovered "
+                   "one (--network-internal: the seed's other spelling).")
 @click.option("--child-prefix", multiple=True, type=clitypes.PREFIX,
               help="A prefix behind this node to route to it (repeatable).")
 @click.option("--request-ip", type=clitypes.IP_ADDRESS,

@@ -114,6 +114,14 @@ def test_the_quickstart_installs_only_what_make_installs():
     assert wanted and wanted <= packages, wanted - packages
 
 
+def test_the_readme_names_every_package_make_installs():
+    apt = re.search(r"APT_PACKAGES := (.*?)\n\S", (ROOT / "Makefile").read_text(), re.S)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    named = set(re.search(r"Debian packages: (.*?);", readme).group(1).replace(",", " ")
+                .replace(" and ", " ").split())
+    assert set(apt.group(1).replace("\\", " ").split()) <= named
+
+
 def test_markers_are_checked():
     with pytest.raises(walkthrough.WalkthroughError, match="without a walkthrough marker"):
         walkthrough.parse("```sh\nls\n```\n")

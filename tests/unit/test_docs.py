@@ -63,6 +63,14 @@ def test_no_stale_words():
     assert "registers again" not in ops and "register again:" not in ops
 
 
+def test_operating_docs_run_the_virtualenvs_python():
+    """On a fresh Debian there is no `python`, and python3 has not the project: the
+    commands a newcomer runs from the repository say `.venv/bin/python`."""
+    for name in ("README.md", "docs/quickstart.md", "docs/dashboard.md", "docs/operations.md"):
+        text = (ROOT / name).read_text()
+        assert not re.search(r"(?<![\w/.])python3? -m (testbed|bench|deploy)", text), name
+
+
 def test_a_deleted_nodes_agent_is_not_restarted():
     """api.md and operations.md say the agent exits 3 and the units do not restart it."""
     assert ENDED == 3

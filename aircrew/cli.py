@@ -69,8 +69,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
               help="Zone to join.")
 @click.option("--local-endpoint-ip", type=clitypes.ENDPOINT_IP,
               help="Advertise this IP (with the listen port) as the endpoint.")
-@click.option("--internal-network", is_flag=True,
-              help="Advertise the host's own primary address instead of the STUN-discovered one.")
+@click.option("--internal-network", "--network-internal", "internal_network", is_flag=True,
+              help="Advertise the host's own primary address instead of the STUN-discovered "
+                   "one (--network-internal: the seed's other spelling).")
 @click.option("--child-prefix", multiple=True, type=clitypes.PREFIX,
               help="A prefix behind this node to route to it (repeatable).")
 @click.option("--request-ip", type=clitypes.IP_ADDRESS,
@@ -384,6 +385,12 @@ def _path_cell(entry: dict | None, relays: dict, stale: bool) -> str:
               help="The zone's agent secret, for --controller.")
 @click.option("--controller-password-file", type=click.Path(dir_okay=False, path_type=Path),
               help="File holding the zone's agent secret, for --controller.")
+@click.option("--controller-ca", type=click.Path(exists=True, dir_okay=False),
+              help="CA of the controller's Redis (rediss:// URLs), as the agent's.")
+@click.option("--controller-cert", type=click.Path(exists=True, dir_okay=False),
+              help="Client certificate for the controller's Redis, as the agent's.")
+@click.option("--controller-key", type=click.Path(exists=True, dir_okay=False),
+              help="Key of that client certificate, as the agent's.")
 @click.option("--private-key-file", default="/etc/wireguard/private.key", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="This node's private key, to sign the leave request.")
@@ -393,12 +400,14 @@ def _path_cell(entry: dict | None, relays: dict, stale: bool) -> str:
               help="Whose aircrew block to remove ('none': leave it).")
 def down(interface: str, state_dir: Path, controller: str | None,
          controller_password: str | None, controller_password_file: Path | None,
+         controller_ca: str | None, controller_cert: str | None, controller_key: str | None,
          private_key_file: Path, zone: str | None, hosts_file: str) -> None:
     """Remove the interface, the routes aircrew added, the names in the hosts file and
     the state files (the node's credential stays: it is still enrolled).
 
     With --controller, first send `leave` (as this node, with its stored credential) so
-    the tower releases the address."""
+    the tower releases the address. `aircrew --config FILE down` takes the controller
+    and its TLS files from the agent's config file."""
     from .credential import CredentialFile
     from .hosts import HostsFile
     from .backend import open_device
@@ -416,7 +425,10 @@ def down(interface: str, state_dir: Path, controller: str | None,
             stored = CredentialFile(state_dir, interface).load()
             if stored is not None and stored.zone == zone:
                 urls.insert(0, config.login_url(controller, stored.user, stored.password))
-            asyncio.run(_leave(urls, zone, key, cache.session if cache else None))
+            tls = {k: v for k, v in (("ssl_ca_certs", controller_ca),
+                                     ("ssl_certfile", controller_cert),
+                                     ("ssl_keyfile", controller_key)) if v}
+            asyncio.run(_leave(urls, tls, zone, key, cache.session if cache else None))
             click.echo(f"left zone {zone}")
         except (MeshError, OSError) as exc:
             click.echo(f"aircrew: could not tell the tower ({exc}); cleaning up anyway", err=True)
@@ -444,14 +456,17 @@ def down(interface: str, state_dir: Path, controller: str | None,
     click.echo(f"removed the state files of {interface} in {state_dir}")
 
 
-async def _leave(urls: list[str], zone: str, private_key: str, session_id: str | None) -> None:
+async def _leave(urls: list[str], tls: dict[str, str], zone: str, private_key: str,
+                 session_id: str | None) -> None:
+    """Send `leave` over the first URL that logs in, connected as the agent connects
+    (rediss:// with ``tls``, redis+sentinel://)."""
     import redis
-    import redis.asyncio as aioredis
 
+    from .agent import controller_client
     from .session import TowerSession
 
     for url in urls:
-        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+        client = controller_client(url, tls)
         try:
             session = TowerSession(client, zone, private_key, session_id=session_id or None)
             await session.open()

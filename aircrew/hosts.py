@@ -11,6 +11,7 @@ are kept byte for byte; blocks of other interfaces are left alone.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -103,9 +104,12 @@ def _replace(path: Path, text: str) -> None:
         os.chmod(temp, mode)
         os.replace(temp, path)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):     # a read-only directory: no temporary was made
+            temp.unlink(missing_ok=True)
         if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-        with open(path, "r+b") as handle:      # a bind mount: written in place
+        # A bind mount (a container's /etc/hosts; the systemd unit's ReadWritePaths= under
+        # ProtectSystem=strict): written in place.
+        with open(path, "r+b") as handle:
             handle.write(data)
             handle.truncate()

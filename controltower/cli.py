@@ -30,8 +30,8 @@ admin.register(main)
               help="TOML file with any of these options (command line > environment > file).")
 @click.option("--listen", default="0.0.0.0", show_default=True, envvar="CONTROLTOWER_LISTEN",
               type=clitypes.LISTEN,
-              help="IP address the REST API, STUN and a private Redis listen on (0.0.0.0 or "
-                   ":: for every address).")
+              help="IP address the REST API, STUN, the relay and a private Redis listen on "
+                   "(0.0.0.0 or :: for every address).")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
               envvar="CONTROLTOWER_PORT", help="TCP port of the REST API.")
 @click.option("--redis-url", default=None, type=clitypes.REDIS_URL,

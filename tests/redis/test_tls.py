@@ -108,3 +108,63 @@ def test_tower_and_agent_over_rediss(pki, tls_redis, tmp_path):
         assert asyncio.run(register())["address"] == "10.140.0.1"
     finally:
         tower.stop()
+
+
+def test_aircrew_down_leaves_over_rediss_with_the_agents_tls_files(pki, tls_redis, tmp_path):
+    """`aircrew down --controller rediss://...` connects as the agent does: with
+    --controller-ca/-cert/-key (the quickstart's laptop reaches the tower only over TLS
+    with the tower's own certificate), so the tower releases the node's address."""
+    import dataclasses
+    import json
+
+    from click.testing import CliRunner
+
+    from aircrew.cli import main as aircrew
+    from aircrew.state import Cache, StateFiles
+    url, tls = tls_redis
+    tower = TowerProcess(url, tmp_path / "tower", extra=[
+        "--stun-port", "0", "--relay-port", "0", "--redis-tls-ca", tls["ssl_ca_certs"],
+        "--redis-tls-cert", tls["ssl_certfile"], "--redis-tls-key", tls["ssl_keyfile"]])
+    tower.start()
+    try:
+        zone = {"Name": "zone-blue", "CIDR": "10.140.0.0/20"}
+        assert tower.request("POST", "/zone", zone)[0] == 201
+        private = generate_private_key()
+
+        async def register():
+            client = aioredis.Redis.from_url(url, decode_responses=True, **tls)
+            session = TowerSession(client, "zone-blue", private)
+            await session.open()
+            reply = await session.request("register", {"listen_port": 51820}, timeout=10)
+            await session.close()
+            await client.aclose()
+            return reply["address"], session.session_id
+        address, session_id = asyncio.run(register())
+        assert address in tower.get("/ipam/leases/zone-blue")[1][0]["IPs"]
+        key_file = tmp_path / "private.key"
+        key_file.write_text(private + "\n")
+        key_file.chmod(0o600)
+        state = tmp_path / "state"
+        state.mkdir()
+        cache = Cache(zone="zone-blue", cidr="10.140.0.0/20", address=address, prefix_len=20,
+                      listen_port=51820, rev=1, session=session_id)   # as the agent left it
+        cached = json.dumps(dataclasses.asdict(cache))
+        StateFiles(state, "wgdown0").cache.write_text(cached)
+        args = ["down", "--controller", url, "--state-dir", str(state), "--interface",
+                "wgdown0", "--hosts-file", "none", "--private-key-file", str(key_file),
+                "--zone", "zone-blue"]
+        without = CliRunner().invoke(aircrew, args, env={})
+        assert "could not tell the tower" in without.output, without.output  # the control
+        assert address in tower.get("/ipam/leases/zone-blue")[1][0]["IPs"]
+        StateFiles(state, "wgdown0").cache.write_text(cached)     # down removed it
+        config = tmp_path / "aircrew.toml"           # as the quickstart's laptop has it
+        config.write_text(f'controller = "{url}"\ncontroller-ca = "{tls["ssl_ca_certs"]}"\n'
+                          f'controller-cert = "{tls["ssl_certfile"]}"\n'
+                          f'controller-key = "{tls["ssl_keyfile"]}"\n'
+                          f'private-key-file = "{key_file}"\nzone = "zone-blue"\n')
+        config.chmod(0o600)
+        result = CliRunner().invoke(aircrew, ["--config", str(config), "down", *args[3:9]], env={})
+        assert result.exit_code == 0 and "left zone zone-blue" in result.output, result.output
+        assert address not in tower.get("/ipam/leases/zone-blue")[1][0]["IPs"]
+    finally:
+        tower.stop()

@@ -96,3 +96,12 @@ def test_keygen_never_writes_the_public_key_over_the_private_one(tmp_path):
     same = CliRunner().invoke(cli.main, ["keygen", "--private-key-file", str(tmp_path / "a"),
                                          "--public-key-file", str(tmp_path / "a")])
     assert same.exit_code == 2 and "must not be the private key file" in same.output
+
+
+@pytest.mark.parametrize("flag", ["--internal-network", "--network-internal"])
+def test_the_seeds_two_spellings_of_internal_network(flag, captured):
+    """The seed's README writes both `--internal-network` (its example 3) and
+    `--network-internal` (its note): a newcomer copying either gets the host address."""
+    result = CliRunner().invoke(cli.main, ["--controller", "h", flag])
+    assert result.exit_code == 0, result.output
+    assert captured["internal_network"] is True

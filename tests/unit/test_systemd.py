@@ -125,6 +125,8 @@ def test_exec_start_is_a_real_command_with_the_example_settings(name, monkeypatc
         assert one(unit, "Service", "User") == "controltower"
     else:
         assert str(ctx.params["state_dir"]) in writable and "/run/wireguard" in writable
+        # the zone's names: /etc is read-only under ProtectSystem=strict
+        assert ctx.params["hosts_file"] in [w.lstrip("-") for w in writable]
         assert ctx.params["interface"] == ("wg0" if name == "aircrew.service" else INSTANCE)
         assert ctx.params["controller"] and (ctx.params["join_key_file"]
                                              or ctx.params["controller_password"])

@@ -426,6 +426,8 @@ class Agent:
                                           self.s.private_key, name, self.s.hostname,
                                           timeout=self.s.request_timeout, sharded=self.sharded)
             except EnrollRefused as exc:
+                if exc.code == code_of(Unavailable):      # undone by the tower: try again
+                    raise Unavailable(f"the tower cannot enroll this node now: {exc}") from None
                 status = ENDED if exc.code == code_of(Removed) else 1
                 raise AgentExit(f"the tower refused to enroll this node: {exc}", status) from None
         finally:

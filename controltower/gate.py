@@ -377,7 +377,7 @@ class Gate:
             try:
                 self.credentials.apply_node(source.zone, node)
             except Exception:
-                self.registry.forget_node(source.zone, node.id)
+                self.registry.undo_enroll(source.zone, source.cred, request.key)
                 raise
         except MeshError as exc:
             self.throttle.log(logging.INFO, ("enroll", source.zone, protocol_code(exc)),

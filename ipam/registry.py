@@ -306,11 +306,14 @@ class Registry:
                     out.append((key, "ephemeral"))
         return out
 
-    def forget_node(self, zone: str, nid: str) -> None:
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.keys.nodes(zone), nid)
-            pipe.delete(self.keys.gone(zone, nid))
-            pipe.execute()
+    def undo_enroll(self, zone: str, cred: str, public_key: str) -> bool:
+        """Take back an enrollment whose Redis user could not be made: the node's record,
+        name and timers go, and a join key gets its use back. False: nothing to undo."""
+        k = self.keys
+        return bool(self.scripts.unenroll(
+            keys=[k.joinkeys(zone), k.nodes(zone), k.names(zone), k.ephemeral(zone),
+                  k.expiring(zone)],
+            args=[cred, node_id(public_key), public_key]))
 
     def update_node(self, zone: str, node: Node, **changes: Any) -> Node:
         """Write a node's record with ``changes`` if it is still as read (else Conflict)."""

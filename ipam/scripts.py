@@ -11,7 +11,7 @@ from wire.redisconn import is_cluster
 
 NAMES = ("candidate", "register", "replace_peer", "remove_peer", "heartbeat", "pending",
          "publish", "create_zone", "delete_zone", "enroll", "remove_node", "admit",
-         "zone_hset", "set_policy", "copy_tower")
+         "zone_hset", "set_policy", "copy_tower", "unenroll")
 
 
 @cache
@@ -54,6 +54,7 @@ class Scripts:
     create_zone: Script
     delete_zone: Script
     enroll: Script
+    unenroll: Script
     remove_node: Script
     admit: Script
     zone_hset: Script

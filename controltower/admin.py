@@ -68,7 +68,9 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return ",".join(str(v) for v in value)
+        return ",".join(_cell(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))       # 30 days, not 30.0
     return str(value)
 
 

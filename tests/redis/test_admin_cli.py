@@ -379,3 +379,13 @@ def test_policy_set_refuses_a_file_that_is_no_json_in_one_line(run, tmp_path, co
                  env_extra={"CONTROLTOWER_API_URL": "http://127.0.0.1:9"})
     assert result.exit_code == 2 and words in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_zone_set_shows_whole_days_as_days(run):
+    assert run("zone", "create", "zone-days", "--cidr", "10.143.0.0/24").exit_code == 0
+    r = run("zone", "set", "zone-days", "--key-expiry-days", "30")
+    assert r.exit_code == 0, r.output
+    assert [line.split(":", 1)[1].strip() for line in r.stdout.splitlines()
+            if line.startswith("Key expiry (days):")] == ["30"]
+    r = run("zone", "set", "zone-days", "--key-expiry-days", "0.5")
+    assert "Key expiry (days): 0.5" in " ".join(r.stdout.split())

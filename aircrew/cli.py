@@ -16,6 +16,7 @@ from wire.errors import MeshError
 from wire.secretfile import write_secret
 
 from . import config
+from .routes import DEFAULT_MTU
 
 log = logging.getLogger("aircrew")
 
@@ -80,6 +81,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
               help="UDP port of this node's WireGuard interface (and of its STUN queries).")
 @click.option("--interface", default="wg0", show_default=True, type=config.INTERFACE,
               help="WireGuard interface name.")
+@click.option("--mtu", default=DEFAULT_MTU, show_default=True, type=click.IntRange(1280, 65535),
+              help="MTU of the WireGuard interface: 1420 fits a 1500-byte path over IPv4 and "
+                   "IPv6; lower it where the path is smaller (PPPoE: 1412, other tunnels).")
 @click.option("--stun-server", multiple=True, type=config.HOST_PORT,
               help="STUN server host[:port] (repeatable; default: the controller host, UDP 3478 "
                    "and 3479).")
@@ -207,7 +211,7 @@ def _run_agent(opts: dict) -> int:
     heap.use_one_arena()
     files = StateFiles(opts["state_dir"], name)
     firewall = Firewall(name, open_nft(opts["nft_command"] or None), files.policy_status)
-    agent = Agent(settings, open_device(name), LinkConfig(name), endpoints, files,
+    agent = Agent(settings, open_device(name), LinkConfig(name, opts["mtu"]), endpoints, files,
                   firewall=firewall)
 
     async def main_task() -> int:

@@ -46,8 +46,9 @@ def test_joining_node_is_added_without_rehandshaking_existing_pairs(world):
     assert mesh.reaches(p1.host, addresses["p2"])
     before = handshakes(mesh, p1.host)[p2.public_key]
     assert before != "0"
-    newcomer = mesh.start_agent(lab.add_public_host("p3"))
+    newcomer = mesh.start_agent(lab.add_public_host("p3"), "default", "--mtu=1380")
     address = mesh.wait_address(newcomer)
+    assert " mtu 1380 " in newcomer.host.run(["ip", "-o", "link", "show", "wg0"]).stdout
     for agent in (p1, p2):
         wait_for(lambda: newcomer.public_key in mesh.wg_peers(agent.host), 20, "the newcomer")
         assert mesh.reaches(agent.host, address)

@@ -105,3 +105,14 @@ def test_the_seeds_two_spellings_of_internal_network(flag, captured):
     result = CliRunner().invoke(cli.main, ["--controller", "h", flag])
     assert result.exit_code == 0, result.output
     assert captured["internal_network"] is True
+
+
+def test_mtu_from_flag_env_and_file_and_its_range(tmp_path, captured):
+    conf = tmp_path / "aircrew.toml"
+    conf.write_text("mtu = 1380\n")
+    for args, env, mtu in (([], {}, 1420), (["--config", str(conf)], {}, 1380),
+                           ([], {"AIRCREW_MTU": "1412"}, 1412), (["--mtu", "1300"], {}, 1300)):
+        result = CliRunner().invoke(cli.main, args, env=env)
+        assert result.exit_code == 0 and captured["mtu"] == mtu, (args, env, result.output)
+    result = CliRunner().invoke(cli.main, ["--mtu", "1000"], env={})
+    assert result.exit_code == 2 and "1000 is not in the range 1280<=x<=65535" in result.output

@@ -127,7 +127,12 @@ class KernelPath:
         self.nft.run(_TABLE.format(table=self.table, port=self.port, mark=MARK,
                                    address=self.address, forward=forward))
         if self._forward_was == "0":
-            IP_FORWARD.write_text("1\n")
+            try:
+                IP_FORWARD.write_text("1\n")
+            except OSError:              # e.g. a read-only /proc/sys: leave no table behind
+                self._delete_table()
+                self._forward_was = None
+                raise
             log.info("turned IPv4 forwarding on for the relay (only relayed packets are "
                      "forwarded); it is turned off again at exit")
 

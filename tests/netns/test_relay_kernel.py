@@ -55,3 +55,31 @@ def test_routes_and_counters_from_two_threads_at_once():
     assert adds > 20 and reads > 20, proc.stdout            # both threads did run together
     assert words[3:5] == ["errors", "0"], proc.stdout
     assert "apexrelay_3480" not in tables                    # stop removed the table
+
+
+READ_ONLY_FORWARDING = """
+import subprocess, sys
+from controltower.relay.kernel import IP_FORWARD, KernelPath
+path = str(IP_FORWARD)
+subprocess.run(["mount", "--bind", path, path], check=True)     # this command's mounts only
+subprocess.run(["mount", "-o", "remount,bind,ro", path], check=True)
+try:
+    KernelPath("10.0.0.1", 3480).start()
+except OSError as exc:
+    print("refused", exc.errno)
+else:
+    print("started")
+"""
+
+
+def test_a_relay_that_cannot_turn_forwarding_on_leaves_no_table():
+    """Under a sandbox with a read-only /proc/sys (systemd's ProtectKernelTunables) the
+    kernel path fails at start, and the relay falls back to Python: nothing of it stays."""
+    with standalone("nft") as host:
+        host.run(["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+        proc = host.run([sys.executable, "-c", READ_ONLY_FORWARDING], check=False, timeout=60)
+        tables = host.run(["nft", "list", "tables"], check=False).stdout
+        forwarding = host.run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip()
+    assert proc.stdout.split() == ["refused", "30"], (proc.stdout, proc.stderr[-2000:])  # EROFS
+    assert "apexrelay_3480" not in tables, tables
+    assert forwarding == "0"

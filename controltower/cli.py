@@ -161,27 +161,30 @@ def serve(listen: str, port: int, redis_url: str | None, redis_wait: float, redi
 
 
 @main.command("relay")
-@click.option("--region", required=True, help="Name of this relay's region (e.g. eu-1).")
+@click.option("--region", required=True, envvar="CONTROLTOWER_RELAY_REGION",
+              help="Name of this relay's region (e.g. eu-1).")
 @click.option("--redis-url", required=True, type=clitypes.REDIS_URL,
               envvar="CONTROLTOWER_REDIS_URL",
               help="The towers' Redis (the relay reads zone members and announces itself).")
 @click.option("--listen", default="0.0.0.0:3480", show_default=True,
-              help="UDP address:port to relay on.")
-@click.option("--public-address", default=None,
+              envvar="CONTROLTOWER_RELAY_LISTEN", help="UDP address:port to relay on.")
+@click.option("--public-address", default=None, envvar="CONTROLTOWER_RELAY_PUBLIC_ADDRESS",
               help="Address agents reach this relay at (default: the --listen address).")
-@click.option("--zones", default="*", show_default=True,
+@click.option("--zones", default="*", show_default=True, envvar="CONTROLTOWER_RELAY_ZONES",
               help="Comma-separated zones to serve, or * for every zone.")
 @click.option("--data-dir", default="/var/lib/controltower-relay", show_default=True,
+              envvar="CONTROLTOWER_RELAY_DATA_DIR",
               type=click.Path(file_okay=False, path_type=Path), help="Holds the relay's key.")
 @click.option("--datapath", default="auto", show_default=True,
-              type=click.Choice(["auto", "kernel", "user"]),
+              type=click.Choice(["auto", "kernel", "user"]), envvar="CONTROLTOWER_RELAY_DATAPATH",
               help="kernel: nftables forwards relayed data (needs CAP_NET_ADMIN); user: Python "
                    "does; auto: kernel when possible.")
 @click.option("--metrics-port", default=0, type=click.IntRange(0, 65535),
+              envvar="CONTROLTOWER_RELAY_METRICS_PORT",
               help="Serve Prometheus metrics on this TCP port (0: none).")
-@click.option("--key-prefix", default="ct:", show_default=True,
+@click.option("--key-prefix", default="ct:", show_default=True, envvar="CONTROLTOWER_KEY_PREFIX",
               help="Prefix of the towers' Redis keys (as theirs).")
-@click.option("--log-level", default="info", show_default=True,
+@click.option("--log-level", default="info", show_default=True, envvar="CONTROLTOWER_LOG_LEVEL",
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               help="Least level logged.")
 def relay_command(region: str, redis_url: str, listen: str, public_address: str | None,

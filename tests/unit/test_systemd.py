@@ -23,6 +23,7 @@ INSTANCE = "wg1"
 # unit -> (example env file, the command, capabilities it keeps)
 EXPECTED = {
     "controltower.service": ("controltower.env.example", "controltower", set()),
+    "controltower-relay.service": ("controltower-relay.env.example", "controltower", set()),
     "aircrew.service": ("aircrew.env.example", "aircrew", {"CAP_NET_ADMIN", "CAP_NET_RAW"}),
     "aircrew@.service": ("aircrew.env.example", "aircrew", {"CAP_NET_ADMIN", "CAP_NET_RAW"}),
 }
@@ -118,7 +119,12 @@ def test_exec_start_is_a_real_command_with_the_example_settings(name, monkeypatc
         if name_ not in NOT_OPTIONS:
             parse_command(argv, {**env, name_: value}, monkeypatch)
     writable = " ".join(values(unit, "Service", "ReadWritePaths")).split()
-    if command == "controltower":
+    if name == "controltower-relay.service":
+        assert argv[1] == "relay" and ctx.params["redis_url"] and ctx.params["region"]
+        assert one(unit, "Service", "StateDirectory") == "controltower-relay"
+        assert str(ctx.params["data_dir"]) == "/var/lib/controltower-relay"
+        assert one(unit, "Service", "DynamicUser") == "yes"
+    elif command == "controltower":
         assert ctx.params["redis_url"] is None          # commented out: the private Redis
         assert str(ctx.params["data_dir"]) in writable
         assert one(unit, "Service", "StateDirectory") == "controltower"

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -21,6 +22,25 @@ from .routes import DEFAULT_MTU
 log = logging.getLogger("aircrew")
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def controller_tls_options(command: Callable) -> Callable:
+    """--controller-ca, --controller-cert and --controller-key (the agent's and `down`'s)."""
+    for option in reversed((
+            click.option("--controller-ca", type=click.Path(exists=True, dir_okay=False),
+                         help="CA of the controller's Redis (rediss:// URLs)."),
+            click.option("--controller-cert", type=click.Path(exists=True, dir_okay=False),
+                         help="Client certificate for the controller's Redis."),
+            click.option("--controller-key", type=click.Path(exists=True, dir_okay=False),
+                         help="Key of that client certificate."))):
+        command = option(command)
+    return command
+
+
+def controller_tls(ca: str | None, cert: str | None, key: str | None) -> dict[str, str]:
+    """The redis-py ssl_* options of those three."""
+    return {k: v for k, v in (("ssl_ca_certs", ca), ("ssl_certfile", cert),
+                              ("ssl_keyfile", key)) if v}
 
 
 @click.group(cls=clitypes.CommandGroup, invoke_without_command=True, context_settings=CONTEXT)
@@ -60,12 +80,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
                    "'none' turns it off.")
 @click.option("--dns-suffix", default="", type=clitypes.DNS_SUFFIX,
               help="Also name them <name>.<zone>.<suffix>.")
-@click.option("--controller-ca", type=click.Path(exists=True, dir_okay=False),
-              help="CA of the controller's Redis (rediss:// URLs).")
-@click.option("--controller-cert", type=click.Path(exists=True, dir_okay=False),
-              help="Client certificate for the controller's Redis.")
-@click.option("--controller-key", type=click.Path(exists=True, dir_okay=False),
-              help="Key of that client certificate.")
+@controller_tls_options
 @click.option("--zone", default="default", show_default=True, type=clitypes.ZONE,
               help="Zone to join.")
 @click.option("--local-endpoint-ip", type=clitypes.ENDPOINT_IP,
@@ -196,9 +211,8 @@ def _run_agent(opts: dict) -> int:
     settings = AgentSettings(
         zone=zone, private_key=private_key,
         controller_urls=config.controller_urls(opts["controller"], password, zone),
-        controller_tls={k: v for k, v in (("ssl_ca_certs", opts["controller_ca"]),
-                                          ("ssl_certfile", opts["controller_cert"]),
-                                          ("ssl_keyfile", opts["controller_key"])) if v},
+        controller_tls=controller_tls(opts["controller_ca"], opts["controller_cert"],
+                                      opts["controller_key"]),
         listen_port=port, child_prefixes=config.check_prefixes(opts["child_prefix"]),
         request_ip=config.check_ip(opts["request_ip"], "--request-ip"),
         heartbeat_interval=opts["heartbeat_interval"], endpoint_interval=opts["endpoint_interval"],
@@ -389,12 +403,7 @@ def _path_cell(entry: dict | None, relays: dict, stale: bool) -> str:
               help="The zone's agent secret, for --controller.")
 @click.option("--controller-password-file", type=click.Path(dir_okay=False, path_type=Path),
               help="File holding the zone's agent secret, for --controller.")
-@click.option("--controller-ca", type=click.Path(exists=True, dir_okay=False),
-              help="CA of the controller's Redis (rediss:// URLs), as the agent's.")
-@click.option("--controller-cert", type=click.Path(exists=True, dir_okay=False),
-              help="Client certificate for the controller's Redis, as the agent's.")
-@click.option("--controller-key", type=click.Path(exists=True, dir_okay=False),
-              help="Key of that client certificate, as the agent's.")
+@controller_tls_options
 @click.option("--private-key-file", default="/etc/wireguard/private.key", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="This node's private key, to sign the leave request.")
@@ -429,9 +438,7 @@ def down(interface: str, state_dir: Path, controller: str | None,
             stored = CredentialFile(state_dir, interface).load()
             if stored is not None and stored.zone == zone:
                 urls.insert(0, config.login_url(controller, stored.user, stored.password))
-            tls = {k: v for k, v in (("ssl_ca_certs", controller_ca),
-                                     ("ssl_certfile", controller_cert),
-                                     ("ssl_keyfile", controller_key)) if v}
+            tls = controller_tls(controller_ca, controller_cert, controller_key)
             asyncio.run(_leave(urls, tls, zone, key, cache.session if cache else None))
             click.echo(f"left zone {zone}")
         except (MeshError, OSError) as exc:

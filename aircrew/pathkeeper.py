@@ -20,7 +20,7 @@ from typing import Any
 
 from wire.messages import MAX_PATH_REPORT, Peer
 
-from .paths import DOWN, RELAYED, Decision, NodeView
+from .paths import DOWN, Decision, NodeView
 from .pathservice import PathService, PeerLink
 from .relaybook import RelayInfo
 
@@ -151,8 +151,7 @@ class PathKeeper:
         return {k: (d.report, d.relay) for k, d in self.service.decisions.items()}
 
     def any_relayed(self) -> bool:
-        return bool(self.service) and any(
-            d.mode == RELAYED for d in self.service.decisions.values())
+        return self.service is not None and bool(self.service.relayed)
 
     # -- reports ------------------------------------------------------------------------
 

@@ -58,6 +58,9 @@ class PathService:
         self.book = RelayBook()
         self.machines: dict[str, PathMachine] = {}
         self.decisions: dict[str, Decision] = {}
+        # The peers whose decision is RELAYED, kept by ``tick`` (which alone changes the
+        # decisions): the agent asks at every turn of its follow loop.
+        self.relayed: set[str] = set()
         self._relay_keys: dict[str, bytes] = {}
         self._pair_keys: dict[str, bytes] = {}
         self._by_relay_address: dict[tuple[str, int], str] = {}
@@ -149,6 +152,7 @@ class PathService:
         for gone in set(self.machines) - set(peers):
             del self.machines[gone]
             self.decisions.pop(gone, None)
+            self.relayed.discard(gone)
             self._endpoints.pop(gone, None)
             self._owed.pop(gone, None)
         relays = self.book.alive()
@@ -168,6 +172,10 @@ class PathService:
                 decision = replace(decision, fresh=True)
             previous = self.decisions.get(key)
             self.decisions[key] = decision
+            if decision.mode == RELAYED:
+                self.relayed.add(key)
+            else:
+                self.relayed.discard(key)
             if decision.fresh or (decision.endpoint is not None and (
                     previous is None or previous.endpoint != decision.endpoint)):
                 changes[key] = decision

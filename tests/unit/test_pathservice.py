@@ -153,3 +153,35 @@ def test_the_keeper_reads_the_device_every_tick_while_a_moved_peer_waits():
     service.tick(1.0, own, {peer.key: NodeView(peer.key, "198.51.100.9:51820", "open")}, {})
     service.tick(1.1, own, {peer.key: NodeView(peer.key, "198.51.100.10:51820", "open")}, {})
     assert keeper.links_due(1.0 + LINK_READ_WATCHING)
+
+
+def test_the_relayed_peers_kept_by_tick_are_those_its_decisions_say():
+    """``relayed`` (what the agent asks at every turn of its follow loop) is kept by
+    ``tick``; through peers relayed, direct, moved, their relay dead and gone, it names
+    exactly the peers whose decision is RELAYED."""
+    import random
+    from aircrew.pathkeeper import PathKeeper
+    rng = random.Random(12)
+    service, own, first = service_and_peer(decider=True)
+    keeper = PathKeeper.__new__(PathKeeper)      # only its service is asked
+    keeper.service = service
+    keys = [first.key] + [keypair()[1] for _ in range(7)]
+    kinds = [("symmetric", "ra-1"), ("symmetric", "rb-1"), ("open", None), ("full-cone", None)]
+    peers: dict[str, NodeView] = {}
+    seen = set()
+    for n in range(80):
+        key = rng.choice(keys)
+        if key in peers and rng.random() < 0.3:
+            del peers[key]
+        else:
+            nat, relay = rng.choice(kinds)
+            peers[key] = NodeView(key, f"198.51.100.{rng.randrange(1, 9)}:40000", nat,
+                                  relay=relay)
+        if n == 40:
+            kill(service, "ra-1")
+        service.tick(1.0 + n * 0.25, own, dict(peers), {}, keep=rng.random() < 0.5)
+        scanned = {k for k, d in service.decisions.items() if d.mode == RELAYED}
+        assert service.relayed == scanned
+        assert keeper.any_relayed() == bool(scanned)
+        seen.add(bool(scanned))
+    assert seen == {True, False}       # the run had both

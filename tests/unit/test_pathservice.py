@@ -273,3 +273,30 @@ def test_the_keeper_decides_the_keys_it_is_given_from_the_zones_records():
     assert keeper.service.decisions[b] is before_b
     assert keeper.endpoints({a, c, own_key}) == {c: "203.0.113.9:51820"}
     assert keeper.endpoints() == {b: before_b.endpoint, c: "203.0.113.9:51820"}
+
+
+def test_a_direct_move_of_a_peer_an_update_did_not_touch_is_handed_over_by_the_next_tick():
+    """A relayed peer whose probes came back goes direct at its next step. An update of
+    another peer must not take that step (its reconcile carries out only its own peers'
+    changes, and a direct move is not owed): the next tick hands the move over. (Deciding
+    every peer at each update lost it until the drift check.)"""
+    from aircrew.pathkeeper import PathKeeper
+    from wire.messages import Peer
+    service, own, peer = service_and_peer(decider=True)
+    keeper = PathKeeper("", "default", 51820, "tower")
+    keeper.service = service
+    other = keypair()[1]
+    zone = {k: Peer(key=k, address=f"10.4.0.{n + 2}", endpoint=f"198.51.100.{n + 2}:40000",
+                    nat_type="symmetric", relay="ra-1") for n, k in enumerate((peer.key, other))}
+    changes = keeper.tick(1.0, own, zone)
+    assert changes[peer.key].mode == RELAYED
+    machine = service.machines[peer.key]
+    for _ in range(2):                                  # two probes acked from its address
+        machine.probe_sent(1.1)
+        machine.acked(1.1, "198.51.100.2:40001", None)
+    zone[other] = Peer(key=other, address="10.4.0.3", endpoint="198.51.100.7:40000",
+                       nat_type="symmetric", relay="ra-1")
+    keeper.decide(1.2, own, zone, {other})              # the update's reconcile
+    changes = keeper.tick(1.25, own, zone)
+    assert changes[peer.key].mode != RELAYED
+    assert changes[peer.key].endpoint == "198.51.100.2:40001"

@@ -22,7 +22,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 import redis
@@ -781,8 +781,10 @@ class Agent:
     def _own_view(self) -> NodeView:
         return NodeView(self.public_key, self.endpoint, self.nat_type, None)
 
-    def _path_endpoints(self) -> dict[str, str | None] | None:
-        return self.paths.endpoints() if self.paths is not None else None
+    def _path_endpoints(self, keys: Iterable[str] | None = None
+                        ) -> dict[str, str | None] | None:
+        """The paths' endpoint per peer (of ``keys`` only, given them); None without paths."""
+        return self.paths.endpoints(keys) if self.paths is not None else None
 
     async def _paths_loop(self) -> None:
         while not self.stop.is_set():
@@ -866,8 +868,8 @@ class Agent:
                 return
         if self.paths is not None:           # decide new peers' paths before adding them
             async with self._paths_lock:
-                self.paths.decide(time.monotonic(), self._own_view(), self.mirror.peers)
-        endpoints, zone = self._path_endpoints(), self._device_peers()
+                self.paths.decide(time.monotonic(), self._own_view(), self.mirror.peers, keys)
+        endpoints, zone = self._path_endpoints(keys), self._device_peers()
         ops = self.applied.diff(self.public_key, keys, zone, endpoints)
         if ops:
             try:

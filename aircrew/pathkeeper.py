@@ -15,12 +15,12 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from wire.messages import MAX_PATH_REPORT, Peer
 
-from .paths import DOWN, RELAYED, Decision, NodeView
+from .paths import DOWN, Decision, NodeView
 from .pathservice import PathService, PeerLink
 from .relaybook import RelayInfo
 
@@ -126,11 +126,24 @@ class PathKeeper:
         return self.service.tick(now, own, views, self._links, keep=keep,
                                  links_at=self._links_at)
 
-    def decide(self, now: float, own: NodeView, peers: Mapping[str, Peer]) -> None:
-        """Decide every peer's path now, for a reconcile (it adds new peers and sets the
-        endpoints): the other changes (a move onto another relay, a peer to re-create)
-        stay owed to the next ``tick``."""
-        self._decide(now, own, peers, keep=True)
+    def decide(self, now: float, own: NodeView, peers: Mapping[str, Peer],
+               keys: Iterable[str] | None = None) -> None:
+        """Decide every peer's path now (given ``keys``, those peers' only: the ones a zone
+        update touched), for a reconcile (it adds new peers and sets the endpoints): the
+        other changes (a move onto another relay, a peer to re-create) stay owed to the
+        next ``tick``."""
+        if keys is None:
+            self._decide(now, own, peers, keep=True)
+            return
+        self.service.bind_due(now)
+        views, gone = {}, []
+        for key in keys:
+            peer = peers.get(key) if key != own.key else None
+            if peer is None:
+                gone.append(key)
+            else:
+                views[key] = NodeView(peer.key, peer.endpoint, peer.nat_type, peer.relay)
+        self.service.tick_some(now, own, views, gone, self._links, links_at=self._links_at)
 
     def tick(self, now: float, own: NodeView, peers: Mapping[str, Peer]) -> dict[str, Decision]:
         """Decide every peer's path now; returns {key: Decision} of the changes to carry
@@ -141,8 +154,8 @@ class PathKeeper:
         """Changes ``tick`` handed over that could not be carried out: owed again."""
         self.service.give_back(changes)
 
-    def endpoints(self) -> dict[str, str | None]:
-        return self.service.endpoints() if self.service else {}
+    def endpoints(self, keys: Iterable[str] | None = None) -> dict[str, str | None]:
+        return self.service.endpoints(keys) if self.service else {}
 
     def shown(self) -> dict[str, tuple[str, str | None]]:
         """What the status file shows per peer (to write it when that changes)."""
@@ -151,8 +164,7 @@ class PathKeeper:
         return {k: (d.report, d.relay) for k, d in self.service.decisions.items()}
 
     def any_relayed(self) -> bool:
-        return bool(self.service) and any(
-            d.mode == RELAYED for d in self.service.decisions.values())
+        return self.service is not None and bool(self.service.relayed)
 
     # -- reports ------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import base64
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from wire import relaymsg as rm, x25519
@@ -58,6 +59,9 @@ class PathService:
         self.book = RelayBook()
         self.machines: dict[str, PathMachine] = {}
         self.decisions: dict[str, Decision] = {}
+        # The peers whose decision is RELAYED, kept by ``tick`` (which alone changes the
+        # decisions): the agent asks at every turn of its follow loop.
+        self.relayed: set[str] = set()
         self._relay_keys: dict[str, bytes] = {}
         self._pair_keys: dict[str, bytes] = {}
         self._by_relay_address: dict[tuple[str, int], str] = {}
@@ -147,10 +151,34 @@ class PathService:
         those of peers decided before stay owed (``take_changes``). ``links_at``: when
         ``links`` were read from the device (None: now)."""
         for gone in set(self.machines) - set(peers):
-            del self.machines[gone]
-            self.decisions.pop(gone, None)
-            self._endpoints.pop(gone, None)
-            self._owed.pop(gone, None)
+            self._forget(gone)
+        changes = self._step(now, own, peers, links, keep, links_at)
+        self.restarted.clear()
+        return changes
+
+    def tick_some(self, now: float, own: NodeView, peers: dict[str, NodeView],
+                  gone: Iterable[str], links: dict[str, PeerLink],
+                  links_at: float | None = None) -> None:
+        """``tick(keep=True)`` for the peers a zone update touched, whose changes the caller
+        carries out itself (a reconcile): ``peers`` (those in the zone) are decided now,
+        ``gone`` forgotten. The other peers keep their decisions until the next ``tick``,
+        which alone hands changes over (and marks the peers of a restarted relay fresh).
+        Each peer's decision depends on that peer, this node and the relays only, so the
+        touched peers are decided as a tick over every peer would."""
+        for key in gone:
+            self._forget(key)
+        self._step(now, own, peers, links, True, links_at)
+
+    def _forget(self, key: str) -> None:
+        self.machines.pop(key, None)
+        self.decisions.pop(key, None)
+        self.relayed.discard(key)
+        self._endpoints.pop(key, None)
+        self._owed.pop(key, None)
+
+    def _step(self, now: float, own: NodeView, peers: dict[str, NodeView],
+              links: dict[str, PeerLink], keep: bool, links_at: float | None
+              ) -> dict[str, Decision]:
         relays = self.book.alive()
         own = NodeView(own.key, own.endpoint, own.nat_type, own.relay or self.book.home)
         changes: dict[str, Decision] = {}
@@ -168,6 +196,10 @@ class PathService:
                 decision = replace(decision, fresh=True)
             previous = self.decisions.get(key)
             self.decisions[key] = decision
+            if decision.mode == RELAYED:
+                self.relayed.add(key)
+            else:
+                self.relayed.discard(key)
             if decision.fresh or (decision.endpoint is not None and (
                     previous is None or previous.endpoint != decision.endpoint)):
                 changes[key] = decision
@@ -177,7 +209,6 @@ class PathService:
                 self._send_probe(key, target, decision.claim)
             if decision.probe_to:
                 machine.probe_sent(now)
-        self.restarted.clear()
         return changes
 
     def watching(self) -> bool:
@@ -215,6 +246,10 @@ class PathService:
         except (OSError, ValueError) as exc:
             log.debug("probe to %s: %s", target, exc)
 
-    def endpoints(self) -> dict[str, str | None]:
-        """The endpoint chosen for each peer (None: leave the device's)."""
-        return {k: d.endpoint for k, d in self.decisions.items()}
+    def endpoints(self, keys: Iterable[str] | None = None) -> dict[str, str | None]:
+        """The endpoint chosen for each peer (None: leave the device's); of ``keys`` only
+        (those decided), given them."""
+        if keys is None:
+            return {k: d.endpoint for k, d in self.decisions.items()}
+        decisions = self.decisions
+        return {k: decisions[k].endpoint for k in keys if k in decisions}

@@ -94,24 +94,36 @@ def diff(want: Desired, previous: Desired, device: DeviceState, routes: Iterable
     for key in sorted(device.peers.keys() - want.peers.keys()):
         ops.append(RemovePeer(key))
     for key, peer in sorted(want.peers.items()):
-        have = device.peers.get(key)
-        if have is None:
-            ops.append(AddPeer(peer))
-            continue
-        before = previous.peers.get(key)
-        endpoint_changed = peer.endpoint is not None and (
-            have.endpoint is None or before is None or before.endpoint != peer.endpoint)
-        if endpoint_changed and have.endpoint == peer.endpoint:
-            endpoint_changed = False
-        if endpoint_changed and before is not None and before.endpoint is not None:
-            ops.append(ResetPeer(peer))
-        elif (endpoint_changed or tuple(sorted(have.allowed_ips)) != peer.allowed_ips
-                or have.keepalive != peer.keepalive):
-            ops.append(UpdatePeer(peer if endpoint_changed else
-                                  PeerConfig(key, None, peer.allowed_ips, peer.keepalive)))
-    current = set(routes)
-    ops.extend(RemoveRoute(p) for p in sorted(current - want.routes))
-    ops.extend(AddRoute(p) for p in sorted(want.routes - current))
+        op = peer_op(peer, device.peers.get(key), previous.peers.get(key))
+        if op is not None:
+            ops.append(op)
+    ops.extend(route_ops(want.routes, routes))
+    return ops
+
+
+def peer_op(peer: PeerConfig, have: PeerConfig | None, before: PeerConfig | None) -> Op | None:
+    """The op that turns ``have`` (on the device; None: absent) into ``peer``, given what
+    was applied ``before`` (``diff``'s endpoint rule); None when none is needed."""
+    if have is None:
+        return AddPeer(peer)
+    endpoint_changed = peer.endpoint is not None and (
+        have.endpoint is None or before is None or before.endpoint != peer.endpoint)
+    if endpoint_changed and have.endpoint == peer.endpoint:
+        endpoint_changed = False
+    if endpoint_changed and before is not None and before.endpoint is not None:
+        return ResetPeer(peer)
+    if (endpoint_changed or tuple(sorted(have.allowed_ips)) != peer.allowed_ips
+            or have.keepalive != peer.keepalive):
+        return UpdatePeer(peer if endpoint_changed else
+                          PeerConfig(peer.public_key, None, peer.allowed_ips, peer.keepalive))
+    return None
+
+
+def route_ops(want: Iterable[str], routes: Iterable[str]) -> list[Op]:
+    """The route ops that turn ``routes`` (ours now) into ``want``: removals first."""
+    current, wanted = set(routes), set(want)
+    ops: list[Op] = [RemoveRoute(p) for p in sorted(current - wanted)]
+    ops.extend(AddRoute(p) for p in sorted(wanted - current))
     return ops
 
 
@@ -140,14 +152,33 @@ class Applied:
         """The ops that bring the peers in ``keys`` to what ``zone`` holds for them.
 
         The device is taken to hold what was applied, so a roamed endpoint is kept as in
-        ``diff``: it is only pushed when the zone changed it.
+        ``diff``: it is only pushed when the zone changed it. The same ops as ``diff`` of
+        the touched peers (``Desired``: them as ``zone`` holds them, with the other peers'
+        routes) against what was applied, in the same order, without building either:
+        its cost is the touched peers', and the routes' only where a touched peer has some.
         """
-        keys = set(keys)
-        want = desired(own_key, (zone[k] for k in keys if k in zone), endpoints=endpoints)
-        before = {k: self.peers[k] for k in keys if k in self.peers}
-        kept = frozenset().union(*(r for k, r in self.routes_of.items() if k not in keys))
-        return diff(Desired(want.peers, want.routes | kept), Desired(before),
-                    DeviceState(peers=dict(before)), self.routes())
+        removed: list[Op] = []
+        changed: list[Op] = []
+        prefixes: set[str] = set()
+        touched = sorted(set(keys))
+        for key in touched:
+            peer = zone.get(key) if key != own_key else None
+            before = self.peers.get(key)
+            if peer is None:
+                if before is not None:
+                    removed.append(RemovePeer(key))
+                continue
+            prefixes.update(peer.child_prefixes)
+            op = peer_op(peer_config(peer, endpoints=endpoints), before, before)
+            if op is not None:
+                changed.append(op)
+        ops = removed + changed
+        routes_of = self.routes_of
+        if prefixes or any(k in routes_of for k in touched):
+            skip = set(touched)
+            kept = frozenset().union(*(r for k, r in routes_of.items() if k not in skip))
+            ops.extend(route_ops(prefixes | kept, self.routes()))
+        return ops
 
     def record(self, own_key: str, keys: Iterable[str], zone: Mapping[str, Peer],
                endpoints: Mapping[str, str | None] | None = None) -> None:

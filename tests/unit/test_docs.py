@@ -63,6 +63,12 @@ def test_no_stale_words():
     assert "registers again" not in ops and "register again:" not in ops
 
 
+def test_no_doc_points_at_the_developers_machine():
+    """A reader has the repository, not our working directories."""
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        assert "/work/" not in path.read_text(), path.name
+
+
 def test_operating_docs_run_the_virtualenvs_python():
     """On a fresh Debian there is no `python`, and python3 has not the project: the
     commands a newcomer runs from the repository say `.venv/bin/python`."""

@@ -4,9 +4,13 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := redis-server redis-sentinel wireguard-go wireguard-tools iproute2 nftables \
-                iputils-ping iperf3 coturn procps curl systemd tcpdump conntrack python3-venv \
-                openssl chromium chromium-driver fonts-dejavu-core
+# A tower host (`make install-tower`): the tower and its Redis (or Sentinel), and an agent
+# beside it. The tests, the demo and the benches need the rest as well (STUN server,
+# browser, traffic tools).
+TOWER_PACKAGES := redis-server redis-sentinel wireguard-go wireguard-tools iproute2 nftables \
+                  procps curl systemd python3-venv openssl
+APT_PACKAGES := $(TOWER_PACKAGES) iputils-ping iperf3 coturn tcpdump conntrack chromium \
+                chromium-driver fonts-dejavu-core
 PYTEST_ARGS ?=
 
 .PHONY: test demo bench screenshots deps apt venv bench-deps agent-dist agent-pyz install-tower clean
@@ -18,8 +22,10 @@ deps: apt venv
 # disables that service (the tower runs its own); one installed before is left alone.
 SYSTEMD_RUN_DIR ?= /run/systemd/system
 apt: .stamp-apt
-.stamp-apt:
-	@missing=""; for p in $(APT_PACKAGES); do \
+.stamp-apt: PACKAGES = $(APT_PACKAGES)
+.stamp-apt-tower: PACKAGES = $(TOWER_PACKAGES)
+.stamp-apt .stamp-apt-tower:
+	@missing=""; for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -72,11 +78,11 @@ agent-pyz: venv
 
 # The tower on this host: the virtualenv, and controltower and aircrew on sudo's PATH.
 PREFIX ?= /usr/local
-install-tower: deps
+install-tower: .stamp-apt-tower venv
 	install -d $(PREFIX)/bin
 	ln -sf $(CURDIR)/$(VENV)/bin/controltower $(PREFIX)/bin/controltower
 	ln -sf $(CURDIR)/$(VENV)/bin/aircrew $(PREFIX)/bin/aircrew
 	@echo "installed: $(PREFIX)/bin/controltower (start: sudo controltower serve; see docs/quickstart.md)"
 
 clean:
-	rm -rf $(VENV) .stamp-apt .stamp-venv .stamp-bench *.egg-info build dist
+	rm -rf $(VENV) .stamp-apt .stamp-apt-tower .stamp-venv .stamp-bench *.egg-info build dist

@@ -10,6 +10,7 @@ import pytest
 
 from aircrew.agent import ENDED
 from testbed import walkthrough
+from tests.makecheck import make_variable
 from wire.errors import CLASSES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,8 +118,7 @@ def test_the_quickstart_is_one_walkthrough():
 
 
 def test_the_quickstart_installs_only_what_make_installs():
-    apt = re.search(r"APT_PACKAGES := (.*?)\n\S", (ROOT / "Makefile").read_text(), re.S)
-    packages = set(apt.group(1).replace("\\", " ").split()) | {"make", "python3"}
+    packages = set(make_variable("APT_PACKAGES")) | {"make", "python3"}
     steps = walkthrough.parse((ROOT / "docs" / "quickstart.md").read_text())
     wanted = set()
     for item in steps.items:
@@ -129,11 +129,10 @@ def test_the_quickstart_installs_only_what_make_installs():
 
 
 def test_the_readme_names_every_package_make_installs():
-    apt = re.search(r"APT_PACKAGES := (.*?)\n\S", (ROOT / "Makefile").read_text(), re.S)
     readme = " ".join((ROOT / "README.md").read_text().split())
     named = set(re.search(r"Debian packages: (.*?);", readme).group(1).replace(",", " ")
                 .replace(" and ", " ").split())
-    assert set(apt.group(1).replace("\\", " ").split()) <= named
+    assert set(make_variable("APT_PACKAGES")) <= named
 
 
 def test_markers_are_checked():

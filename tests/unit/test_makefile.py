@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.makecheck import make_variable
+
 ROOT = Path(__file__).resolve().parents[2]
 STUBS = {
     "dpkg-query": 'case " $MISSING " in *" $3 "*) exit 1;; esac; echo "install ok installed"',
@@ -34,17 +36,17 @@ def fresh(tmp_path):
     work.mkdir()
     shutil.copy(ROOT / "Makefile", work / "Makefile")
 
-    def run(missing: str, systemd: bool) -> list[str]:
+    def run(missing: str, systemd: bool, target: str = ".stamp-apt") -> list[str]:
         calls = tmp_path / "calls"
         calls.unlink(missing_ok=True)
-        (work / ".stamp-apt").unlink(missing_ok=True)
+        (work / target).unlink(missing_ok=True)
         run_dir = tmp_path / "systemd"
         shutil.rmtree(run_dir, ignore_errors=True)
         if systemd:
             run_dir.mkdir()
         env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "MISSING": missing,
                "CALLS": str(calls)}
-        subprocess.run(["make", "-s", ".stamp-apt", f"SYSTEMD_RUN_DIR={run_dir}"], cwd=work,
+        subprocess.run(["make", "-s", target, f"SYSTEMD_RUN_DIR={run_dir}"], cwd=work,
                        env=env, check=True, capture_output=True, text=True, timeout=60)
         return calls.read_text().splitlines() if calls.exists() else []
     return run
@@ -65,3 +67,13 @@ def test_a_redis_server_installed_before_is_left_alone(fresh):
     calls = fresh("coturn", systemd=True)
     assert not any("redis-server" in c for c in calls)
     assert fresh("", systemd=True) == []
+
+
+def test_a_tower_host_gets_the_towers_packages_only(fresh):
+    everything, tower = make_variable("APT_PACKAGES"), make_variable("TOWER_PACKAGES")
+    installs = [c for c in fresh(" ".join(everything), systemd=True, target=".stamp-apt-tower")
+                if c.startswith("apt-get") and " install " in c]
+    assert len(installs) == 1 and set(installs[0].split()) & set(everything) == set(tower)
+    assert {"redis-server", "python3-venv", "wireguard-go"} <= set(tower)
+    assert not {"chromium", "coturn", "iperf3"} & set(tower)
+    assert set(tower) < set(everything)

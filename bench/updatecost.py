@@ -7,8 +7,8 @@ of the zone's N peers. The same parsed update (one new peer) is put into every a
 inbox, ``--updates`` times, ``--gap`` apart. Timed is the agents' own work: the follow
 loop takes the update from its inbox, applies it to its mirror, checks membership,
 reconciles the touched peer, carries out the op on its device and marks its state files
-for the writer. Not included: reading the message from Redis (redis-py and asyncio, about
-25-30 us per agent and message here; ``join`` has it).
+for the writer. Not included: reading the message from Redis (asyncio and hiredis, about
+10 us per agent and message here, aircrew/pubsubreader.py; ``join`` has it).
 
 ``us_per_update``: the process's CPU from handing the update to every agent until the last
 one applied it, per agent (median over the updates). ``us_per_update_total``: the same

@@ -44,8 +44,8 @@ class PubSubReader:
         connection = pubsub.connection
         stream = getattr(connection, "_reader", None)
         parser = getattr(getattr(connection, "_parser", None), "_reader", None)
-        if (NOT_ENOUGH_DATA is not None and stream is not None
-                and callable(getattr(parser, "gets", None)) and callable(getattr(parser, "feed", None))):
+        hiredis = all(callable(getattr(parser, name, None)) for name in ("gets", "feed"))
+        if NOT_ENOUGH_DATA is not None and stream is not None and hiredis:
             return HiredisReader(stream, parser)
         return PubSubReader(pubsub)
 

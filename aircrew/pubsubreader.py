@@ -8,9 +8,10 @@ printed), the message dict. ``HiredisReader`` reads the subscribed connection's 
 itself and parses it with that connection's own hiredis reader: about 10 us. Without
 hiredis (redis-py's pure-Python parser), ``PubSubReader`` reads through ``get_message``.
 
-Either way ``next`` returns the next message as ``(kind, channel, data)``: kind is
-``message``, ``smessage`` (sharded), ``subscribe``, ``sunsubscribe``, ...; a reply that
-is no message (a ``pong``) is skipped. A closed connection raises ``ConnectionError``.
+``reader_for`` picks one; either way ``next`` returns the next message as
+``(kind, channel, data)``: kind is ``message``, ``smessage`` (sharded), ``subscribe``,
+``sunsubscribe``, ...; a reply that is no message (a ``pong``) is skipped. A closed
+connection raises ``ConnectionError``.
 """
 from __future__ import annotations
 
@@ -32,22 +33,22 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def reader_for(pubsub: aioredis.client.PubSub) -> "PubSubReader | HiredisReader":
+    """The cheapest reader of a subscribed ``pubsub`` (after its ``subscribe``)."""
+    connection = pubsub.connection
+    stream = getattr(connection, "_reader", None)
+    parser = getattr(getattr(connection, "_parser", None), "_reader", None)
+    hiredis = all(callable(getattr(parser, name, None)) for name in ("gets", "feed"))
+    if NOT_ENOUGH_DATA is not None and stream is not None and hiredis:
+        return HiredisReader(stream, parser)
+    return PubSubReader(pubsub)
+
+
 class PubSubReader:
     """Reads through redis-py's ``get_message`` (any parser)."""
 
     def __init__(self, pubsub: aioredis.client.PubSub) -> None:
         self.pubsub = pubsub
-
-    @staticmethod
-    def of(pubsub: aioredis.client.PubSub) -> "PubSubReader | HiredisReader":
-        """The cheapest reader of a subscribed ``pubsub`` (after its ``subscribe``)."""
-        connection = pubsub.connection
-        stream = getattr(connection, "_reader", None)
-        parser = getattr(getattr(connection, "_parser", None), "_reader", None)
-        hiredis = all(callable(getattr(parser, name, None)) for name in ("gets", "feed"))
-        if NOT_ENOUGH_DATA is not None and stream is not None and hiredis:
-            return HiredisReader(stream, parser)
-        return PubSubReader(pubsub)
 
     async def next(self) -> Message:
         while True:

@@ -36,7 +36,7 @@ from wire.logs import Throttle
 from wire.messages import Peer, Request, ZoneUpdate
 
 from .inbox import Inbox
-from .pubsubreader import PubSubReader
+from .pubsubreader import reader_for
 
 log = logging.getLogger(__name__)
 # Malformed messages from the controller: a few lines and a summary, not one line each.
@@ -154,7 +154,7 @@ class TowerSession:
         assert self._pubsub is not None
         updates_channel = self.route.updates
         try:
-            reader = PubSubReader.of(self._pubsub)
+            reader = reader_for(self._pubsub)
             while True:
                 kind, channel, data = await reader.next()
                 if kind == "sunsubscribe":

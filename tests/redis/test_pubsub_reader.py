@@ -9,7 +9,7 @@ import redis
 import redis.asyncio as aioredis
 from redis._parsers import _AsyncRESP3Parser
 
-from aircrew.pubsubreader import HiredisReader, PubSubReader
+from aircrew.pubsubreader import HiredisReader, reader_for
 
 
 def run(coro):
@@ -33,7 +33,7 @@ def test_every_message_arrives_whole_and_in_order(redis_proc, redis_client, pars
     async def scenario():
         options = {"parser_class": _AsyncRESP3Parser} if parser == "python" else {}
         client, pubsub = await subscribed(redis_proc, **options)
-        reader = PubSubReader.of(pubsub)
+        reader = reader_for(pubsub)
         assert isinstance(reader, HiredisReader) == (parser == "hiredis")
         for i in range(300):
             redis_client.publish("updates", f"u{i}")
@@ -57,7 +57,7 @@ def test_every_message_arrives_whole_and_in_order(redis_proc, redis_client, pars
 def test_a_reply_that_is_no_message_is_skipped(redis_proc, redis_client):
     async def scenario():
         client, pubsub = await subscribed(redis_proc)
-        reader = PubSubReader.of(pubsub)
+        reader = reader_for(pubsub)
         assert isinstance(reader, HiredisReader)
         await reader.next(), await reader.next()          # the two confirmations
         await pubsub.ping()                                # answered with a pong
@@ -73,7 +73,7 @@ def test_a_reply_that_is_no_message_is_skipped(redis_proc, redis_client):
 def test_a_connection_closed_by_the_server_ends_the_read(redis_proc, redis_client):
     async def scenario():
         client, pubsub = await subscribed(redis_proc)
-        reader = PubSubReader.of(pubsub)
+        reader = reader_for(pubsub)
         await reader.next(), await reader.next()
         killed = redis_client.client_kill_filter(skipme=True, _type="pubsub")
         assert killed >= 1
